@@ -1,0 +1,76 @@
+"""mlexec: run MLflow projects, better.
+
+The Python API mirrors ``mlflow.projects.run``::
+
+    import mlexec_core
+    submitted = mlexec_core.run("examples/wine", parameters={"alpha": 0.5}, env_manager="local")
+    submitted.wait()
+
+Heavy modules are imported only when used, so ``import mlexec_core`` is cheap.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from mlexec_core.pipeline.execute import SubmittedRun
+
+
+def run(
+    uri: str,
+    entry_point: str = "main",
+    version: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    docker_args: Mapping[str, Any] | Sequence[str] | None = None,
+    experiment_name: str | None = None,
+    experiment_id: str | None = None,
+    backend: str = "local",
+    backend_config: str | Mapping[str, Any] | None = None,
+    storage_dir: str | None = None,
+    synchronous: bool = True,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    env_manager: str | None = None,
+    build_image: bool = False,
+    docker_auth: Mapping[str, Any] | None = None,
+    plugins: Any = None,
+) -> "SubmittedRun":
+    """Run a project, as ``mlflow.projects.run`` does.
+
+    Problems with the input raise :class:`mlexec_core.errors.MlexecError`
+    before any run is created.  With ``synchronous=True`` (the default) this
+    waits and raises :class:`mlexec_core.errors.RunFailed` if the run did not
+    finish; otherwise it returns as soon as the job has started, and a
+    watcher thread ends the run in the tracking store when the job ends.
+
+    :param plugins: a :class:`~mlexec_core.plugin.manager.Plugins` to use
+        instead of the installed ones (tests).
+    """
+    import threading
+
+    from mlexec_core.errors import RunFailed
+    from mlexec_core.pipeline.execute import submit
+    from mlexec_core.pipeline.resolve import resolve_plan
+    from mlexec_core.plugin.manager import build_plugins
+
+    plugins = plugins or build_plugins()
+    plan = resolve_plan(
+        plugins, uri, entry_point=entry_point, version=version, parameters=parameters or {},
+        docker_args=docker_args, experiment_name=experiment_name, experiment_id=experiment_id,
+        backend=backend, backend_config=backend_config, env_manager=env_manager, storage_dir=storage_dir,
+        run_id=run_id, run_name=run_name, build_image=build_image,
+        options={"docker_auth": dict(docker_auth)} if docker_auth else None,
+    )
+    submitted = submit(plugins, plan)
+    if synchronous:
+        if not submitted.wait():
+            raise RunFailed(submitted)
+    else:
+        threading.Thread(target=submitted.wait, name=f"mlexec-run-{submitted.run_id}").start()
+    return submitted
+
+
+__all__ = ["run", "__version__"]

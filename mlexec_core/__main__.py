@@ -1,0 +1,3 @@
+from mlexec_core.cli.main import main
+
+main()

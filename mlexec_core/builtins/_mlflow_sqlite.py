@@ -1,0 +1,170 @@
+"""Direct writes to an MLflow sqlite tracking store, for speed.
+
+Only used when the database already exists and is at exactly the schema
+revision the installed mlflow expects (so mlflow would not migrate it), and
+has the columns written here; anything else falls back to ``MlflowClient``.
+The rows are the ones ``SqlAlchemyStore.create_run``, ``log_batch``,
+``set_tag`` and ``update_run_info`` write.  Tests check the result through
+``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import re
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Mapping
+
+from mlexec_core.errors import TrackingError
+
+_REV = re.compile(r"^(down_)?revision\s*(?::[^=]*)?=\s*['\"]([0-9a-f]+)['\"]", re.M)
+_head_cache: list[str | None] = []
+
+_ADJECTIVES = ("amazing", "bold", "brave", "bright", "calm", "clever", "crisp", "eager", "gentle", "honest",
+               "jolly", "keen", "lively", "merry", "nimble", "polite", "quiet", "rare", "shy", "smiling",
+               "stately", "sunny", "swift", "tasty", "vaunted", "wise", "witty", "zealous")
+_NOUNS = ("ant", "bass", "bear", "cat", "crab", "crow", "deer", "dove", "eel", "finch", "fox", "gnu", "hare",
+          "hawk", "koi", "lark", "lynx", "mole", "moth", "newt", "owl", "ram", "seal", "shoat", "slug", "swan",
+          "toad", "wasp", "wolf", "yak")
+
+
+def random_run_name() -> str:
+    """A name in MLflow's style (``smiling-shoat-959``)."""
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(0, 999)}"
+
+
+def installed_head_revision() -> str | None:
+    """The newest schema revision of the installed mlflow, read from its files (no import)."""
+    if _head_cache:
+        return _head_cache[0]
+    head = None
+    spec = importlib.util.find_spec("mlflow")
+    if spec and spec.submodule_search_locations:
+        versions = Path(next(iter(spec.submodule_search_locations)), "store", "db_migrations", "versions")
+        revisions, downs = set(), set()
+        for file in versions.glob("*.py"):
+            for down, rev in _REV.findall(file.read_text(encoding="utf-8", errors="replace")):
+                (downs if down else revisions).add(rev)
+        heads = revisions - downs
+        head = heads.pop() if len(heads) == 1 else None
+    _head_cache.append(head)
+    return head
+
+
+class SqliteStore:
+    kind = "sqlite"
+
+    def __init__(self, uri: str, path: Path, workspace: bool) -> None:
+        self.uri = uri
+        self.path = path
+        self.workspace = workspace
+
+    @classmethod
+    def open(cls, uri: str) -> "SqliteStore | None":
+        if not uri.startswith("sqlite:///"):
+            return None
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file() or "?" in uri:
+            return None
+        head = installed_head_revision()
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+                (rev,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+                cols = {r[1] for r in db.execute("PRAGMA table_info(experiments)")}
+                run_cols = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+        except (sqlite3.Error, TypeError, ValueError):
+            return None
+        needed = {"run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",
+                  "start_time", "end_time", "source_version", "lifecycle_stage", "artifact_uri", "experiment_id",
+                  "deleted_time"}
+        if head is None or rev != head or not needed <= run_cols:
+            return None
+        return cls(uri, path, "workspace" in cols)
+
+    def _db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    def experiment_id(self, name: str | None, experiment_id: str | None) -> str:
+        with self._db() as db:
+            ws = " AND workspace = 'default'" if self.workspace else ""
+            if experiment_id is not None:
+                row = db.execute("SELECT experiment_id, name, lifecycle_stage FROM experiments "
+                                 f"WHERE experiment_id = ?{ws}", (experiment_id,)).fetchone()
+                if row is None:
+                    raise TrackingError(f"no experiment with id {experiment_id!r} in {self.uri}",
+                                        hint="check --experiment-id, or use --experiment-name to create one")
+            else:
+                row = db.execute("SELECT experiment_id, name, lifecycle_stage FROM experiments "
+                                 f"WHERE name = ?{ws}", (name or "Default",)).fetchone()
+                if row is None:
+                    # New experiments take MLflow's own rules for artifact locations.
+                    from mlexec_core.builtins.mlflow_tracking import ClientStore
+
+                    return ClientStore(self.uri).experiment_id(name, None)
+        if row[2] != "active":
+            raise TrackingError(f"experiment {row[1]!r} ({row[0]}) is deleted",
+                                hint="restore it with `mlflow experiments restore`, or pick another")
+        return str(row[0])
+
+    def create_run(self, experiment_id: str, run_name: str | None, tags: Mapping[str, str],
+                   params: Mapping[str, str]) -> tuple[str, str]:
+        run_id = uuid.uuid4().hex
+        run_name = run_name or tags.get("mlflow.runName") or random_run_name()
+        tags = {**tags, "mlflow.runName": run_name}
+        with self._db() as db:
+            (location,) = db.execute("SELECT artifact_location FROM experiments WHERE experiment_id = ?",
+                                     (int(experiment_id),)).fetchone()
+            artifact_uri = f"{location.rstrip('/')}/{run_id}/artifacts"
+            db.execute(
+                "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, status,"
+                " start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id, deleted_time)"
+                " VALUES (?, ?, 'UNKNOWN', '', '', ?, 'RUNNING', ?, NULL, '', 'active', ?, ?, NULL)",
+                (run_id, run_name, tags.get("mlflow.user", "unknown"), _now(), artifact_uri, int(experiment_id)),
+            )
+            db.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                           [(k, v, run_id) for k, v in tags.items()])
+            db.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
+                           [(k, v, run_id) for k, v in params.items()])
+        return run_id, run_name
+
+    def attach(self, run_id: str, params: Mapping[str, str]) -> tuple[str, str]:
+        with self._db() as db:
+            row = db.execute("SELECT experiment_id, name FROM runs WHERE run_uuid = ? AND lifecycle_stage = 'active'",
+                             (run_id,)).fetchone()
+            if row is None:
+                raise TrackingError(f"no run with id {run_id!r} in {self.uri}", hint="check --run-id")
+            existing = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
+            for key, value in params.items():
+                if key in existing and existing[key] != value:
+                    raise TrackingError(f"run {run_id} already has param {key}={existing[key]!r}, not {value!r}",
+                                        hint="MLflow params cannot change; start a new run")
+            db.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
+                           [(k, v, run_id) for k, v in params.items() if k not in existing])
+            db.execute("UPDATE runs SET status = 'RUNNING' WHERE run_uuid = ?", (run_id,))
+        return str(row[0]), row[1]
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        with self._db() as db:
+            db.executemany("INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                           [(k, v, run_id) for k, v in tags.items()])
+            if "mlflow.runName" in tags:
+                db.execute("UPDATE runs SET name = ? WHERE run_uuid = ?", (tags["mlflow.runName"], run_id))
+
+    def status(self, run_id: str) -> str:
+        with self._db() as db:
+            row = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+        return row[0] if row else "RUNNING"
+
+    def end_run(self, run_id: str, status: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?", (status, _now(), run_id))
+
+
+def _now() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,189 @@
+"""The built-in ``local`` backend and ``local`` environment manager.
+
+The backend runs the command on this machine in its own session (so its
+process group can be stopped as a whole), with output going straight to the
+terminal.  The environment manager uses the environment mlexec itself runs
+in, as ``mlflow run --env-manager local`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from typing import Any
+
+from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
+from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin.interfaces import (
+    Backend,
+    CommandSpec,
+    EnvironmentManager,
+    Execution,
+    Launcher,
+    PreparedEnvironment,
+    SubmittedJob,
+    command_env,
+)
+from mlexec_core.project.model import EnvKind, Project
+
+#: Seconds between asking a job to stop and killing it.
+STOP_TIMEOUT_VAR = "MLEXEC_STOP_TIMEOUT"
+
+
+def stop_timeout() -> float:
+    try:
+        return max(0.0, float(os.environ.get(STOP_TIMEOUT_VAR, "10")))
+    except ValueError:
+        return 10.0
+
+
+def shell() -> list[str]:
+    """The shell that runs commands: bash as in MLflow, else sh."""
+    return [shutil.which("bash") or "/bin/sh", "-c"]
+
+
+class ProcessExecution(Execution):
+    """A local process leading its own session and process group."""
+
+    def __init__(self, proc: subprocess.Popen[Any]) -> None:
+        self.proc = proc
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return 128 - code if code < 0 else code
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def stop(self, signum: int, grace: float) -> None:
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None and not self._group_alive():
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.stop(signal.SIGTERM, stop_timeout())
+
+
+class ProcessLauncher(Launcher):
+    """Starts a command with the shell, on this machine."""
+
+    def start(self, spec: CommandSpec) -> Execution:
+        proc = subprocess.Popen(
+            [*shell(), spec.command],
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            start_new_session=True,
+        )
+        return ProcessExecution(proc)
+
+
+class ExecutionJob(SubmittedJob):
+    """A :class:`SubmittedJob` over one :class:`Execution`."""
+
+    def __init__(self, execution: Execution) -> None:
+        self.execution = execution
+        self.cancelled = False
+        self.exit_code: int | None = None
+        self.failure_reason: str | None = None
+        self._status = RunStatus.RUNNING
+
+    def _settle(self, code: int) -> RunStatus:
+        self.exit_code = code
+        if self.cancelled:
+            self._status = RunStatus.KILLED
+            self.failure_reason = "stopped by the user"
+        elif code == 0:
+            self._status = RunStatus.FINISHED
+        else:
+            self._status = RunStatus.FAILED
+            if code > 128 and code - 128 < signal.NSIG:
+                self.failure_reason = f"the command was killed by {signal.Signals(code - 128).name}"
+            else:
+                self.failure_reason = f"the command exited with status {code}"
+        return self._status
+
+    def wait(self) -> RunStatus:
+        if self._status.terminal:
+            return self._status
+        try:
+            code = self.execution.wait()
+        finally:
+            self.execution.cleanup()
+        return self._settle(code if code is not None else 1)
+
+    def get_status(self) -> RunStatus:
+        if not self._status.terminal:
+            code = self.execution.wait(timeout=0)
+            if code is not None:
+                self.execution.cleanup()
+                return self._settle(code)
+        return self._status
+
+    def cancel(self, signum: int | None = None) -> None:
+        if self._status.terminal:
+            return
+        self.cancelled = True
+        self.execution.stop(signum or signal.SIGTERM, stop_timeout())
+
+
+class LocalEnvironment(EnvironmentManager):
+    name = "local"
+    handles = frozenset({EnvKind.NONE, EnvKind.PYTHON, EnvKind.CONDA})
+    default_for = frozenset({EnvKind.NONE})
+    priority = 0
+    description = "the environment mlexec runs in; the project's environment file is not used"
+
+    def prepare(self, plan: RunPlan) -> PreparedEnvironment:
+        return PreparedEnvironment(name="local", location="current environment")
+
+    def describe(self, project: Project) -> str:
+        return "the current environment (nothing is installed)"
+
+
+class LocalBackend(Backend):
+    name = "local"
+    description = "runs on this machine, output streamed to the terminal"
+
+    def submit(self, plan: RunPlan, run: RunRecord, prepared: PreparedEnvironment | None) -> SubmittedJob:
+        spec = CommandSpec(
+            command=plan.command,
+            cwd=plan.work_dir,
+            env=command_env(os.environ, prepared, run),
+        )
+        launcher = (prepared.launcher if prepared else None) or ProcessLauncher()
+        return ExecutionJob(launcher.start(spec))
+
+    def dry_run(self, plan: RunPlan) -> dict[str, Any]:
+        return {"cwd": str(plan.work_dir), "shell": shell()[0]}
+
+
+@hookimpl
+def mlexec_backends():
+    return [LocalBackend]
+
+
+@hookimpl
+def mlexec_environment_managers():
+    return [LocalEnvironment]

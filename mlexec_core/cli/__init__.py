@@ -1,0 +1,1 @@
+"""The ``mlexec`` command line."""

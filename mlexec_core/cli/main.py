@@ -1,0 +1,234 @@
+"""``mlexec``: the command line.  Options of ``mlflow run`` are accepted as they are."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlexec_core import __version__
+from mlexec_core.errors import MlexecError
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived before a job was running."""
+
+
+def _load_env_file(path: str) -> None:
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        if "=" not in line:
+            raise MlexecError(f"line {number}: expected NAME=VALUE", context=path)
+        key, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        os.environ.setdefault(key.strip(), value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mlexec")
+@click.option("--env-file", type=click.Path(exists=True, dir_okay=False),
+              help="Load environment variables from a dotenv file first (as `mlflow --env-file`).")
+def cli(env_file: str | None) -> None:
+    """Run MLflow projects: typed parameters, cached environments, clean stops."""
+    if env_file:
+        _load_env_file(env_file)
+
+
+def _plugins(terminal):
+    from mlexec_core.plugin.manager import build_plugins
+
+    return build_plugins(reporter=terminal)
+
+
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("uri")
+@click.option("-e", "--entry-point", default="main", show_default=True, metavar="NAME",
+              help="Entry point to run, or a .py/.sh/.R file in the project.")
+@click.option("-v", "--version", "version", metavar="VERSION", help="Git commit, branch or tag to run.")
+@click.option("-P", "--param-list", multiple=True, metavar="NAME=VALUE", help="A parameter; repeatable.")
+@click.option("-A", "--docker-args", multiple=True, metavar="NAME[=VALUE]",
+              help="A `docker run` option (-A gpus=all, -A shm-size=1g); repeatable.")
+@click.option("--experiment-name", envvar="MLFLOW_EXPERIMENT_NAME", help="Experiment to log to (created if new).")
+@click.option("--experiment-id", envvar="MLFLOW_EXPERIMENT_ID", help="Experiment id to log to.")
+@click.option("-b", "--backend", default="local", show_default=True, help="Where to run: local, or a plugin's.")
+@click.option("-c", "--backend-config", metavar="FILE|JSON", help="Backend configuration: a JSON or YAML file, "
+              "or inline JSON.")
+@click.option("--env-manager", metavar="NAME", help="Environment manager: local, or a plugin's (virtualenv, uv, "
+              "conda ...). Default: chosen from the project.")
+@click.option("--storage-dir", envvar="MLFLOW_TMP_DIR", type=click.Path(file_okay=False),
+              help="Directory for temporary files of the run.")
+@click.option("--run-id", help="Log to this existing run instead of creating one.")
+@click.option("--run-name", help="Name of the new run.")
+@click.option("--build-image", is_flag=True, help="docker_env projects: build an image holding the project code.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit; nothing runs, no run is created.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, ...], docker_args: tuple[str, ...],
+        experiment_name: str | None, experiment_id: str | None, backend: str, backend_config: str | None,
+        env_manager: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
+        build_image: bool, dry_run: bool, as_json: bool) -> None:
+    """Run the project at URI (a directory, as with `mlflow run`)."""
+    from mlexec_core.cli.terminal import Terminal
+
+    terminal = Terminal()
+    if as_json and not dry_run:
+        _fail(terminal, MlexecError("--json goes with --dry-run"))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        plugins = _plugins(terminal)
+        from mlexec_core.pipeline.resolve import resolve_plan
+
+        plan = resolve_plan(
+            plugins, uri, entry_point=entry_point, version=version, parameters=param_list,
+            docker_args=docker_args, experiment_name=experiment_name, experiment_id=experiment_id,
+            backend=backend, backend_config=backend_config, env_manager=env_manager,
+            storage_dir=storage_dir, run_id=run_id, run_name=run_name, build_image=build_image,
+        )
+        if dry_run:
+            from mlexec_core.pipeline.describe import plan_summary
+
+            summary = plan_summary(plugins, plan)
+            if as_json:
+                terminal.echo(json.dumps(summary, indent=2))
+            else:
+                _print_plan(terminal, summary)
+            return
+        code = _run_plan(terminal, plugins, plan)
+    except MlexecError as exc:
+        _fail(terminal, exc)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        terminal.failure("Interrupted; nothing was left running.")
+        sys.exit(143 if isinstance(exc, _Terminated) else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sys.exit(code)
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _run_plan(terminal, plugins, plan) -> int:
+    from mlexec_core.pipeline.execute import submit
+    from mlexec_core.pipeline.plan import RunStatus
+
+    submitted = submit(plugins, plan)
+    where = f" (experiment {submitted.run.experiment_id})" if submitted.run.experiment_id else ""
+    terminal.info(f"=== Run {submitted.run_id}{where}: {plan.command} ===")
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        if len(received) == 1:
+            terminal.warning(f"{signal.Signals(signum).name}: stopping the run (again to kill at once)")
+            threading.Thread(target=submitted.cancel, args=(signum,), daemon=True).start()
+        else:
+            threading.Thread(target=submitted.cancel, args=(signal.SIGKILL,), daemon=True).start()
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        submitted.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    status = submitted.status
+    if status is RunStatus.FINISHED:
+        terminal.success(f"=== Run {submitted.run_id} succeeded ===")
+        return 0
+    reason = f": {submitted.failure_reason}" if submitted.failure_reason else ""
+    terminal.failure(f"=== Run {submitted.run_id} {status.value.lower()}{reason} ===")
+    if status is RunStatus.KILLED:
+        return 128 + (received[0] if received else signal.SIGTERM)
+    code = submitted.exit_code
+    return code if code and 0 < code < 126 else 1
+
+
+def _fail(terminal, exc: MlexecError) -> None:
+    terminal.error(exc)
+    sys.exit(exc.exit_code)
+
+
+def _print_plan(terminal, summary: dict[str, Any]) -> None:
+    rows = [(k, v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in summary.items()
+            if k != "parameters"]
+    terminal.table("Plan (dry run: nothing runs)", ["", "value"], rows)
+    params = summary["parameters"]
+    if params:
+        terminal.table("Parameters", ["name", "type", "value", "from"],
+                       [(p["name"], p["type"], p["value"], p["source"]) for p in params])
+
+
+@cli.command()
+@click.argument("uri", default=".")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def describe(uri: str, as_json: bool) -> None:
+    """Show a project's environment, entry points and parameters."""
+    from mlexec_core.cli.terminal import Terminal
+
+    terminal = Terminal()
+    try:
+        from mlexec_core.pipeline.describe import project_summary
+        from mlexec_core.pipeline.source import fetch
+        from mlexec_core.project.loader import load_project
+
+        project = load_project(fetch(uri, None, Path.cwd()).directory)
+    except MlexecError as exc:
+        _fail(terminal, exc)
+    summary = project_summary(project)
+    if as_json:
+        terminal.echo(json.dumps(summary, indent=2))
+        return
+    terminal.echo(f"{summary['name']}  ({summary['directory']})")
+    terminal.echo(f"environment: {summary['environment']['description']}")
+    rows = []
+    for ep in summary["entry_points"]:
+        params = ep["parameters"] or [None]
+        for i, p in enumerate(params):
+            rows.append((
+                ep["name"] if i == 0 else "",
+                ep["command"] if i == 0 else "",
+                p["name"] if p else "",
+                p["type"] if p else "",
+                ("(required)" if p["required"] else p["default"]) if p else "",
+            ))
+    terminal.table("Entry points", ["entry point", "command", "parameter", "type", "default"], rows)
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_cmd(as_json: bool) -> None:
+    """List installed plugins and what they provide."""
+    from mlexec_core.cli.terminal import Terminal
+
+    terminal = Terminal()
+    infos = _plugins(terminal).infos()
+    if as_json:
+        import attrs
+
+        terminal.echo(json.dumps([attrs.asdict(i) for i in infos], indent=2))
+        return
+    terminal.table("Plugins", ["name", "distribution", "version", "provides", "status"], [
+        (i.name, i.distribution or "", i.version or "", ", ".join(i.provides),
+         i.state if i.state != "error" else f"error: {i.error}")
+        for i in infos
+    ])
+
+
+def main() -> None:
+    try:
+        cli(prog_name="mlexec")
+    except MlexecError as exc:  # raised outside a command (e.g. --env-file)
+        from mlexec_core.cli.terminal import Terminal
+
+        _fail(Terminal(), exc)

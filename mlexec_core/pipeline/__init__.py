@@ -1,0 +1,1 @@
+"""The run pipeline: resolve a plan, prepare, track, submit, wait."""

@@ -1,0 +1,303 @@
+"""From what the user typed to a :class:`RunPlan`, checking everything first.
+
+Nothing here runs the project or touches the tracking store: every mistake
+(an unknown entry point, a float that is not a float, a missing path, an
+unknown backend) is reported before any run exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import unquote, urlparse
+
+
+
+from mlexec_core.errors import ParameterError, PluginError, UsageError
+from mlexec_core.pipeline.plan import ResolvedParameter, RunPlan, TrackingOptions
+from mlexec_core.pipeline.source import fetch
+from mlexec_core.plugin.manager import Plugins
+from mlexec_core.project.loader import ProjectWarning, load_project
+from mlexec_core.project.model import EntryPoint, EnvKind, ParamType, Project
+from mlexec_core.project.params import check_value, placeholders, render_command
+
+#: MLflow's limits and rules for param names and values.
+MAX_PARAM_VALUE = 6000
+MAX_PARAM_KEY = 250
+_PARAM_KEY = re.compile(r"^[/\w.\- :]+$")
+
+_SCRIPT_RUNNERS = {".py": "python", ".sh": None, ".r": "Rscript"}
+
+
+def parse_pairs(items: Iterable[str], option: str) -> dict[str, str]:
+    """``-P k=v`` items into a dict; a missing ``=`` or a repeated name is an error."""
+    result: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"{option} {item!r} must be NAME=VALUE", hint=f"for example {option} alpha=0.5")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise UsageError(f"{option} {item!r} has no name before '='")
+        if key in result:
+            raise UsageError(f"{option} {key} is given twice ({result[key]!r} and {value!r})")
+        result[key] = value
+    return result
+
+
+def parse_docker_args(items: Iterable[str]) -> tuple[tuple[str, str | None], ...]:
+    """``-A name=value`` / ``-A flag`` items, as MLflow reads them."""
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise UsageError(f"-A {item!r} needs a name, as in -A memory=2g or -A privileged")
+        out.append((name, value if sep else None))
+    return tuple(out)
+
+
+def load_backend_config(value: str | Mapping[str, Any] | None, cwd: Path) -> tuple[dict[str, Any], Path]:
+    """``--backend-config``: a JSON or YAML file, or inline JSON; returns it and the folder paths resolve from."""
+    if value is None:
+        return {}, cwd
+    if isinstance(value, Mapping):
+        return dict(value), cwd
+    path = cwd / value
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except (ValueError, Exception) as exc:  # json.JSONDecodeError, yaml.YAMLError
+            raise UsageError(f"--backend-config {value}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                             f"{str(exc).splitlines()[0]}") from None
+        base = path.resolve().parent
+    else:
+        try:
+            data = json.loads(value)
+        except ValueError:
+            raise UsageError(f"--backend-config {value!r} is neither a file nor inline JSON",
+                             hint="pass a .json/.yaml file or a JSON object such as '{\"key\": \"value\"}'") from None
+        base = cwd
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--backend-config {value}: expected a mapping of keys to values")
+    return data, base
+
+
+def entry_point_for(project: Project, name: str) -> EntryPoint:
+    """The declared entry point ``name``, or a script in the project run as one."""
+    if name in project.entry_points:
+        return project.entry_points[name]
+    suffix = Path(name).suffix.lower()
+    if suffix in _SCRIPT_RUNNERS:
+        script = (project.directory / name)
+        if not script.is_file():
+            raise UsageError(f"entry point {name!r}: no such script in {project.directory}")
+        quoted = shlex.quote(name)
+        if suffix == ".py":
+            command = f"python {quoted}"
+        elif suffix == ".sh":
+            command = f"{shlex.quote(os.environ.get('SHELL') or 'bash')} {quoted}"
+        else:
+            command = f"Rscript -e \"mlflow::mlflow_source('{name}')\" --args"
+        return EntryPoint(name=name, command=command)
+    known = ", ".join(sorted(project.entry_points)) or "none declared"
+    where = f" in {project.mlproject}" if project.mlproject else f" (no MLproject in {project.directory})"
+    raise UsageError(
+        f"unknown entry point {name!r}{where}",
+        hint=f"entry points: {known}; a .py, .sh or .R file in the project also runs as one",
+    )
+
+
+def resolve_parameters(
+    entry_point: EntryPoint, given: Mapping[str, str], project_dir: Path, cwd: Path
+) -> tuple[dict[str, ResolvedParameter], dict[str, str]]:
+    """Typed, checked values for the declared parameters, and the undeclared extras."""
+    declared = entry_point.parameters
+    missing = [n for n, p in declared.items() if n not in given and p.required]
+    if missing:
+        names = ", ".join(missing)
+        raise ParameterError(
+            f"entry point {entry_point.name!r} needs a value for {names}",
+            hint=" ".join(f"-P {n}=..." for n in missing),
+        )
+    resolved: dict[str, ResolvedParameter] = {}
+    for name, param in declared.items():
+        from_user = name in given
+        raw = given[name] if from_user else param.default
+        try:
+            value = check_value(param.type, raw)
+            if param.type is ParamType.PATH:
+                value = _resolve_path(value, cwd if from_user else project_dir)
+        except ValueError as exc:
+            where = f"-P {name}" if from_user else f"the default of {name}"
+            raise ParameterError(f"{where}: {exc}", hint=f"{name} is declared as {param.type.value}") from None
+        _check_length(name, value)
+        resolved[name] = ResolvedParameter(name, param.type, value, "user" if from_user else "default")
+    extra = {}
+    for key, value in given.items():
+        if key in declared:
+            continue
+        if not _PARAM_KEY.match(key) or len(key) > MAX_PARAM_KEY:
+            raise ParameterError(
+                f"-P {key!r}: parameter names may hold letters, digits, _ - . / : and spaces only "
+                f"(at most {MAX_PARAM_KEY})"
+            )
+        _check_length(key, value)
+        extra[key] = value
+    return resolved, extra
+
+
+def _check_length(name: str, value: str) -> None:
+    if len(value) > MAX_PARAM_VALUE:
+        raise ParameterError(f"-P {name}: the value has {len(value)} characters; MLflow keeps at most "
+                             f"{MAX_PARAM_VALUE}", hint="pass a path to a file holding it instead")
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme == "file" and not parsed.netloc:
+        value = unquote(parsed.path)
+    elif parsed.scheme and len(parsed.scheme) > 1:
+        raise ValueError(f"{value!r} is a remote location; mlexec reads path parameters from this machine only "
+                         "(declare the parameter as uri to pass it through)")
+    path = (base / os.path.expanduser(value)).resolve()
+    if not path.exists():
+        raise ValueError(f"no such file or directory: {path}")
+    return str(path)
+
+
+def choose_environment_manager(plugins: Plugins, project: Project, requested: str | None,
+                               warn) -> tuple[str, str]:
+    """The canonical manager name for ``project`` and the name the user used."""
+    managers = plugins.environment_managers()
+    kind = project.environment.kind
+    described = _describe_env(project)
+    if requested:
+        cls = plugins._lookup(managers, requested, "environment manager", "--env-manager")
+        if kind is EnvKind.DOCKER and kind not in cls.handles:
+            warn(f"--env-manager {requested} is ignored: the project runs in its docker_env")
+            requested = None
+        elif kind not in cls.handles:
+            raise UsageError(
+                f"--env-manager {requested} cannot prepare {described}",
+                hint=f"managers for {kind.value} projects: "
+                + (", ".join(sorted(n for n, c in managers.items() if kind in c.handles)) or "none installed"),
+            )
+        else:
+            return cls.name, requested
+    candidates = sorted({c for c in managers.values() if kind in c.default_for}, key=lambda c: (-c.priority, c.name))
+    if not candidates:
+        package = {EnvKind.PYTHON: "mlexec-virtualenv", EnvKind.CONDA: "mlexec-conda",
+                   EnvKind.DOCKER: "mlexec-docker"}.get(kind, "an environment plugin")
+        hint = f"install one (pip install {package})"
+        if kind is not EnvKind.DOCKER:
+            hint += ", or pass --env-manager local to run in the current environment"
+        raise PluginError(f"no environment manager for {described} is installed", hint=hint)
+    return candidates[0].name, candidates[0].name
+
+
+def _describe_env(project: Project) -> str:
+    env = project.environment
+    if env.kind is EnvKind.DOCKER:
+        return "a docker_env project"
+    if env.file is not None:
+        return f"a {env.kind.value} environment ({env.file.name})"
+    return "a project without an environment"
+
+
+def resolve_plan(
+    plugins: Plugins,
+    uri: str,
+    *,
+    entry_point: str = "main",
+    version: str | None = None,
+    parameters: Mapping[str, str] | Sequence[str] | None = None,
+    docker_args: Sequence[str] | Mapping[str, Any] | None = None,
+    experiment_name: str | None = None,
+    experiment_id: str | None = None,
+    backend: str = "local",
+    backend_config: str | Mapping[str, Any] | None = None,
+    env_manager: str | None = None,
+    storage_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    build_image: bool = False,
+    tags: Mapping[str, str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
+) -> RunPlan:
+    cwd = Path(cwd or os.getcwd())
+    reporter = plugins.context.reporter
+    if experiment_name is not None and experiment_id is not None:
+        raise UsageError("give --experiment-name or --experiment-id, not both")
+    if isinstance(parameters, Mapping):
+        given = {str(k): _param_str(v) for k, v in parameters.items()}
+    else:
+        given = parse_pairs(parameters or (), "-P")
+    if isinstance(docker_args, Mapping):
+        dargs = tuple((str(k), None if v is None or v is True else str(v)) for k, v in docker_args.items())
+    else:
+        dargs = parse_docker_args(docker_args or ())
+
+    fetched = fetch(uri, version, cwd)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProjectWarning)
+        project = load_project(fetched.directory)
+    for w in caught:
+        reporter.warning(str(w.message))
+
+    ep = entry_point_for(project, entry_point)
+    values, extra = resolve_parameters(ep, given, project.directory, cwd)
+    for name in placeholders(ep.command):
+        if name in extra:
+            reporter.warning(
+                f"{{{name}}} in entry point {ep.name!r} is not a declared parameter: -P {name} is appended as "
+                f"--{name} and {{{name}}} stays as written (declare {name} under parameters to substitute it)"
+            )
+
+    manager, requested = choose_environment_manager(plugins, project, env_manager, reporter.warning)
+    backend_obj = plugins.backend(backend)
+    config, config_base = load_backend_config(backend_config, cwd)
+    parsed_config = backend_obj.parse_config(config, config_base)
+    command = render_command(ep.command, {n: p.value for n, p in values.items()}, extra)
+    plan = RunPlan(
+        project=project,
+        source=fetched.source,
+        entry_point=ep,
+        parameters=values,
+        extra_parameters=extra,
+        command=command,
+        env_manager=manager,
+        env_manager_requested=requested,
+        backend=backend_obj.name,
+        backend_config=parsed_config,
+        docker_args=dargs,
+        build_image=build_image,
+        storage_dir=Path(storage_dir).resolve() if storage_dir else None,
+        tracking=TrackingOptions(experiment_name=experiment_name, experiment_id=experiment_id,
+                                 run_name=run_name, run_id=run_id, tags=dict(tags or {})),
+        options=dict(options or {}),
+    )
+    if backend_obj.uses_local_environment(plan):
+        plugins.environment_manager(manager).check(project, requested)
+    return plan
+
+
+def _param_str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+

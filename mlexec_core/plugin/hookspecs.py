@@ -1,0 +1,104 @@
+"""Every hook mlexec calls, in one module.
+
+Two kinds of hook:
+
+* **Registration hooks** return the plugin's classes; mlexec collects them by
+  name (duplicates are an error naming both plugins) and instantiates them with
+  a :class:`~mlexec_core.plugin.interfaces.Context` when a run needs them.
+* **Run lifecycle hooks** fire as a run goes through its life; trackers
+  implement them.  The built-in MLflow tracker is one such plugin, registered
+  through the very same hooks.
+
+Hooks are called with keyword arguments, so an implementation may accept
+fewer arguments than the spec lists; arguments can be added later without
+breaking plugins.  The docs (docs/plugins.md) carry one section per hook, and
+a test fails when a hook here is undocumented.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:
+    from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
+    from mlexec_core.plugin.interfaces import Backend, EnvironmentManager, ImageBuilder
+
+hookspec = pluggy.HookspecMarker("mlexec")
+
+
+# -- registration ------------------------------------------------------------------------
+
+
+@hookspec
+def mlexec_environment_managers() -> Iterable[type[EnvironmentManager]]:
+    """Register environment managers (``--env-manager`` values).
+
+    :return: :class:`~mlexec_core.plugin.interfaces.EnvironmentManager` subclasses.
+    """
+
+
+@hookspec
+def mlexec_backends() -> Iterable[type[Backend]]:
+    """Register backends (``--backend`` values).
+
+    :return: :class:`~mlexec_core.plugin.interfaces.Backend` subclasses.
+    """
+
+
+@hookspec
+def mlexec_image_builders() -> Iterable[type[ImageBuilder]]:
+    """Register image builders, which backends that need a container image use.
+
+    :return: :class:`~mlexec_core.plugin.interfaces.ImageBuilder` subclasses.
+    """
+
+
+# -- run lifecycle ------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def mlexec_run_create(plan: RunPlan) -> RunRecord | None:
+    """Open the run in a tracking system, after the plan is validated and the
+    environment prepared, just before the job is submitted.
+
+    The first tracker to return a record owns the run: its ``run_id`` and
+    ``env`` (``MLFLOW_RUN_ID`` ...) go to the job.  Return ``None`` to let
+    another tracker answer; when none does, the run is untracked and gets a
+    random id.  Raise :class:`~mlexec_core.errors.TrackingError` when the
+    store refuses (an unknown experiment): nothing has run yet.
+
+    :param plan: the resolved run.
+    """
+
+
+@hookspec
+def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
+    """The backend has accepted the job; it is running (or queued).
+
+    :param run: the record from :func:`mlexec_run_create`.
+    :param plan: the resolved run.
+    """
+
+
+@hookspec
+def mlexec_run_tags(run: RunRecord, tags: Mapping[str, str]) -> None:
+    """Tags to record on the run, reported by the environment or backend
+    (``mlflow.project.env``, ``mlflow.docker.image.id``, a Job name ...).
+
+    :param run: the record from :func:`mlexec_run_create`.
+    :param tags: tag names to string values.
+    """
+
+
+@hookspec
+def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
+    """The run has ended; always called once for every created run, whatever
+    happened (including Ctrl-C and errors inside mlexec).
+
+    :param run: the record from :func:`mlexec_run_create`.
+    :param plan: the resolved run.
+    :param status: FINISHED, FAILED or KILLED.
+    :param reason: why it failed or was killed, in one line; ``None`` on success.
+    """

@@ -1,0 +1,285 @@
+"""The abstract classes plugins implement, and the small records they exchange.
+
+A plugin registers *classes* through the registration hooks in
+:mod:`mlexec_core.plugin.hookspecs`; mlexec instantiates them with a
+:class:`Context` when a run needs them.  Every knob a plugin needs is on these
+classes or on the frozen :class:`~mlexec_core.pipeline.plan.RunPlan`, so no
+plugin has to reach into mlexec's internals.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping, Protocol
+
+import attrs
+from attrs import frozen
+
+from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
+from mlexec_core.project.model import EnvKind, Project
+
+if TYPE_CHECKING:
+    from mlexec_core.plugin.manager import Plugins
+
+
+class Reporter(Protocol):
+    """How plugins talk to the user; rich on a terminal, plain lines when piped."""
+
+    def info(self, message: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def success(self, message: str) -> None: ...
+    def status(self, message: str) -> contextlib.AbstractContextManager[Any]:
+        """A spinner (terminal) or one line (piped) while a slow step runs."""
+        ...
+
+
+class SilentReporter:
+    """A :class:`Reporter` that says nothing (the Python API's default)."""
+
+    def info(self, message: str) -> None:
+        pass
+
+    warning = success = info
+
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        yield
+
+
+@frozen
+class Context:
+    """What mlexec hands every plugin object it instantiates."""
+
+    reporter: Reporter = attrs.field(factory=SilentReporter)
+    #: The loaded plugins, to find another plugin's environment managers or image builders.
+    plugins: Plugins | None = None
+
+
+# -- environments -------------------------------------------------------------------------
+
+
+@frozen
+class CommandSpec:
+    """A process to start: a shell command, where, and with what environment."""
+
+    command: str
+    cwd: Path
+    #: The complete environment of the process (not an overlay).
+    env: Mapping[str, str]
+
+
+class Execution(abc.ABC):
+    """A started process (or container) that a backend supervises."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until it ends (or ``timeout`` passes: ``None``); return the exit code."""
+
+    @abc.abstractmethod
+    def stop(self, signum: int, grace: float) -> None:
+        """Deliver ``signum`` to all of it, and kill it if it is still there after ``grace`` s."""
+
+    def cleanup(self) -> None:
+        """Release what the execution holds (a stopped container...). Always called once."""
+
+
+class Launcher(abc.ABC):
+    """Starts a :class:`CommandSpec` inside a prepared environment."""
+
+    @abc.abstractmethod
+    def start(self, spec: CommandSpec) -> Execution: ...
+
+
+@frozen
+class PreparedEnvironment:
+    """A ready environment, as returned by :meth:`EnvironmentManager.prepare`."""
+
+    #: The value of the ``mlflow.project.env`` tag: "local", "virtualenv", "uv", "conda", "docker" ...
+    name: str
+    #: Variables to set for the command (for example ``VIRTUAL_ENV``).
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    #: Directories put first on ``PATH`` (for example the environment's ``bin``).
+    path_prepend: tuple[str, ...] = ()
+    #: Tags to set on the run (for example ``mlflow.docker.image.id``).
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    #: How to start the command; ``None`` means a plain process on this machine.
+    launcher: Launcher | None = None
+    #: Where the environment lives, for display.
+    location: str | None = None
+
+
+@frozen
+class EnvironmentInfo:
+    """One cached environment, for ``mlexec env list``."""
+
+    manager: str
+    name: str
+    path: Path
+    summary: str = ""
+    size_bytes: int | None = None
+    last_used: float | None = None
+    in_use: bool = False
+
+
+class EnvironmentManager(abc.ABC):
+    """Prepares the environment a project's command runs in.
+
+    Subclasses set the class attributes and implement :meth:`prepare`.
+    """
+
+    #: The ``--env-manager`` value that selects this manager.
+    name: ClassVar[str]
+    #: Other ``--env-manager`` values that select it (for example ``("uv",)``).
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: The project environment kinds this manager can prepare.
+    handles: ClassVar[frozenset[EnvKind]] = frozenset()
+    #: The kinds for which it is chosen when the user names no manager.
+    default_for: ClassVar[frozenset[EnvKind]] = frozenset()
+    #: Among several defaults for one kind, the highest priority wins (built-ins use 0).
+    priority: ClassVar[int] = 100
+    description: ClassVar[str] = ""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def check(self, project: Project, requested_as: str) -> None:
+        """Fast checks before any run exists (an interpreter found, a daemon up).
+
+        Raise :class:`~mlexec_core.errors.MlexecError` to stop the run.
+        """
+
+    @abc.abstractmethod
+    def prepare(self, plan: RunPlan) -> PreparedEnvironment:
+        """Create (or reuse) the environment for ``plan`` and describe how to use it.
+
+        Runs before the tracking run is created, so a failure here leaves no
+        run behind.  Raise :class:`~mlexec_core.errors.EnvironmentBuildError`
+        with the installer's own message.
+        """
+
+    def describe(self, project: Project) -> str:
+        """One line on what :meth:`prepare` would do, for ``--dry-run``."""
+        return self.name
+
+    def list_environments(self) -> Iterable[EnvironmentInfo]:
+        """The environments this manager has cached (``mlexec env list``)."""
+        return ()
+
+    def remove_environment(self, info: EnvironmentInfo) -> None:
+        """Delete one cached environment (``mlexec env prune``)."""
+        raise NotImplementedError
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+@frozen
+class ImageRef:
+    """A built (and possibly pushed) image."""
+
+    uri: str
+    image_id: str | None = None
+    #: ``sha256:...`` registry digest, once pushed.
+    digest: str | None = None
+
+
+class ImageBuilder(abc.ABC):
+    """Builds an image holding the project and its environment."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    @abc.abstractmethod
+    def build(self, plan: RunPlan, *, repository: str | None = None, push: bool = False) -> ImageRef:
+        """Build the image for ``plan`` (reusing an identical one), tag it in
+        ``repository`` when given, and push it there when ``push`` is true."""
+
+
+# -- backends -----------------------------------------------------------------------------
+
+
+class SubmittedJob(abc.ABC):
+    """A job a backend has started; mlexec waits on it and may cancel it."""
+
+    @abc.abstractmethod
+    def wait(self) -> RunStatus:
+        """Block until the job ends; return FINISHED, FAILED or KILLED."""
+
+    @abc.abstractmethod
+    def get_status(self) -> RunStatus:
+        """The current status, without blocking."""
+
+    @abc.abstractmethod
+    def cancel(self, signum: int | None = None) -> None:
+        """Stop the job and everything it started. Safe to call more than once."""
+
+    #: Tags to set on the run once the job has started (image digest, job name ...).
+    tags: Mapping[str, str] = {}
+    #: Why the job failed, in one line, when it did (exit code, OOMKilled ...).
+    failure_reason: str | None = None
+    #: The exit code of the job's command, when there is one.
+    exit_code: int | None = None
+
+
+class Backend(abc.ABC):
+    """Where a run executes: this machine, a container host, a cluster."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> Any:
+        """Validate ``--backend-config`` (already parsed from JSON/YAML) and
+        return what the backend wants in ``plan.backend_config``.
+
+        Raise :class:`~mlexec_core.errors.UsageError` naming the key.  ``base_dir``
+        is where relative paths in the config resolve from.
+        """
+        if config:
+            from mlexec_core.errors import UsageError
+
+            raise UsageError(
+                f"backend {self.name!r} takes no configuration, but got keys {', '.join(map(repr, config))}",
+                hint="remove --backend-config",
+            )
+        return {}
+
+    def uses_local_environment(self, plan: RunPlan) -> bool:
+        """Whether mlexec should prepare the environment with the selected
+        environment manager before :meth:`prepare` (true for the local backend)."""
+        return True
+
+    def prepare(self, plan: RunPlan, environment: PreparedEnvironment | None) -> Any:
+        """Work done before the tracking run exists (build and push an image ...).
+
+        Whatever it returns is passed to :meth:`submit`.
+        """
+        return environment
+
+    @abc.abstractmethod
+    def submit(self, plan: RunPlan, run: RunRecord, prepared: Any) -> SubmittedJob:
+        """Start the job for ``plan`` attached to ``run``; return without waiting."""
+
+    def dry_run(self, plan: RunPlan) -> Mapping[str, Any]:
+        """What :meth:`submit` would do, for ``--dry-run`` (no side effects)."""
+        return {}
+
+
+def command_env(base: Mapping[str, str], environment: PreparedEnvironment | None, run: RunRecord) -> dict[str, str]:
+    """The complete environment for a job: ``base`` + the environment's variables + the run's."""
+    import os
+
+    env = dict(base)
+    if environment is not None:
+        env.update(environment.env)
+        if environment.path_prepend:
+            env["PATH"] = os.pathsep.join([*environment.path_prepend, env.get("PATH", "")])
+    env.update(run.env)
+    return env

@@ -1,0 +1,272 @@
+"""Building the plugin manager and collecting what plugins register.
+
+:func:`build_plugins` is a function, not an import side effect: each call
+gives a fresh, independent set of plugins, so tests register exactly the
+plugins they mean to and never whatever happens to be installed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from importlib import metadata
+from typing import Any, Iterable, Mapping, TypeVar
+
+import attrs
+import pluggy
+from attrs import frozen
+
+from mlexec_core.errors import PluginError
+from mlexec_core.plugin import hookspecs
+from mlexec_core.plugin.interfaces import (
+    Backend,
+    Context,
+    EnvironmentManager,
+    ImageBuilder,
+    Reporter,
+    SilentReporter,
+)
+
+ENTRY_POINT_GROUP = "mlexec"
+DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
+
+#: Built-in plugins: (name, module), registered exactly like installed ones.
+BUILTINS: tuple[tuple[str, str], ...] = (
+    ("local", "mlexec_core.builtins.local"),
+    ("mlflow", "mlexec_core.builtins.mlflow_tracking"),
+)
+
+T = TypeVar("T")
+
+
+@frozen
+class PluginInfo:
+    """One plugin as ``mlexec plugins`` shows it."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    module: str | None
+    builtin: bool = False
+    #: "loaded", "disabled" or "error".
+    state: str = "loaded"
+    error: str | None = None
+    #: What it provides: "backend: local", "env-manager: virtualenv (uv)", "hook: mlexec_run_create" ...
+    provides: tuple[str, ...] = ()
+
+
+def disabled_plugins(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    raw = (environ if environ is not None else os.environ).get(DISABLE_VAR, "")
+    return frozenset(n.strip() for n in raw.replace(" ", ",").split(",") if n.strip())
+
+
+class Plugins:
+    """The loaded plugins and what they register, by name."""
+
+    def __init__(self, pm: pluggy.PluginManager, reporter: Reporter | None = None) -> None:
+        self.pm = pm
+        self.context = Context(reporter=reporter or SilentReporter(), plugins=self)
+        self._infos: dict[str, PluginInfo] = {}
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def set_reporter(self, reporter: Reporter) -> None:
+        """Hand ``reporter`` to every plugin object created from now on."""
+        self.context = Context(reporter=reporter, plugins=self)
+
+    # -- registration ------------------------------------------------------------------
+
+    def register(self, module_or_obj: Any, name: str, *, distribution: str | None = None,
+                 version: str | None = None, builtin: bool = False) -> None:
+        """Register a plugin (a module or object with ``@hookimpl`` functions)."""
+        try:
+            self.pm.register(module_or_obj, name=name)
+            self.pm.check_pending()
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            if self.pm.is_registered(module_or_obj):
+                self.pm.unregister(module_or_obj)
+            self._record(name, distribution, version, _module_name(module_or_obj), builtin, "error", _reason(exc))
+            return
+        self._cache.clear()
+        self._record(name, distribution, version, _module_name(module_or_obj), builtin, "loaded", None)
+
+    def _record(self, name, distribution, version, module, builtin, state, error) -> None:
+        self._infos[name] = PluginInfo(name, distribution, version, module, builtin, state, error)
+
+    def record_error(self, name: str, distribution: str | None, version: str | None, module: str | None,
+                     error: str) -> None:
+        self._record(name, distribution, version, module, False, "error", error)
+
+    def record_disabled(self, name: str, distribution: str | None, version: str | None, module: str | None,
+                        builtin: bool = False) -> None:
+        self._record(name, distribution, version, module, builtin, "disabled", None)
+
+    # -- what is registered --------------------------------------------------------------
+
+    def _collect(self, hook_name: str, kind: str, base: type[T]) -> dict[str, type[T]]:
+        if hook_name in self._cache:
+            return self._cache[hook_name]
+        found: dict[str, tuple[type[T], str]] = {}
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            plugin_name = self.pm.get_name(impl.plugin) or "?"
+            try:
+                classes = list(impl.function() or ())
+            except Exception as exc:  # a plugin bug: say whose
+                raise PluginError(f"plugin {plugin_name!r} failed in {hook_name}: {_reason(exc)}") from exc
+            for cls in classes:
+                if not (isinstance(cls, type) and issubclass(cls, base)):
+                    raise PluginError(
+                        f"plugin {plugin_name!r} registered {cls!r} from {hook_name}, "
+                        f"which is not a {base.__name__} subclass"
+                    )
+                names = [cls.name, *getattr(cls, "aliases", ())]
+                for name in names:
+                    if name in found and found[name][0] is not cls:
+                        raise PluginError(
+                            f"two plugins register the {kind} {name!r}: {found[name][1]!r} and {plugin_name!r}",
+                            hint=f"uninstall one, or block one with {DISABLE_VAR}={plugin_name}",
+                        )
+                    found[name] = (cls, plugin_name)
+        result = {name: cls for name, (cls, _) in found.items()}
+        self._cache[hook_name] = result
+        return result
+
+    def environment_managers(self) -> dict[str, type[EnvironmentManager]]:
+        """Every ``--env-manager`` value (names and aliases) to its class."""
+        return self._collect("mlexec_environment_managers", "environment manager", EnvironmentManager)
+
+    def backends(self) -> dict[str, type[Backend]]:
+        return self._collect("mlexec_backends", "backend", Backend)
+
+    def image_builders(self) -> dict[str, type[ImageBuilder]]:
+        return self._collect("mlexec_image_builders", "image builder", ImageBuilder)
+
+    def environment_manager(self, name: str) -> EnvironmentManager:
+        return self._lookup(self.environment_managers(), name, "environment manager", "--env-manager")(self.context)
+
+    def backend(self, name: str) -> Backend:
+        return self._lookup(self.backends(), name, "backend", "--backend")(self.context)
+
+    def image_builder(self, name: str | None = None) -> ImageBuilder:
+        builders = self.image_builders()
+        if name is None:
+            if not builders:
+                raise PluginError(
+                    "no image builder is installed", hint="install one, for example: pip install mlexec-docker"
+                )
+            name = sorted(builders)[0]
+        return self._lookup(builders, name, "image builder", "image builder")(self.context)
+
+    @staticmethod
+    def _lookup(table: Mapping[str, type[T]], name: str, kind: str, option: str) -> type[T]:
+        if name in table:
+            return table[name]
+        close = difflib.get_close_matches(name, list(table), n=1)
+        known = ", ".join(sorted(table)) or "none"
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise PluginError(
+            f"unknown {kind} {name!r} ({option})",
+            hint=f"{hint}installed: {known}. `mlexec plugins` lists what is installed.",
+        )
+
+    # -- for `mlexec plugins` ---------------------------------------------------------------
+
+    def infos(self) -> list[PluginInfo]:
+        provides: dict[str, list[str]] = {}
+        for hook_name, kind, base in (
+            ("mlexec_backends", "backend", Backend),
+            ("mlexec_environment_managers", "env-manager", EnvironmentManager),
+            ("mlexec_image_builders", "image-builder", ImageBuilder),
+        ):
+            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+                pname = self.pm.get_name(impl.plugin)
+                try:
+                    classes = list(impl.function() or ())
+                except Exception as exc:  # shown, not raised, here
+                    provides.setdefault(pname, []).append(f"{kind}: error: {_reason(exc)}")
+                    continue
+                for cls in classes:
+                    aliases = getattr(cls, "aliases", ())
+                    label = f"{kind}: {cls.name}" + (f" ({', '.join(aliases)})" if aliases else "")
+                    provides.setdefault(pname, []).append(label)
+        for plugin in self.pm.get_plugins():
+            pname = self.pm.get_name(plugin)
+            for caller in self.pm.get_hookcallers(plugin) or ():
+                if caller.name.startswith("mlexec_run_"):
+                    provides.setdefault(pname, []).append(f"hook: {caller.name}")
+        return [attrs.evolve(info, provides=tuple(provides.get(info.name, ()))) for info in self._infos.values()]
+
+
+def _module_name(obj: Any) -> str | None:
+    return getattr(obj, "__name__", None) or type(obj).__module__
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def build_plugins(
+    *,
+    builtins: bool = True,
+    entry_points: bool = True,
+    extra: Iterable[tuple[str, Any]] = (),
+    disabled: Iterable[str] | None = None,
+    reporter: Reporter | None = None,
+) -> Plugins:
+    """A fresh plugin manager with the built-ins, the installed plugins and ``extra``.
+
+    :param builtins: register the built-in plugins (``local``, ``mlflow``).
+    :param entry_points: load plugins installed in entry-point group ``mlexec``.
+    :param extra: more ``(name, module_or_object)`` plugins (tests use this).
+    :param disabled: names not to load; defaults to ``$MLEXEC_DISABLE_PLUGINS``.
+    :param reporter: how plugin objects talk to the user (silent by default).
+    """
+    pm = pluggy.PluginManager("mlexec")
+    pm.add_hookspecs(hookspecs)
+    plugins = Plugins(pm, reporter)
+    blocked = disabled_plugins() if disabled is None else frozenset(disabled)
+    dist = _own_distribution()
+
+    if builtins:
+        for name, module_name in BUILTINS:
+            if name in blocked:
+                plugins.record_disabled(name, dist[0], dist[1], module_name, builtin=True)
+                continue
+            plugins.register(importlib.import_module(module_name), name, distribution=dist[0],
+                             version=dist[1], builtin=True)
+    if entry_points:
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dname = ep.dist.name if ep.dist else None
+            dversion = ep.dist.version if ep.dist else None
+            if ep.name in blocked:
+                plugins.record_disabled(ep.name, dname, dversion, ep.value)
+                continue
+            if pm.has_plugin(ep.name):
+                plugins.record_error(ep.name, dname, dversion, ep.value,
+                                     f"the name {ep.name!r} is already taken by another plugin")
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # reported, the rest still load
+                plugins.record_error(ep.name, dname, dversion, ep.value, _reason(exc))
+                continue
+            plugins.register(module, ep.name, distribution=dname, version=dversion)
+    for name, module in extra:
+        if name in blocked:
+            plugins.record_disabled(name, None, None, _module_name(module))
+            continue
+        plugins.register(module, name)
+    return plugins
+
+
+def _own_distribution() -> tuple[str, str | None]:
+    try:
+        return "mlexec", metadata.version("mlexec")
+    except metadata.PackageNotFoundError:
+        return "mlexec", None

@@ -1,0 +1,1 @@
+"""The MLproject model: what a project declares, loaded and checked."""
