@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from typing import Any
 
@@ -45,11 +46,38 @@ def shell() -> list[str]:
     return [shutil.which("bash") or "/bin/sh", "-c"]
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs: ask the kernel whether anything is left at all
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
 class ProcessExecution(Execution):
     """A local process leading its own session and process group."""
 
     def __init__(self, proc: subprocess.Popen[Any]) -> None:
         self.proc = proc
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:
@@ -58,31 +86,45 @@ class ProcessExecution(Execution):
             return None
         return 128 - code if code < 0 else code
 
-    def _group_alive(self) -> bool:
-        try:
-            os.killpg(self.proc.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-
-    def stop(self, signum: int, grace: float) -> None:
+    def _signal(self, signum: int) -> bool:
         try:
             os.killpg(self.proc.pid, signum)
         except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None and not self._group_alive():
-                return
+            return False
+        return True
+
+    def _wait_group(self, until: float, leader_only: bool = False) -> bool:
+        """Wait until the group (or just its leader) is gone; ``True`` if it is."""
+        while time.monotonic() < until:
+            leader_done = self.proc.poll() is not None
+            if leader_done and (leader_only or not group_members(self.proc.pid)):
+                return True
             time.sleep(0.05)
+        return False
+
+    def stop(self, signum: int, grace: float) -> None:
+        """``signum`` to the group; SIGTERM to what is left once the leader is gone; SIGKILL at the deadline."""
+        self._stopping.set()
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+            deadline = time.monotonic() + grace
+            if not self._signal(signum):
+                return
+            if signum != signal.SIGKILL and self._wait_group(deadline, leader_only=True):
+                if not group_members(self.proc.pid):
+                    return
+                if signum != signal.SIGTERM:  # e.g. background jobs of a shell ignore SIGINT
+                    self._signal(signal.SIGTERM)
+                if self._wait_group(deadline):
+                    return
+            self._signal(signal.SIGKILL)
+            self._wait_group(time.monotonic() + 5)
+        finally:
+            self._stopped.set()
 
     def cleanup(self) -> None:
-        if self.proc.poll() is None:
+        if self._stopping.is_set():
+            self._stopped.wait()
+        elif self.proc.poll() is None:
             self.stop(signal.SIGTERM, stop_timeout())
 
 

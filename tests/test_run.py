@@ -1,0 +1,359 @@
+"""`mlexec run` end to end: the real CLI, a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MLEXEC, assert_no_traceback
+
+PRINT_ENV = (
+    "import json, os, sys; json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd(), "
+    "'env': {k: v for k, v in os.environ.items() if k.startswith('MLFLOW_')} }, open(os.environ['OUT'], 'w'))"
+)
+
+PROJECT = f"""
+name: demo
+entry_points:
+  main:
+    parameters:
+      alpha: float
+      epochs: {{type: int, default: 3}}
+      name: {{type: string, default: "a b"}}
+      flag: {{type: bool, default: false}}
+    command: "python -c \\"{PRINT_ENV}\\" {{alpha}} {{epochs}} {{name}} {{flag}}"
+  fail:
+    command: "echo failing >&2; exit 3"
+"""
+
+
+@pytest.fixture
+def demo(project, tmp_path):
+    return project(PROJECT)
+
+
+def read_out(tmp_path):
+    return json.loads((tmp_path / "out.json").read_text())
+
+
+def test_successful_run_is_tracked(mlexec, demo, store, tmp_path):
+    out = tmp_path / "out.json"
+    proc = mlexec("run", demo, "-P", "alpha=0.5", "-P", "name=x; rm -rf /", "-P", "extra=1 2",
+                  "--env-manager", "local", env={"OUT": str(out)}, check=0)
+    assert_no_traceback(proc)
+    seen = read_out(tmp_path)
+    assert seen["argv"] == ["0.5", "3", "x; rm -rf /", "false", "--extra", "1 2"]
+    assert seen["cwd"] == str(demo)
+    run = store.only_run()
+    assert run.info.status == "FINISHED"
+    assert seen["env"]["MLFLOW_RUN_ID"] == run.info.run_id
+    assert seen["env"]["MLFLOW_TRACKING_URI"] == store.uri
+    assert seen["env"]["MLFLOW_EXPERIMENT_ID"] == run.info.experiment_id == "0"
+    # plain values, not their shell-quoted form (MLflow logs "'x; rm -rf /'")
+    assert run.data.params == {"alpha": "0.5", "epochs": "3", "name": "x; rm -rf /", "flag": "false",
+                               "extra": "1 2"}
+    tags = run.data.tags
+    assert tags["mlflow.source.type"] == "PROJECT"
+    assert tags["mlflow.source.name"] == str(demo)
+    assert tags["mlflow.project.entryPoint"] == "main"
+    assert tags["mlflow.project.backend"] == "local"
+    assert tags["mlflow.project.env"] == "local"
+    assert tags["mlflow.runName"] == run.info.run_name
+    assert "mlflow.source.git.commit" not in tags
+    assert run.info.run_id in proc.stderr and "succeeded" in proc.stderr
+
+
+def test_failing_command_fails_the_run(mlexec, demo, store):
+    proc = mlexec("run", demo, "-e", "fail", "--env-manager", "local")
+    assert proc.returncode == 3
+    assert "failing" in proc.stderr and "exited with status 3" in proc.stderr
+    assert_no_traceback(proc)
+    assert store.only_run().info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-P", "alpha=abc"], "-P alpha: 'abc' is not a float"),
+        (["-P", "alpha=1", "-P", "epochs=2.5"], "-P epochs: '2.5' is not an int"),
+        (["-P", "alpha=1", "-P", "flag=maybe"], "-P flag: 'maybe' is not a bool"),
+        ([], "entry point 'main' needs a value for alpha"),
+        (["-P", "alpha"], "-P 'alpha' must be NAME=VALUE"),
+        (["-P", "alpha=1", "-P", "alpha=2"], "-P alpha is given twice"),
+        (["-P", "alpha=1", "-P", "bad;key=1"], "-P 'bad;key': parameter names may hold"),
+        (["-P", "alpha=1", "-e", "nope"], "unknown entry point 'nope'"),
+        (["-P", "alpha=1", "-b", "nosuch"], "unknown backend 'nosuch'"),
+        (["-P", "alpha=1", "--env-manager", "lcoal"], "unknown environment manager 'lcoal' (--env-manager)"),
+        (["-P", "alpha=1", "--experiment-name", "a", "--experiment-id", "1"], "not both"),
+        (["-P", "alpha=1", "-c", "{not json"], "neither a file nor inline JSON"),
+        (["-P", "alpha=1", "-c", '{"a": 1}'], "backend 'local' takes no configuration"),
+        (["-P", "alpha=1", "-v", "main"], "--version 'main' needs a git project URI"),
+        (["-P", "alpha=1", "--experiment-id", "999"], "no experiment with id '999'"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_no_run(mlexec, demo, store, args, message):
+    proc = mlexec("run", demo, "--env-manager", "local", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert proc.stderr.startswith("error:")
+    assert_no_traceback(proc)
+    assert store.runs() == []
+
+
+def test_unknown_backend_suggests_close_name(mlexec, demo):
+    proc = mlexec("run", demo, "-P", "alpha=1", "--env-manager", "lcoal")
+    assert "did you mean 'local'?" in proc.stderr
+
+
+def test_missing_project_directory(mlexec, tmp_path, store):
+    proc = mlexec("run", tmp_path / "nowhere")
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
+    assert store.runs() == []
+
+
+def test_path_and_uri_parameters(mlexec, project, store, tmp_path):
+    proj = project(f"""
+        name: p
+        entry_points:
+          main:
+            parameters:
+              data: path
+              cfg: {{type: path, default: conf/settings.yaml}}
+              dest: {{type: uri, default: "s3://bucket/out"}}
+            command: "python -c \\"{PRINT_ENV}\\" {{data}} {{cfg}} {{dest}}"
+    """, {"conf/settings.yaml": "a: 1\n"})
+    caller = tmp_path / "caller"
+    (caller / "d").mkdir(parents=True)
+    out = tmp_path / "out.json"
+    mlexec("run", proj, "-P", "data=d", "--env-manager", "local", cwd=caller, env={"OUT": str(out)}, check=0)
+    # a user value resolves against the caller's directory, a default against the project
+    assert read_out(tmp_path)["argv"] == [str(caller / "d"), str(proj / "conf/settings.yaml"), "s3://bucket/out"]
+    assert store.only_run().data.params["data"] == str(caller / "d")
+
+    missing = mlexec("run", proj, "-P", "data=nope", "--env-manager", "local", cwd=caller)
+    assert missing.returncode == 2 and f"no such file or directory: {caller / 'nope'}" in missing.stderr
+    bad_uri = mlexec("run", proj, "-P", "data=d", "-P", "dest=rel/path", "--env-manager", "local", cwd=caller)
+    assert bad_uri.returncode == 2 and "-P dest: 'rel/path' is not a URI" in bad_uri.stderr
+    assert len(store.runs()) == 1
+
+
+def test_literal_braces_in_command(mlexec, project, store):
+    proj = project("""
+        entry_points:
+          main:
+            parameters: {n: int}
+            command: "python -c \\"print({'a': {n}})\\""
+    """)
+    proc = mlexec("run", proj, "-P", "n=2", "--env-manager", "local", check=0)
+    assert "{'a': 2}" in proc.stdout
+
+
+def test_undeclared_placeholder_is_left_and_warned(mlexec, project):
+    proj = project("""
+        entry_points:
+          main:
+            command: "echo {y}"
+    """)
+    proc = mlexec("run", proj, "-P", "y=1", "--env-manager", "local", check=0)
+    assert proc.stdout.strip() == "{y} --y 1"
+    assert "{y} in entry point 'main' is not a declared parameter" in proc.stderr
+
+
+def test_script_entry_points_without_declaration(mlexec, project, store, tmp_path):
+    proj = project(None, {
+        "train.py": "import sys; print('py', sys.argv[1:])\n",
+        "job.sh": 'echo "sh $@"\n',
+    })
+    py = mlexec("run", proj, "-e", "train.py", "-P", "foo=1", "--env-manager", "local", check=0)
+    assert "py ['--foo', '1']" in py.stdout
+    sh = mlexec("run", proj, "-e", "job.sh", "-P", "k=a b", "--env-manager", "local", env={"SHELL": "/bin/sh"},
+                check=0)
+    assert "sh --k a b" in sh.stdout
+    missing = mlexec("run", proj, "-e", "nope.py", "--env-manager", "local")
+    assert missing.returncode == 2 and "no such script" in missing.stderr
+    assert [r.data.tags["mlflow.project.entryPoint"] for r in store.runs()] == ["job.sh", "train.py"]
+
+
+def test_python_env_project_needs_a_manager(mlexec, project, store):
+    proj = project("name: p\npython_env: python_env.yaml\nentry_points: {main: {command: 'echo ran'}}\n",
+                   {"python_env.yaml": "python: '3.11'\ndependencies: [six]\n"})
+    proc = mlexec("run", proj, env={"MLEXEC_DISABLE_PLUGINS": "virtualenv"})
+    assert proc.returncode == 2
+    assert "no environment manager for a python environment (python_env.yaml) is installed" in proc.stderr
+    assert "--env-manager local" in proc.stderr
+    assert store.runs() == []
+    ok = mlexec("run", proj, "--env-manager", "local", check=0)
+    assert "ran" in ok.stdout
+
+
+def test_project_without_env_runs_locally_by_default(mlexec, project, store):
+    proj = project("entry_points: {main: {command: 'echo hello'}}\n")
+    proc = mlexec("run", proj, env={"MLEXEC_DISABLE_PLUGINS": "virtualenv"}, check=0)
+    assert proc.stdout.strip() == "hello"
+
+
+def test_experiment_name_and_run_name(mlexec, demo, store, tmp_path):
+    mlexec("run", demo, "-P", "alpha=1", "--env-manager", "local", "--experiment-name", "tuning",
+           "--run-name", "first try", env={"OUT": str(tmp_path / "out.json")}, check=0)
+    run = store.only_run()
+    assert store.client.get_experiment(run.info.experiment_id).name == "tuning"
+    assert run.info.run_name == "first try" and run.data.tags["mlflow.runName"] == "first try"
+    # the existing experiment is found again by name
+    mlexec("run", demo, "-P", "alpha=2", "--env-manager", "local", "--experiment-name", "tuning",
+           env={"OUT": str(tmp_path / "out.json")}, check=0)
+    assert {r.info.experiment_id for r in store.runs()} == {run.info.experiment_id}
+
+
+def test_run_id_attaches_to_existing_run(mlexec, demo, store, tmp_path):
+    existing = store.client.create_run("0")
+    mlexec("run", demo, "-P", "alpha=1", "--env-manager", "local", "--run-id", existing.info.run_id,
+           env={"OUT": str(tmp_path / "out.json")}, check=0)
+    run = store.only_run()
+    assert run.info.run_id == existing.info.run_id and run.info.status == "FINISHED"
+    assert run.data.params["alpha"] == "1"
+    assert read_out(tmp_path)["env"]["MLFLOW_RUN_ID"] == existing.info.run_id
+
+
+def test_git_commit_is_tagged(mlexec, demo, store, tmp_path):
+    git = ["git", "-C", str(demo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "remote", "add", "origin", "https://user:secret@example.invalid/org/demo.git"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    mlexec("run", demo, "-P", "alpha=1", "--env-manager", "local", env={"OUT": str(tmp_path / "out.json")}, check=0)
+    tags = store.only_run().data.tags
+    assert tags["mlflow.source.git.commit"] == commit
+    assert tags["mlflow.source.git.repoURL"] == "https://user@example.invalid/org/demo.git"
+    assert "secret" not in json.dumps(tags)
+
+
+def test_dry_run_creates_nothing(mlexec, demo, store):
+    proc = mlexec("run", demo, "-P", "alpha=0.5", "--env-manager", "local", "--dry-run", "--json", check=0)
+    plan = json.loads(proc.stdout)
+    assert plan["entry_point"] == "main" and plan["env_manager"] == "local" and plan["backend"] == "local"
+    assert plan["command"].endswith("0.5 3 'a b' false")
+    assert {p["name"]: p["value"] for p in plan["parameters"]} == {"alpha": "0.5", "epochs": "3", "name": "a b",
+                                                                   "flag": "false"}
+    text = mlexec("run", demo, "-P", "alpha=0.5", "--env-manager", "local", "--dry-run", check=0)
+    assert "dry run" in text.stdout and "alpha" in text.stdout
+    assert store.runs() == []
+
+
+def test_tracking_disabled_runs_untracked(mlexec, project, store):
+    proj = project("entry_points: {main: {command: 'echo run=$MLFLOW_RUN_ID'}}\n")
+    proc = mlexec("run", proj, "--env-manager", "local", env={"MLEXEC_DISABLE_PLUGINS": "mlflow"}, check=0)
+    assert proc.stdout.strip() == "run="
+    assert store.runs() == []
+
+
+def test_default_store_is_sqlite_in_working_directory(mlexec, project, tmp_path, mlflow_client_cls):
+    """No MLFLOW_TRACKING_URI: mlflow.db in the caller's directory, created by MLflow on first use."""
+    proj = project("entry_points: {main: {command: 'echo $MLFLOW_TRACKING_URI'}}\n")
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([*MLEXEC, "run", str(proj), "--env-manager", "local"], cwd=caller, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"sqlite:///{caller / 'mlflow.db'}"
+    runs = mlflow_client_cls(f"sqlite:///{caller / 'mlflow.db'}").search_runs(["0"])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def test_piped_output_is_plain(mlexec, demo, tmp_path):
+    proc = mlexec("run", demo, "-P", "alpha=1", "--env-manager", "local", env={"OUT": str(tmp_path / "o.json")},
+                  check=0)
+    assert "\x1b[" not in proc.stderr and "\x1b[" not in proc.stdout
+
+
+# -- stopping ------------------------------------------------------------------------------
+
+SLEEPER = """
+name: sleeper
+entry_points:
+  main:
+    command: "sh -c 'sleep 300 & echo $! > child.pid; wait' & echo $$ > shell.pid; wait"
+  stubborn:
+    command: "trap '' TERM INT; echo $$ > shell.pid; sleep 300 & echo $! > child.pid; wait; wait"
+"""
+
+
+def _wait_for(path: Path, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return int(path.read_text())
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_dead(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_the_whole_group_and_marks_killed(project, cli_env, store, signum, code):
+    proj = project(SLEEPER)
+    proc = subprocess.Popen([*MLEXEC, "run", str(proj), "--env-manager", "local"], env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = _wait_for(proj / "child.pid")
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert _wait_dead(child), "the grandchild survived"
+    assert "killed" in err
+    assert_no_traceback(proc := subprocess.CompletedProcess([], code, out, err))
+    assert store.only_run().info.status == "KILLED"
+
+
+def test_stubborn_job_is_killed_after_the_timeout(project, cli_env, store):
+    proj = project(SLEEPER)
+    proc = subprocess.Popen([*MLEXEC, "run", str(proj), "-e", "stubborn", "--env-manager", "local"],
+                            env={**cli_env, "MLEXEC_STOP_TIMEOUT": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shell_pid = _wait_for(proj / "shell.pid")
+    child = _wait_for(proj / "child.pid")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert _wait_dead(shell_pid) and _wait_dead(child)
+    assert store.only_run().info.status == "KILLED"
+
+
+def test_run_ended_by_the_job_keeps_its_status(mlexec, project, store):
+    """As in MLflow: a job that ends its own run (mlflow.end_run) keeps the status it set."""
+    script = (
+        "import os, sqlite3\n"
+        "db = sqlite3.connect(os.environ['MLFLOW_TRACKING_URI'][len('sqlite:///'):])\n"
+        "db.execute(\"UPDATE runs SET status='FAILED', end_time=1 WHERE run_uuid=?\", (os.environ['MLFLOW_RUN_ID'],))\n"
+        "db.commit()\n"
+    )
+    proj = project("entry_points: {main: {command: 'python end.py'}}\n", {"end.py": script})
+    mlexec("run", proj, "--env-manager", "local", check=0)
+    assert store.only_run().info.status == "FAILED"
