@@ -76,11 +76,11 @@ class ClientStore:
         if self._client is None:
             import logging
 
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
-            logging.getLogger("alembic").setLevel(logging.WARNING)
             try:
                 from mlflow.tracking import MlflowClient
 
+                for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's own levels
+                    logging.getLogger(name).setLevel(logging.WARNING)
                 self._client = MlflowClient(self.uri)
                 self._client._tracking_client.store  # noqa: B018  (open the store now, errors here)
             except Exception as exc:

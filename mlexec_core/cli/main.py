@@ -45,10 +45,15 @@ def cli(env_file: str | None) -> None:
         _load_env_file(env_file)
 
 
-def _plugins(terminal):
+def _plugins(terminal, warn: bool = True):
     from mlexec_core.plugin.manager import build_plugins
 
-    return build_plugins(reporter=terminal)
+    plugins = build_plugins(reporter=terminal)
+    if warn:
+        for info in plugins.load_errors():
+            terminal.warning(f"plugin {info.name!r} ({info.distribution or 'unknown distribution'}) did not load: "
+                             f"{info.error}; `mlexec plugins` lists what is installed")
+    return plugins
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -212,7 +217,7 @@ def plugins_cmd(as_json: bool) -> None:
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
-    infos = _plugins(terminal).infos()
+    infos = _plugins(terminal, warn=False).infos()
     if as_json:
         import attrs
 

@@ -112,7 +112,7 @@ class Plugins:
             return self._cache[hook_name]
         found: dict[str, tuple[type[T], str]] = {}
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order
             plugin_name = self.pm.get_name(impl.plugin) or "?"
             try:
                 classes = list(impl.function() or ())
@@ -176,6 +176,10 @@ class Plugins:
 
     # -- for `mlexec plugins` ---------------------------------------------------------------
 
+    def load_errors(self) -> list[PluginInfo]:
+        """Plugins that failed to load (import error, bad hook)."""
+        return [info for info in self._infos.values() if info.state == "error"]
+
     def infos(self) -> list[PluginInfo]:
         provides: dict[str, list[str]] = {}
         for hook_name, kind, base in (
@@ -183,7 +187,7 @@ class Plugins:
             ("mlexec_environment_managers", "env-manager", EnvironmentManager),
             ("mlexec_image_builders", "image-builder", ImageBuilder),
         ):
-            for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 pname = self.pm.get_name(impl.plugin)
                 try:
                     classes = list(impl.function() or ())

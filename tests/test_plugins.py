@@ -1,0 +1,204 @@
+"""The plugin manager: registration, entry points, broken and duplicate plugins, blocking."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import types
+
+import pytest
+
+import mlexec_core
+from conftest import assert_no_traceback
+from mlexec_core.errors import PluginError
+from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin.interfaces import Backend, EnvironmentManager, PreparedEnvironment, SubmittedJob
+from mlexec_core.plugin.manager import build_plugins
+from mlexec_core.project.model import EnvKind
+
+
+def plugin_module(name: str, **hooks) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, hookimpl(fn))
+    return module
+
+
+class DoneJob(SubmittedJob):
+    def __init__(self, status=RunStatus.FINISHED):
+        self.status = status
+        self.tags = {"example.job": "done"}
+
+    def wait(self):
+        return self.status
+
+    def get_status(self):
+        return self.status
+
+    def cancel(self, signum=None):
+        self.status = RunStatus.KILLED
+
+
+class RecordingBackend(Backend):
+    name = "recording"
+    submitted: list = []
+
+    def parse_config(self, config, base_dir):
+        return dict(config)
+
+    def submit(self, plan, run, prepared):
+        RecordingBackend.submitted.append((plan, run, prepared))
+        return DoneJob()
+
+
+class FakePythonEnv(EnvironmentManager):
+    name = "fakevenv"
+    aliases = ("fakeuv",)
+    handles = frozenset({EnvKind.PYTHON, EnvKind.NONE})
+    default_for = frozenset({EnvKind.PYTHON})
+
+    def prepare(self, plan):
+        return PreparedEnvironment(name=plan.env_manager_requested, env={"FAKE_ENV": "1"},
+                                   tags={"example.env": "yes"})
+
+
+@pytest.fixture
+def python_project(project):
+    return project("name: p\npython_env: python_env.yaml\nentry_points: {main: {command: 'echo hi'}}\n",
+                   {"python_env.yaml": "python: '3.11'\n"})
+
+
+def test_plugins_registered_in_a_test_drive_a_run(python_project, store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    RecordingBackend.submitted.clear()
+    module = plugin_module("example", mlexec_backends=lambda: [RecordingBackend],
+                           mlexec_environment_managers=lambda: [FakePythonEnv])
+    plugins = build_plugins(entry_points=False, extra=[("example", module)])
+    submitted = mlexec_core.run(str(python_project), backend="recording", backend_config={"k": "v"},
+                                plugins=plugins)
+    (plan, run, prepared), = RecordingBackend.submitted
+    assert plan.env_manager == "fakevenv" and plan.backend_config == {"k": "v"}
+    assert prepared.env == {"FAKE_ENV": "1"}
+    assert run.env["MLFLOW_RUN_ID"] == submitted.run_id
+    stored = store.only_run()
+    assert stored.info.status == "FINISHED"
+    assert stored.data.tags["mlflow.project.backend"] == "recording"
+    assert stored.data.tags["mlflow.project.env"] == "fakevenv"
+    assert stored.data.tags["example.env"] == "yes" and stored.data.tags["example.job"] == "done"
+
+
+def test_alias_selects_manager_and_is_the_env_tag(python_project, store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    module = plugin_module("example", mlexec_backends=lambda: [RecordingBackend],
+                           mlexec_environment_managers=lambda: [FakePythonEnv])
+    plugins = build_plugins(entry_points=False, extra=[("example", module)])
+    mlexec_core.run(str(python_project), backend="recording", env_manager="fakeuv", plugins=plugins)
+    assert store.only_run().data.tags["mlflow.project.env"] == "fakeuv"
+
+
+def test_duplicate_backend_name_is_an_error_naming_both():
+    one = plugin_module("one", mlexec_backends=lambda: [RecordingBackend])
+
+    class Other(RecordingBackend):
+        name = "recording"
+
+    two = plugin_module("two", mlexec_backends=lambda: [Other])
+    plugins = build_plugins(entry_points=False, extra=[("one", one), ("two", two)])
+    with pytest.raises(PluginError, match="two plugins register the backend 'recording': 'one' and 'two'"):
+        plugins.backends()
+
+
+def test_builtin_backend_cannot_be_shadowed_silently():
+    class Local(RecordingBackend):
+        name = "local"
+
+    plugins = build_plugins(entry_points=False, extra=[("mine", plugin_module("mine", mlexec_backends=lambda: [Local]))])
+    with pytest.raises(PluginError, match="'local' and 'mine'"):
+        plugins.backend("local")
+
+
+def test_registering_a_non_class_is_an_error():
+    plugins = build_plugins(entry_points=False, extra=[("bad", plugin_module("bad", mlexec_backends=lambda: ["x"]))])
+    with pytest.raises(PluginError, match="plugin 'bad' registered 'x'"):
+        plugins.backends()
+
+
+def test_misspelt_hook_is_reported_not_registered():
+    module = types.ModuleType("typo")
+    module.mlexec_backend = hookimpl(lambda: [RecordingBackend])  # missing s
+    plugins = build_plugins(entry_points=False, extra=[("typo", module)])
+    (info,) = [i for i in plugins.infos() if i.name == "typo"]
+    assert info.state == "error" and "mlexec_backend" in info.error
+    assert "recording" not in plugins.backends()
+
+
+def test_disabled_builtin_and_extra(monkeypatch):
+    plugins = build_plugins(entry_points=False, disabled=["mlflow", "example"],
+                            extra=[("example", plugin_module("example", mlexec_backends=lambda: [RecordingBackend]))])
+    states = {i.name: i.state for i in plugins.infos()}
+    assert states == {"local": "loaded", "mlflow": "disabled", "example": "disabled"}
+    assert "recording" not in plugins.backends()
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """Two plugins 'installed' as a real distribution on sys.path: one breaks on import."""
+    site = tmp_path / "site"
+    dist = site / "mlexec_demo_plugins-1.2.3.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-demo-plugins\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\nbroken = demo_broken\ngood = demo_good\n")
+    (site / "demo_broken.py").write_text("import no_such_module_anywhere\n")
+    (site / "demo_good.py").write_text(textwrap.dedent("""
+        from mlexec_core.builtins.local import LocalBackend
+        from mlexec_core.plugin import hookimpl
+
+        class GoodBackend(LocalBackend):
+            name = "good"
+            description = "local, under another name"
+
+        @hookimpl
+        def mlexec_backends():
+            return [GoodBackend]
+    """))
+    monkeypatch.syspath_prepend(str(site))
+    for name in ("demo_broken", "demo_good"):
+        sys.modules.pop(name, None)
+    return site
+
+
+def test_broken_entry_point_is_reported_and_the_rest_load(installed):
+    plugins = build_plugins()
+    infos = {i.name: i for i in plugins.infos()}
+    broken = infos["broken"]
+    assert broken.state == "error" and broken.distribution == "mlexec-demo-plugins" and broken.version == "1.2.3"
+    assert "ModuleNotFoundError" in broken.error and "no_such_module_anywhere" in broken.error
+    assert infos["good"].state == "loaded" and infos["good"].provides == ("backend: good",)
+    assert "good" in plugins.backends()
+
+
+def test_cli_plugins_table_and_json(mlexec, installed, cli_env):
+    env = {"PYTHONPATH": f"{installed}:{cli_env['PYTHONPATH']}"}
+    data = json.loads(mlexec("plugins", "--json", env=env, check=0).stdout)
+    by_name = {p["name"]: p for p in data}
+    assert by_name["local"]["builtin"] and "backend: local" in by_name["local"]["provides"]
+    assert "env-manager: local" in by_name["local"]["provides"]
+    assert "hook: mlexec_run_create" in by_name["mlflow"]["provides"]
+    assert by_name["broken"]["state"] == "error" and by_name["broken"]["distribution"] == "mlexec-demo-plugins"
+    table = mlexec("plugins", env=env, check=0).stdout
+    assert "broken\tmlexec-demo-plugins\t1.2.3\t\terror: ModuleNotFoundError" in table
+    blocked = json.loads(mlexec("plugins", "--json", env={**env, "MLEXEC_DISABLE_PLUGINS": "broken"},
+                                check=0).stdout)
+    assert {p["name"]: p["state"] for p in blocked}["broken"] == "disabled"
+
+
+def test_cli_run_warns_about_broken_plugin_and_runs(mlexec, installed, cli_env, project, store):
+    proj = project("entry_points: {main: {command: 'echo ok'}}\n")
+    proc = mlexec("run", proj, "-b", "good", "--env-manager", "local",
+                  env={"PYTHONPATH": f"{installed}:{cli_env['PYTHONPATH']}"}, check=0)
+    assert proc.stdout.strip() == "ok"
+    assert "plugin 'broken' (mlexec-demo-plugins) did not load: ModuleNotFoundError" in proc.stderr
+    assert_no_traceback(proc)
+    assert store.only_run().data.tags["mlflow.project.backend"] == "good"
