@@ -1,0 +1,123 @@
+"""describe, plugins, --env-file, terminal vs piped output, and the example project."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import MLEXEC, ROOT, assert_no_traceback
+
+DESCRIBED = """
+name: described
+python_env: python_env.yaml
+entry_points:
+  main:
+    parameters:
+      alpha: float
+      epochs: {type: int, default: 3, description: passes over the data}
+    command: "python train.py {alpha} {epochs}"
+  evaluate:
+    command: "python eval.py"
+"""
+
+
+def test_describe_json(mlexec, project):
+    proj = project(DESCRIBED, {"python_env.yaml": "python: '3.11'\n"})
+    data = json.loads(mlexec("describe", proj, "--json", check=0).stdout)
+    assert data["name"] == "described"
+    assert data["environment"]["kind"] == "python"
+    main, evaluate = data["entry_points"]
+    assert main["name"] == "main" and evaluate["name"] == "evaluate"
+    assert main["parameters"] == [
+        {"name": "alpha", "type": "float", "default": None, "required": True, "description": None},
+        {"name": "epochs", "type": "int", "default": "3", "required": False, "description": "passes over the data"},
+    ]
+
+
+def test_describe_plain_table(mlexec, project):
+    proj = project(DESCRIBED, {"python_env.yaml": "python: '3.11'\n"})
+    out = mlexec("describe", proj, check=0).stdout
+    assert "environment: python (python_env.yaml)" in out
+    assert "main\tpython train.py {alpha} {epochs}\talpha\tfloat\t(required)" in out
+    assert "\t\tepochs\tint\t3" in out
+
+
+def test_describe_bad_project_is_one_error(mlexec, project):
+    proj = project("entry_points: {main: {command: x, parameters: {a: {type: flaot}}}}\n")
+    proc = mlexec("describe", proj)
+    assert proc.returncode == 2 and "entry_points.main.parameters.a.type: unknown type 'flaot'" in proc.stderr
+    assert_no_traceback(proc)
+
+
+def test_env_file(mlexec, project, tmp_path, store):
+    proj = project("entry_points: {main: {command: 'echo $GREETING'}}\n")
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nexport GREETING='hello there'\n")
+    proc = mlexec("--env-file", env_file, "run", proj, "--env-manager", "local", check=0)
+    assert proc.stdout.strip() == "hello there"
+
+
+def run_in_pty(args: list[str], env: dict[str, str]) -> str:
+    """Run the CLI with stdout and stderr on a pseudo-terminal, as a user sees it."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*MLEXEC, *args], stdin=follower, stdout=follower, stderr=follower, env=env,
+                            cwd=ROOT)
+    os.close(follower)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(leader)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_terminal_gets_rich_tables_and_colour(cli_env):
+    env = {**cli_env, "TERM": "xterm-256color", "COLUMNS": "160"}
+    env.pop("NO_COLOR", None)
+    screen = run_in_pty(["plugins"], env)
+    assert "┃" in screen or "│" in screen  # a drawn table, not tab-separated lines
+    assert "\x1b[" in screen
+
+
+def test_no_color_on_a_terminal(cli_env, project):
+    env = {**cli_env, "TERM": "xterm-256color", "NO_COLOR": "1", "COLUMNS": "160"}
+    proj = project("entry_points: {main: {command: x, parameters: {a: float}}}\n")
+    screen = run_in_pty(["run", str(proj), "--env-manager", "local", "-P", "a=zz"], env)
+    assert "is not a float" in screen
+    assert "\x1b[31m" not in screen and "\x1b[1;31m" not in screen and "\x1b[36m" not in screen
+
+
+def test_help_lists_mlflow_options(mlexec):
+    out = mlexec("run", "--help", check=0).stdout
+    for option in ("--entry-point", "--version", "--param-list", "--docker-args", "--experiment-name",
+                   "--experiment-id", "--backend", "--backend-config", "--env-manager", "--storage-dir",
+                   "--run-id", "--run-name", "--build-image", "--dry-run"):
+        assert option in out
+
+
+def test_example_project_end_to_end(mlexec, store, tmp_path):
+    """The README's example: real scikit-learn fit, metrics logged from the job into the store."""
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = mlexec("run", ROOT / "examples" / "wine-elasticnet", "--env-manager", "local", "-P", "alpha=0.3",
+                  env=env, timeout=600, check=0)
+    assert "ElasticNet(alpha=0.3" in proc.stdout
+    run = store.only_run()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["alpha"] == "0.3" and run.data.params["l1_ratio"] == "0.1"
+    assert 0 < run.data.metrics["rmse"] < 2 and "r2" in run.data.metrics
+    artifacts = [a.path for a in store.client.list_artifacts(run.info.run_id)]
+    assert artifacts == ["coefficients.json"]
