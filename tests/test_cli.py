@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import MLEXEC, ROOT, assert_no_traceback
+from mlexec_core.testing import MLEXEC, ROOT, assert_no_traceback
 
 DESCRIBED = """
 name: described

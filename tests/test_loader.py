@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from conftest import make_project
+from mlexec_core.testing import make_project
 from mlexec_core.errors import ProjectError
 from mlexec_core.project.loader import ProjectWarning, load_project
 from mlexec_core.project.model import EnvKind, EnvVar, ParamType

@@ -10,7 +10,7 @@ import types
 import pytest
 
 import mlexec_core
-from conftest import assert_no_traceback
+from mlexec_core.testing import assert_no_traceback
 from mlexec_core.errors import PluginError
 from mlexec_core.pipeline.plan import RunStatus
 from mlexec_core.plugin import hookimpl

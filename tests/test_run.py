@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MLEXEC, assert_no_traceback
+from mlexec_core.testing import MLEXEC, assert_no_traceback
 
 PRINT_ENV = (
     "import json, os, sys; json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd(), "

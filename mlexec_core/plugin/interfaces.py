@@ -167,8 +167,12 @@ class EnvironmentManager(abc.ABC):
         """The environments this manager has cached (``mlexec env list``)."""
         return ()
 
-    def remove_environment(self, info: EnvironmentInfo) -> None:
-        """Delete one cached environment (``mlexec env prune``)."""
+    def remove_environment(self, info: EnvironmentInfo) -> bool:
+        """Delete one cached environment (``mlexec env prune``); ``False`` if it is in use.
+
+        :class:`mlexec_core.envcache.EnvironmentCache` implements both this and
+        :meth:`list_environments` for managers that use it.
+        """
         raise NotImplementedError
 
 
