@@ -56,7 +56,12 @@ def run(
     from mlexec_core.pipeline.resolve import resolve_plan
     from mlexec_core.plugin.manager import build_plugins
 
+    import os
+
     plugins = plugins or build_plugins()
+    if experiment_name is None and experiment_id is None:  # as mlflow.projects.run
+        experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+        experiment_id = None if experiment_name else os.environ.get("MLFLOW_EXPERIMENT_ID") or None
     plan = resolve_plan(
         plugins, uri, entry_point=entry_point, version=version, parameters=parameters or {},
         docker_args=docker_args, experiment_name=experiment_name, experiment_id=experiment_id,

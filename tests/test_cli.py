@@ -121,3 +121,78 @@ def test_example_project_end_to_end(mlexec, store, tmp_path):
     assert 0 < run.data.metrics["rmse"] < 2 and "r2" in run.data.metrics
     artifacts = [a.path for a in store.client.list_artifacts(run.info.run_id)]
     assert artifacts == ["coefficients.json"]
+
+
+DEMO_ENV_PLUGIN = '''
+from mlexec_core.envcache import EnvironmentCache, spec_key
+from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin.interfaces import EnvironmentManager, PreparedEnvironment
+from mlexec_core.project.model import EnvKind
+
+
+class DemoEnv(EnvironmentManager):
+    name = "demoenv"
+    handles = frozenset({EnvKind.NONE})
+
+    @property
+    def cache(self):
+        return EnvironmentCache(self.name)
+
+    def prepare(self, plan):
+        def build(path):
+            self.context.reporter.info("creating environment")
+            (path / "bin").mkdir()
+            (path / "bin" / "greet").write_text("#!/bin/sh\\necho hello from $1\\n")
+            (path / "bin" / "greet").chmod(0o755)
+        path, built = self.cache.ensure(spec_key({"v": plan.entry_point.command}), build, summary="greet")
+        if not built:
+            self.context.reporter.info("reusing environment")
+        return PreparedEnvironment(name="demoenv", path_prepend=(str(path / "bin"),))
+
+    def list_environments(self):
+        return self.cache.list()
+
+    def remove_environment(self, info):
+        return self.cache.remove(info)
+
+
+@hookimpl
+def mlexec_environment_managers():
+    return [DemoEnv]
+'''
+
+
+def test_env_list_and_prune(mlexec, project, tmp_path, cli_env):
+    site = tmp_path / "site"
+    dist = site / "mlexec_demoenv-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-demoenv\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\ndemoenv = demo_env_plugin\n")
+    (site / "demo_env_plugin.py").write_text(DEMO_ENV_PLUGIN)
+    env = {"PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}", "MLEXEC_ENV_ROOT": str(tmp_path / "envs")}
+    proj = project("entry_points: {main: {command: 'greet mlexec'}}\n")
+
+    first = mlexec("run", proj, "--env-manager", "demoenv", env=env, check=0)
+    assert first.stdout.strip() == "hello from mlexec" and "creating environment" in first.stderr
+    second = mlexec("run", proj, "--env-manager", "demoenv", env=env, check=0)
+    assert "reusing environment" in second.stderr and "creating" not in second.stderr
+
+    listed = json.loads(mlexec("env", "list", "--json", env=env, check=0).stdout)
+    assert [(e["manager"], e["summary"], e["in_use"]) for e in listed] == [("demoenv", "greet", False)]
+    assert listed[0]["size_bytes"] > 0
+    table = mlexec("env", "list", env=env, check=0).stdout
+    assert "demoenv\tdemoenv-" in table and "just now" in table
+
+    assert "unknown environment manager 'nope'" in mlexec("env", "list", "--manager", "nope", env=env).stderr
+    bad_age = mlexec("env", "prune", "--older-than", "-3d", env=env)
+    assert bad_age.returncode == 2 and "expected a positive number" in bad_age.stderr
+    assert "--older-than AGE or --all" in mlexec("env", "prune", env=env).stderr
+    kept = mlexec("env", "prune", "--older-than", "1d", env=env, check=0)
+    assert "0 environments removed" in kept.stderr
+    dry = mlexec("env", "prune", "--all", "--dry-run", env=env, check=0)
+    assert "would remove demoenv-" in dry.stdout
+    assert len(json.loads(mlexec("env", "list", "--json", env=env, check=0).stdout)) == 1
+    pruned = mlexec("env", "prune", "--all", env=env, check=0)
+    assert "removed demoenv-" in pruned.stdout and "1 environment removed" in pruned.stderr
+    assert json.loads(mlexec("env", "list", "--json", env=env, check=0).stdout) == []
+    assert not any(p.name.startswith("demoenv-") for p in (tmp_path / "envs").iterdir())

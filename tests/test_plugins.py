@@ -202,3 +202,64 @@ def test_cli_run_warns_about_broken_plugin_and_runs(mlexec, installed, cli_env, 
     assert "plugin 'broken' (mlexec-demo-plugins) did not load: ModuleNotFoundError" in proc.stderr
     assert_no_traceback(proc)
     assert store.only_run().data.tags["mlflow.project.backend"] == "good"
+
+
+def test_a_failing_lifecycle_plugin_does_not_leave_the_run_running(project, store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+
+    def boom(run, status):
+        raise RuntimeError("notifier down")
+
+    warnings = []
+
+    class Collect:
+        def info(self, m): pass
+        def success(self, m): pass
+        def warning(self, m): warnings.append(m)
+        def status(self, m):
+            import contextlib
+            return contextlib.nullcontext()
+
+    plugins = build_plugins(entry_points=False, reporter=Collect(),
+                            extra=[("notifier", plugin_module("notifier", mlexec_run_finished=boom))])
+    mlexec_core.run(str(project("entry_points: {main: {command: 'true'}}\n")), env_manager="local", plugins=plugins)
+    assert store.only_run().info.status == "FINISHED"
+    assert warnings == ["plugin 'notifier' failed in mlexec_run_finished: RuntimeError: notifier down"]
+
+
+def test_registered_class_without_name_is_a_plugin_error():
+    class Nameless(Backend):
+        def submit(self, plan, run, prepared):
+            raise AssertionError
+
+    plugins = build_plugins(entry_points=False,
+                            extra=[("nameless", plugin_module("nameless", mlexec_backends=lambda: [Nameless]))])
+    with pytest.raises(PluginError, match="registered Nameless from mlexec_backends without a name"):
+        plugins.backends()
+
+
+def test_signal_while_the_run_is_being_created_still_stops_the_job(project, cli_env, store, tmp_path):
+    """A SIGTERM that lands between creating the run and starting the job is held, then acted on."""
+    site = tmp_path / "site"
+    dist = site / "mlexec_sigterm-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-sigterm\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\nsigterm = demo_sigterm\n")
+    (site / "demo_sigterm.py").write_text(textwrap.dedent("""
+        import os, signal
+        from mlexec_core.plugin import hookimpl
+
+        @hookimpl
+        def mlexec_run_tags(run, tags):
+            if "mlflow.project.backend" in tags:  # the first tags: the run exists, the job not yet
+                os.kill(os.getpid(), signal.SIGTERM)
+    """))
+    proj = project("entry_points: {main: {command: 'echo $$ > job.pid; exec sleep 300'}}\n")
+    import subprocess
+    from mlexec_core.testing import MLEXEC
+
+    proc = subprocess.run([*MLEXEC, "run", str(proj), "--env-manager", "local"], capture_output=True, text=True,
+                          env={**cli_env, "PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}"}, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert_no_traceback(proc)
+    assert store.only_run().info.status == "KILLED"

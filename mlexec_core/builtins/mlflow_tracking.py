@@ -124,8 +124,18 @@ class ClientStore:
 
         try:
             run = self.client.get_run(run_id)
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc):
+                raise TrackingError(f"no run with id {run_id!r} in {self.uri}", hint="check --run-id") from None
+            raise _tracking_error(self.uri, exc) from None
+        for key, value in params.items():
+            if key in run.data.params and run.data.params[key] != value:
+                raise TrackingError(f"run {run_id} already has param {key}={run.data.params[key]!r}, not {value!r}",
+                                    hint="MLflow params cannot change; start a new run")
+        try:
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()
                                                   if k not in run.data.params])
+            self.client.update_run(run_id, status="RUNNING")
         except Exception as exc:
             raise _tracking_error(self.uri, exc) from None
         return run.info.experiment_id, run.info.run_name
@@ -142,6 +152,8 @@ class ClientStore:
 
 
 def _tracking_error(uri: str, exc: BaseException) -> TrackingError:
+    if isinstance(exc, TrackingError):
+        return exc
     text = str(exc).strip().splitlines()
     message = text[0] if text else type(exc).__name__
     hint = None

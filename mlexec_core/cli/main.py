@@ -88,7 +88,7 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
     terminal = Terminal()
     if as_json and not dry_run:
         _fail(terminal, MlexecError("--json goes with --dry-run"))
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    stopper = _Stopper(terminal)
     try:
         plugins = _plugins(terminal)
         from mlexec_core.pipeline.resolve import resolve_plan
@@ -108,45 +108,70 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
             else:
                 _print_plan(terminal, summary)
             return
-        code = _run_plan(terminal, plugins, plan)
+        code = _run_plan(terminal, plugins, plan, stopper)
     except MlexecError as exc:
         _fail(terminal, exc)
     except (KeyboardInterrupt, _Terminated) as exc:
-        terminal.failure("Interrupted; nothing was left running.")
+        terminal.failure("Interrupted before the run started; no run was created.")
         sys.exit(143 if isinstance(exc, _Terminated) else 130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stopper.restore()
     sys.exit(code)
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated()
+class _Stopper:
+    """SIGINT/SIGTERM for the whole of `mlexec run`.
+
+    While preparing (nothing exists yet) a signal interrupts at once.  While the
+    run is being created and the job started, it is held, and acted on as soon
+    as the job exists, so a signal can never leave a job running or a run
+    RUNNING.  While the job runs, the first signal stops it (SIGINT/SIGTERM to
+    its process group, SIGKILL after MLEXEC_STOP_TIMEOUT); a second kills at once.
+    """
+
+    def __init__(self, terminal) -> None:
+        self.terminal = terminal
+        self.received: list[int] = []
+        self.submitted = None
+        self.starting = False
+        self._old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received.append(signum)
+        if self.submitted is None and not self.starting:
+            raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated()
+        if self.submitted is not None:
+            self._stop(signum)
+
+    def _stop(self, signum: int) -> None:
+        if len(self.received) == 1:
+            self.terminal.warning(f"{signal.Signals(signum).name}: stopping the run (again to kill at once)")
+            threading.Thread(target=self.submitted.cancel, args=(signum,), daemon=True).start()
+        else:
+            threading.Thread(target=self.submitted.cancel, args=(signal.SIGKILL,), daemon=True).start()
+
+    def started(self, submitted) -> None:
+        self.submitted = submitted
+        if self.received:  # arrived while the run was being created
+            self.received = self.received[:1]
+            self._stop(self.received[0])
 
 
-def _run_plan(terminal, plugins, plan) -> int:
-    from mlexec_core.pipeline.execute import submit
+def _run_plan(terminal, plugins, plan, stopper: _Stopper) -> int:
+    from mlexec_core.pipeline.execute import prepare, start
     from mlexec_core.pipeline.plan import RunStatus
 
-    submitted = submit(plugins, plan)
+    prepared = prepare(plugins, plan)
+    stopper.starting = True
+    submitted = start(plugins, plan, prepared)
+    stopper.started(submitted)
     where = f" (experiment {submitted.run.experiment_id})" if submitted.run.experiment_id else ""
     terminal.info(f"=== Run {submitted.run_id}{where}: {plan.command} ===")
-    received: list[int] = []
-
-    def on_signal(signum, frame):
-        received.append(signum)
-        if len(received) == 1:
-            terminal.warning(f"{signal.Signals(signum).name}: stopping the run (again to kill at once)")
-            threading.Thread(target=submitted.cancel, args=(signum,), daemon=True).start()
-        else:
-            threading.Thread(target=submitted.cancel, args=(signal.SIGKILL,), daemon=True).start()
-
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
-    try:
-        submitted.wait()
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+    submitted.wait()
     status = submitted.status
     if status is RunStatus.FINISHED:
         terminal.success(f"=== Run {submitted.run_id} succeeded ===")
@@ -154,9 +179,8 @@ def _run_plan(terminal, plugins, plan) -> int:
     reason = f": {submitted.failure_reason}" if submitted.failure_reason else ""
     terminal.failure(f"=== Run {submitted.run_id} {status.value.lower()}{reason} ===")
     if status is RunStatus.KILLED:
-        return 128 + (received[0] if received else signal.SIGTERM)
-    code = submitted.exit_code
-    return code if code and 0 < code < 126 else 1
+        return 128 + (stopper.received[0] if stopper.received else signal.SIGTERM)
+    return 1
 
 
 def _fail(terminal, exc: MlexecError) -> None:
@@ -184,10 +208,10 @@ def describe(uri: str, as_json: bool) -> None:
     terminal = Terminal()
     try:
         from mlexec_core.pipeline.describe import project_summary
+        from mlexec_core.pipeline.resolve import load_project_reporting
         from mlexec_core.pipeline.source import fetch
-        from mlexec_core.project.loader import load_project
 
-        project = load_project(fetch(uri, None, Path.cwd()).directory)
+        project = load_project_reporting(fetch(uri, None, Path.cwd()).directory, terminal)
     except MlexecError as exc:
         _fail(terminal, exc)
     summary = project_summary(project)
@@ -244,8 +268,12 @@ def _managers(terminal):
 
 
 def _all_envs(terminal, manager: str | None):
+    managers = _managers(terminal)
+    if manager and manager not in {m.name for m in managers}:
+        _fail(terminal, MlexecError(f"unknown environment manager {manager!r} (--manager)",
+                                    hint=f"installed: {', '.join(m.name for m in managers)}"))
     envs = []
-    for mgr in _managers(terminal):
+    for mgr in managers:
         if manager and mgr.name != manager:
             continue
         envs.extend((mgr, info) for info in mgr.list_environments())
@@ -300,7 +328,7 @@ def env_prune(older_than: str | None, all_: bool, manager: str | None, dry_run: 
         if dry_run:
             terminal.echo(f"would remove {info.name} ({_size(info.size_bytes)})")
             continue
-        if mgr.remove_environment(info):
+        if mgr.remove_environment(info) is not False:
             removed += 1
             terminal.echo(f"removed {info.name} ({_size(info.size_bytes)})")
         else:
@@ -313,9 +341,12 @@ def _parse_age(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     text = text.strip().lower()
     try:
-        return float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+        age = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
     except (ValueError, KeyError):
-        raise MlexecError(f"--older-than {text!r}: expected a number with s, m, h, d or w (7d)") from None
+        age = -1
+    if not age >= 0:
+        raise MlexecError(f"--older-than {text!r}: expected a positive number with s, m, h, d or w (7d)")
+    return age
 
 
 def _size(n: int | None) -> str:

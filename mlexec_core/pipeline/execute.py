@@ -12,6 +12,8 @@ import threading
 import uuid
 from typing import Any
 
+from attrs import frozen
+
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.plugin.interfaces import PreparedEnvironment, SubmittedJob
 from mlexec_core.plugin.manager import Plugins
@@ -71,36 +73,56 @@ class SubmittedRun:
             self._status = status
             self.failure_reason = reason
         if self.job.tags:
-            self.plugins.hook.mlexec_run_tags(run=self.run, tags=dict(self.job.tags))
-        self.plugins.hook.mlexec_run_finished(run=self.run, plan=self.plan, status=status, reason=reason)
+            self.plugins.broadcast("mlexec_run_tags", run=self.run, tags=dict(self.job.tags))
+        self.plugins.broadcast("mlexec_run_finished", run=self.run, plan=self.plan, status=status, reason=reason)
 
 
-def prepare_environment(plugins: Plugins, plan: RunPlan) -> PreparedEnvironment | None:
+@frozen
+class Prepared:
+    """What :func:`prepare` made ready, before any run exists."""
+
+    environment: PreparedEnvironment | None
+    backend: Any
+
+
+def prepare(plugins: Plugins, plan: RunPlan) -> Prepared:
+    """Prepare the environment and let the backend do its pre-run work (build, push).
+
+    Nothing exists in the tracking store yet: an error or Ctrl-C here leaves no run.
+    """
     backend = plugins.backend(plan.backend)
-    if not backend.uses_local_environment(plan):
-        return None
-    return plugins.environment_manager(plan.env_manager).prepare(plan)
+    environment = None
+    if backend.uses_local_environment(plan):
+        environment = plugins.environment_manager(plan.env_manager).prepare(plan)
+    return Prepared(environment, backend.prepare(plan, environment))
 
 
-def submit(plugins: Plugins, plan: RunPlan) -> SubmittedRun:
-    """Prepare, create the run, and start the job; return without waiting."""
+def start(plugins: Plugins, plan: RunPlan, prepared: Prepared) -> SubmittedRun:
+    """Create the run and start the job; return without waiting.
+
+    From the moment the run exists, every way out ends it (FAILED, or KILLED for
+    an interrupt).
+    """
     backend = plugins.backend(plan.backend)
-    environment = prepare_environment(plugins, plan)
-    prepared: Any = backend.prepare(plan, environment)
-
+    environment = prepared.environment
     run = plugins.hook.mlexec_run_create(plan=plan) or RunRecord(run_id=uuid.uuid4().hex)
     try:
         tags = {"mlflow.project.backend": backend.name}
         if environment is not None:
             tags["mlflow.project.env"] = environment.name
             tags.update(environment.tags)
-        plugins.hook.mlexec_run_tags(run=run, tags=tags)
-        job = backend.submit(plan, run, prepared)
+        plugins.broadcast("mlexec_run_tags", run=run, tags=tags)
+        job = backend.submit(plan, run, prepared.backend)
     except BaseException as exc:
         status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
-        plugins.hook.mlexec_run_finished(run=run, plan=plan, status=status,
-                                         reason=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        plugins.broadcast("mlexec_run_finished", run=run, plan=plan, status=status,
+                          reason=f"{type(exc).__name__}: {exc}".rstrip(": "))
         raise
     submitted = SubmittedRun(plugins, plan, run, job, environment)
-    plugins.hook.mlexec_run_started(run=run, plan=plan)
+    plugins.broadcast("mlexec_run_started", run=run, plan=plan)
     return submitted
+
+
+def submit(plugins: Plugins, plan: RunPlan) -> SubmittedRun:
+    """:func:`prepare`, then :func:`start`."""
+    return start(plugins, plan, prepare(plugins, plan))

@@ -178,6 +178,17 @@ def _resolve_path(value: str, base: Path) -> str:
     return str(path)
 
 
+def load_project_reporting(directory: Path, reporter) -> Project:
+    """:func:`load_project`, with its warnings (ignored keys ...) said through ``reporter``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProjectWarning)
+        project = load_project(directory)
+    for w in caught:
+        if issubclass(w.category, ProjectWarning):
+            reporter.warning(str(w.message))
+    return project
+
+
 def choose_environment_manager(plugins: Plugins, project: Project, requested: str | None,
                                warn) -> tuple[str, str]:
     """The canonical manager name for ``project`` and the name the user used."""
@@ -200,9 +211,9 @@ def choose_environment_manager(plugins: Plugins, project: Project, requested: st
     candidates = sorted({c for c in managers.values() if kind in c.default_for}, key=lambda c: (-c.priority, c.name))
     if not candidates:
         package = {EnvKind.PYTHON: "mlexec-virtualenv", EnvKind.CONDA: "mlexec-conda",
-                   EnvKind.DOCKER: "mlexec-docker"}.get(kind, "an environment plugin")
-        hint = f"install one (pip install {package})"
-        if kind is not EnvKind.DOCKER:
+                   EnvKind.DOCKER: "mlexec-docker"}.get(kind)
+        hint = f"install one (pip install {package})" if package else "install an environment plugin"
+        if kind is not EnvKind.DOCKER and "local" in managers and kind in managers["local"].handles:
             hint += ", or pass --env-manager local to run in the current environment"
         raise PluginError(f"no environment manager for {described} is installed", hint=hint)
     return candidates[0].name, candidates[0].name
@@ -252,11 +263,7 @@ def resolve_plan(
         dargs = parse_docker_args(docker_args or ())
 
     fetched = fetch(uri, version, cwd)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ProjectWarning)
-        project = load_project(fetched.directory)
-    for w in caught:
-        reporter.warning(str(w.message))
+    project = load_project_reporting(fetched.directory, reporter)
 
     ep = entry_point_for(project, entry_point)
     values, extra = resolve_parameters(ep, given, project.directory, cwd)

@@ -17,7 +17,7 @@ import attrs
 import pluggy
 from attrs import frozen
 
-from mlexec_core.errors import PluginError
+from mlexec_core.errors import MlexecError, PluginError
 from mlexec_core.plugin import hookspecs
 from mlexec_core.plugin.interfaces import (
     Backend,
@@ -105,6 +105,21 @@ class Plugins:
                         builtin: bool = False) -> None:
         self._record(name, distribution, version, module, builtin, "disabled", None)
 
+    def broadcast(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation of a lifecycle hook; one plugin failing does not
+        stop the others (so a broken notifier never leaves a run RUNNING): its error
+        is reported as a warning naming the plugin."""
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's own calling order
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception as exc:
+                name = self.pm.get_name(impl.plugin) or "?"
+                if isinstance(exc, MlexecError):
+                    self.context.reporter.warning(f"plugin {name!r}, {hook_name}: {exc}")
+                else:
+                    self.context.reporter.warning(f"plugin {name!r} failed in {hook_name}: {_reason(exc)}")
+
     # -- what is registered --------------------------------------------------------------
 
     def _collect(self, hook_name: str, kind: str, base: type[T]) -> dict[str, type[T]]:
@@ -124,6 +139,9 @@ class Plugins:
                         f"plugin {plugin_name!r} registered {cls!r} from {hook_name}, "
                         f"which is not a {base.__name__} subclass"
                     )
+                if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+                    raise PluginError(f"plugin {plugin_name!r} registered {cls.__name__} from {hook_name} "
+                                      "without a name (set the class attribute `name`)")
                 names = [cls.name, *getattr(cls, "aliases", ())]
                 for name in names:
                     if name in found and found[name][0] is not cls:
@@ -196,7 +214,7 @@ class Plugins:
                     continue
                 for cls in classes:
                     aliases = getattr(cls, "aliases", ())
-                    label = f"{kind}: {cls.name}" + (f" ({', '.join(aliases)})" if aliases else "")
+                    label = f"{kind}: {getattr(cls, 'name', None) or '(no name)'}" + (f" ({', '.join(aliases)})" if aliases else "")
                     provides.setdefault(pname, []).append(label)
         for plugin in self.pm.get_plugins():
             pname = self.pm.get_name(plugin)
