@@ -25,6 +25,7 @@ The root is ``$MLEXEC_ENV_ROOT``, else ``$XDG_CACHE_HOME/mlexec/envs``, else
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -44,6 +45,7 @@ LAST_USED = ".mlexec-last-used"
 
 #: Open use-lock files of this process: kept open (and so locked) until it exits.
 _held: list[Any] = []
+atexit.register(lambda: [handle.close() for handle in _held])
 
 
 def env_root(environ: Mapping[str, str] | None = None) -> Path:
