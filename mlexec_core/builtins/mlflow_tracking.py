@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from mlexec_core.errors import TrackingError
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin.interfaces import Context
 
 DEFAULT_DB = "mlflow.db"
 MAX_TAG_VALUE = 8000
@@ -192,9 +193,12 @@ def _user() -> str:
 
 
 @hookimpl
-def mlexec_run_create(plan: RunPlan) -> RunRecord:
+def mlexec_run_create(plan: RunPlan, context: Context) -> RunRecord:
     uri = tracking_uri()
     store = open_store(uri)
+    if isinstance(store, ClientStore) and store._client is None:
+        with context.reporter.status(f"Opening the MLflow tracking store {uri} (through MLflow: a few seconds)"):
+            store.client  # noqa: B018
     params = plan.logged_params()
     if plan.tracking.run_id:
         experiment_id, run_name = store.attach(plan.tracking.run_id, params)

@@ -105,7 +105,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared) -> SubmittedRun:
     """
     backend = plugins.backend(plan.backend)
     environment = prepared.environment
-    run = plugins.hook.mlexec_run_create(plan=plan) or RunRecord(run_id=uuid.uuid4().hex)
+    run = plugins.hook.mlexec_run_create(plan=plan, context=plugins.context) or RunRecord(run_id=uuid.uuid4().hex)
     try:
         tags = {"mlflow.project.backend": backend.name}
         if environment is not None:

@@ -23,7 +23,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
-    from mlexec_core.plugin.interfaces import Backend, EnvironmentManager, ImageBuilder
+    from mlexec_core.plugin.interfaces import Backend, Context, EnvironmentManager, ImageBuilder
 
 hookspec = pluggy.HookspecMarker("mlexec")
 
@@ -59,7 +59,7 @@ def mlexec_image_builders() -> Iterable[type[ImageBuilder]]:
 
 
 @hookspec(firstresult=True)
-def mlexec_run_create(plan: RunPlan) -> RunRecord | None:
+def mlexec_run_create(plan: RunPlan, context: Context) -> RunRecord | None:
     """Open the run in a tracking system, after the plan is validated and the
     environment prepared, just before the job is submitted.
 
@@ -70,6 +70,7 @@ def mlexec_run_create(plan: RunPlan) -> RunRecord | None:
     store refuses (an unknown experiment): nothing has run yet.
 
     :param plan: the resolved run.
+    :param context: ``context.reporter`` talks to the user (a spinner around a slow store).
     """
 
 
