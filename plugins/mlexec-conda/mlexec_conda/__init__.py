@@ -1,0 +1,1 @@
+"""mlexec plugin for conda.yaml environments (``--env-manager conda``)."""

@@ -1,0 +1,139 @@
+"""The ``conda`` environment manager: conda.yaml into a cached, content-addressed prefix."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+from pathlib import Path
+from typing import Iterable
+
+from mlexec_core.builtins.local import ProcessLauncher
+from mlexec_core.envcache import EnvironmentCache, spec_key
+from mlexec_core.errors import EnvironmentBuildError
+from mlexec_core.pipeline.plan import RunPlan
+from mlexec_core.plugin.interfaces import (
+    CommandSpec,
+    EnvironmentInfo,
+    EnvironmentManager,
+    Execution,
+    PreparedEnvironment,
+)
+from mlexec_core.project.model import EnvKind, Project
+
+from mlexec_conda.engines import Engine, find_engine, install_pip
+from mlexec_conda.spec import CondaSpec, parse_conda_yaml
+
+ACTIVATE_D = Path("etc", "conda", "activate.d")
+
+
+def conda_platform() -> str:
+    """The conda subdir of this machine (``linux-64``, ``osx-arm64`` ...), without importing rattler."""
+    import platform
+    import sys
+
+    machine = platform.machine().lower()
+    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64", "ppc64le": "ppc64le",
+            "s390x": "s390x", "i686": "32", "i386": "32"}.get(machine, machine)
+    osname = {"linux": "linux", "darwin": "osx", "win32": "win"}.get(sys.platform, sys.platform)
+    if osname == "linux" and arch == "arm64":
+        arch = "aarch64"
+    if osname == "osx" and arch == "aarch64":
+        arch = "arm64"
+    return f"{osname}-{arch}"
+
+
+class ActivatingLauncher(ProcessLauncher):
+    """Sources the prefix's ``etc/conda/activate.d/*.sh`` scripts before the command, as ``conda activate`` does."""
+
+    def __init__(self, scripts: tuple[str, ...]) -> None:
+        self.scripts = scripts
+
+    def start(self, spec: CommandSpec) -> Execution:
+        sources = "".join(f". {shlex.quote(s)} && " for s in self.scripts)
+        return super().start(CommandSpec(command=sources + spec.command, cwd=spec.cwd, env=spec.env))
+
+
+class CondaEnvironment(EnvironmentManager):
+    name = "conda"
+    handles = frozenset({EnvKind.CONDA})
+    default_for = frozenset({EnvKind.CONDA})
+    description = ("conda.yaml environments, built with conda/mamba/micromamba when installed, else with the "
+                   "built-in rattler engine; cached by content")
+
+    def _spec(self, project: Project) -> CondaSpec:
+        file = project.environment.file
+        if file is None:  # the core only hands CONDA projects here, and those have a file
+            raise EnvironmentBuildError("the project declares no conda environment file",
+                                        hint="add a conda.yaml, or declare conda_env: <file> in the MLproject")
+        return parse_conda_yaml(file)
+
+    def cache(self) -> EnvironmentCache:
+        return EnvironmentCache(self.name)
+
+    def key(self, spec: CondaSpec, engine: Engine) -> str:
+        return spec_key({**spec.key_data(), "platform": conda_platform(), "engine": engine.name})
+
+    def check(self, project: Project, requested_as: str) -> None:
+        find_engine().validate(self._spec(project))
+
+    def describe(self, project: Project) -> str:
+        try:
+            spec = self._spec(project)
+            engine = find_engine()
+        except EnvironmentBuildError as exc:
+            return f"conda: {exc.message}"
+        cache, key = self.cache(), self.key(spec, engine)
+        state = "cached" if cache.is_ready(key) else "to be built"
+        path = cache.path_for(key)
+        return f"conda environment from {spec.file.name} with {engine.description}: {path} ({state})"
+
+    def prepare(self, plan: RunPlan) -> PreparedEnvironment:
+        reporter = self.context.reporter
+        spec = self._spec(plan.project)
+        for key in spec.unknown_keys:
+            reporter.warning(f"{spec.file.name}: unknown key {key!r} is ignored")
+        engine = find_engine()
+        engine.validate(spec)
+        cache = self.cache()
+        key = self.key(spec, engine)
+
+        def build(prefix: Path) -> None:
+            reporter.info(f"conda: creating environment {prefix.name} from {spec.file.name} with "
+                          f"{engine.description}")
+            engine.build(spec, prefix, reporter)
+            if spec.pip:
+                install_pip(spec, prefix, reporter)
+
+        prefix, built = cache.ensure(
+            key, build, summary=spec.summary(), spec={**spec.key_data(), "engine": engine.name,
+                                                      "file": str(spec.file)},
+            relocatable=False,
+            on_wait=lambda: reporter.info("conda: another mlexec is creating the same environment; waiting"),
+        )
+        if not built:
+            reporter.info(f"conda: reusing environment {prefix.name}")
+        return self.prepared(spec, prefix)
+
+    def prepared(self, spec: CondaSpec, prefix: Path) -> PreparedEnvironment:
+        env = {
+            "CONDA_PREFIX": str(prefix),
+            "CONDA_DEFAULT_ENV": str(prefix),
+            "CONDA_SHLVL": "1",
+            "CONDA_PROMPT_MODIFIER": f"({prefix.name}) ",
+            **spec.variables,
+        }
+        scripts = tuple(sorted(glob.glob(os.path.join(prefix, ACTIVATE_D, "*.sh"))))
+        return PreparedEnvironment(
+            name="conda",
+            env=env,
+            path_prepend=(str(prefix / "bin"),),
+            launcher=ActivatingLauncher(scripts) if scripts else None,
+            location=str(prefix),
+        )
+
+    def list_environments(self) -> Iterable[EnvironmentInfo]:
+        return self.cache().list()
+
+    def remove_environment(self, info: EnvironmentInfo) -> bool:
+        return self.cache().remove(info)
