@@ -263,3 +263,15 @@ def test_signal_while_the_run_is_being_created_still_stops_the_job(project, cli_
     assert proc.returncode == 143, proc.stderr
     assert_no_traceback(proc)
     assert store.only_run().info.status == "KILLED"
+
+
+def test_command_env_order():
+    from mlexec_core.pipeline.plan import RunRecord
+    from mlexec_core.plugin.interfaces import command_env
+
+    env = command_env(
+        {"PATH": "/usr/bin", "VIRTUAL_ENV": "/old", "KEEP": "1", "MLFLOW_RUN_ID": "stale"},
+        PreparedEnvironment(name="x", env={"A": "b"}, path_prepend=("/env/bin",), unset=("VIRTUAL_ENV",)),
+        RunRecord(run_id="r1", env={"MLFLOW_RUN_ID": "r1"}),
+    )
+    assert env == {"PATH": "/env/bin:/usr/bin", "KEEP": "1", "A": "b", "MLFLOW_RUN_ID": "r1"}

@@ -102,6 +102,8 @@ class PreparedEnvironment:
     env: Mapping[str, str] = attrs.field(factory=dict)
     #: Directories put first on ``PATH`` (for example the environment's ``bin``).
     path_prepend: tuple[str, ...] = ()
+    #: Variables removed from the inherited environment (for example ``VIRTUAL_ENV`` for a conda prefix).
+    unset: tuple[str, ...] = ()
     #: Tags to set on the run (for example ``mlflow.docker.image.id``).
     tags: Mapping[str, str] = attrs.field(factory=dict)
     #: How to start the command; ``None`` means a plain process on this machine.
@@ -282,6 +284,8 @@ def command_env(base: Mapping[str, str], environment: PreparedEnvironment | None
 
     env = dict(base)
     if environment is not None:
+        for name in environment.unset:
+            env.pop(name, None)
         env.update(environment.env)
         if environment.path_prepend:
             env["PATH"] = os.pathsep.join([*environment.path_prepend, env.get("PATH", "")])

@@ -128,6 +128,7 @@ class CondaEnvironment(EnvironmentManager):
             name="conda",
             env=env,
             path_prepend=(str(prefix / "bin"),),
+            unset=("VIRTUAL_ENV", "PYTHONHOME"),  # an activated venv must not leak into the prefix
             launcher=ActivatingLauncher(scripts) if scripts else None,
             location=str(prefix),
         )
