@@ -177,8 +177,9 @@ def test_env_list_and_prune(mlexec, project, tmp_path, cli_env):
     second = mlexec("run", proj, "--env-manager", "demoenv", env=env, check=0)
     assert "reusing environment" in second.stderr and "creating" not in second.stderr
 
-    listed = json.loads(mlexec("env", "list", "--json", env=env, check=0).stdout)
-    assert [(e["manager"], e["summary"], e["in_use"]) for e in listed] == [("demoenv", "greet", False)]
+    listed = [e for e in json.loads(mlexec("env", "list", "--json", env=env, check=0).stdout)
+              if e["manager"] == "demoenv"]  # other installed plugins may list theirs
+    assert [(e["summary"], e["in_use"]) for e in listed] == [("greet", False)]
     assert listed[0]["size_bytes"] > 0
     table = mlexec("env", "list", env=env, check=0).stdout
     assert "demoenv\tdemoenv-" in table and "just now" in table
@@ -187,12 +188,12 @@ def test_env_list_and_prune(mlexec, project, tmp_path, cli_env):
     bad_age = mlexec("env", "prune", "--older-than", "-3d", env=env)
     assert bad_age.returncode == 2 and "expected a positive number" in bad_age.stderr
     assert "--older-than AGE or --all" in mlexec("env", "prune", env=env).stderr
-    kept = mlexec("env", "prune", "--older-than", "1d", env=env, check=0)
+    kept = mlexec("env", "prune", "--older-than", "1d", "--manager", "demoenv", env=env, check=0)
     assert "0 environments removed" in kept.stderr
-    dry = mlexec("env", "prune", "--all", "--dry-run", env=env, check=0)
+    dry = mlexec("env", "prune", "--all", "--dry-run", "--manager", "demoenv", env=env, check=0)
     assert "would remove demoenv-" in dry.stdout
-    assert len(json.loads(mlexec("env", "list", "--json", env=env, check=0).stdout)) == 1
-    pruned = mlexec("env", "prune", "--all", env=env, check=0)
+    assert len(json.loads(mlexec("env", "list", "--json", "--manager", "demoenv", env=env, check=0).stdout)) == 1
+    pruned = mlexec("env", "prune", "--all", "--manager", "demoenv", env=env, check=0)
     assert "removed demoenv-" in pruned.stdout and "1 environment removed" in pruned.stderr
-    assert json.loads(mlexec("env", "list", "--json", env=env, check=0).stdout) == []
+    assert json.loads(mlexec("env", "list", "--json", "--manager", "demoenv", env=env, check=0).stdout) == []
     assert not any(p.name.startswith("demoenv-") for p in (tmp_path / "envs").iterdir())

@@ -211,7 +211,7 @@ def describe(uri: str, as_json: bool) -> None:
         from mlexec_core.pipeline.resolve import load_project_reporting
         from mlexec_core.pipeline.source import fetch
 
-        project = load_project_reporting(fetch(uri, None, Path.cwd()).directory, terminal)
+        project = load_project_reporting(fetch(uri, None, Path.cwd(), reporter=terminal).directory, terminal)
     except MlexecError as exc:
         _fail(terminal, exc)
     summary = project_summary(project)
@@ -369,6 +369,11 @@ def _ago(ts: float | None) -> str:
         if delta >= seconds:
             return f"{int(delta // seconds)}{unit} ago"
     return "just now"
+
+
+from mlexec_core.cli.cache import cache as _cache_group  # noqa: E402  (click and errors only)
+
+cli.add_command(_cache_group)
 
 
 def main() -> None:

@@ -262,7 +262,7 @@ def resolve_plan(
     else:
         dargs = parse_docker_args(docker_args or ())
 
-    fetched = fetch(uri, version, cwd)
+    fetched = fetch(uri, version, cwd, reporter=reporter)
     project = load_project_reporting(fetched.directory, reporter)
 
     ep = entry_point_for(project, entry_point)

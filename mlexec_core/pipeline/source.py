@@ -1,21 +1,34 @@
-"""Where a project comes from.  For now: a directory on this machine."""
+"""Where a project comes from: a directory used in place, a git repository, an archive.
+
+:func:`fetch` decides what a URI is, brings the project into the source cache
+when it is not a local directory (:mod:`mlexec_core.sources`), and checks the
+``#sub/dir`` part.  Every problem (an unknown ref, an unreachable remote, a
+missing subdirectory, a corrupt or malicious archive) is one
+:class:`~mlexec_core.errors.UsageError` raised here, before any run exists.
+"""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlparse, urlunparse
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from attrs import frozen
 
 from mlexec_core.errors import UsageError
 from mlexec_core.pipeline.plan import Source
+from mlexec_core.sources.urls import GIT_SCHEMES, is_archive, is_scp_like, redact
 
 
 @frozen
 class FetchedProject:
     directory: Path
     source: Source
+    #: The root of the checkout or extracted archive (``directory`` is inside it with ``#sub/dir``).
+    root: Path | None = None
+    #: True when the project came from the source cache without fetching or extracting anything.
+    cached: bool = False
 
 
 def split_subdirectory(uri: str) -> tuple[str, str | None]:
@@ -23,58 +36,138 @@ def split_subdirectory(uri: str) -> tuple[str, str | None]:
     uri = uri.strip().strip("'\"")
     if "#" not in uri:
         return uri, None
-    base, sub = uri.split("#", 1)
-    sub = sub.strip("/") or None
+    base, raw = uri.split("#", 1)
+    sub = raw.strip("/") or None
     if sub is not None:
         parts = PurePosixPath(sub).parts
-        if uri.split("#", 1)[1].startswith("/") or ".." in parts:
+        if raw.startswith(("/", "\\")) or ".." in parts or "\\" in sub or (len(sub) > 1 and sub[1] == ":"):
             raise UsageError(f"project subdirectory {sub!r} must be a relative path inside the project",
                              hint="write URI#sub/dir without .. or a leading /")
     return base, sub
 
 
-def redact(uri: str) -> str:
-    """``uri`` without a password (``https://user:secret@host`` -> ``https://user@host``)."""
-    parsed = urlparse(uri)
-    if parsed.password is None:
-        return uri
-    netloc = parsed.hostname or ""
-    if parsed.username:
-        netloc = f"{parsed.username}@{netloc}"
-    if parsed.port:
-        netloc += f":{parsed.port}"
-    return urlunparse(parsed._replace(netloc=netloc))
+def fetch(uri: str, version: str | None, cwd: Path, *, reporter: Any = None) -> FetchedProject:
+    """The project at ``uri`` (at ``version``, for git), as a local directory and its :class:`Source`.
 
-
-def fetch(uri: str, version: str | None, cwd: Path) -> FetchedProject:
+    ``reporter`` (optional) shows progress of slow steps (``status`` / ``info``).
+    """
     base, sub = split_subdirectory(uri)
-    parsed = urlparse(base)
-    if parsed.scheme == "file" and not parsed.netloc:
-        path = Path(unquote(parsed.path))
-    elif parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and base[1:2] == ":"):
-        path = cwd / base
-    else:
-        raise UsageError(
-            f"cannot fetch {redact(uri)!r}: only project directories on this machine are supported so far",
-            hint="clone the repository and pass its directory",
-        )
+    shown = redact(uri.strip().strip("'\""))
+    parsed = urlsplit(base)
+    scheme = parsed.scheme.lower()
+    if scheme == "file" and parsed.netloc in ("", "localhost"):
+        return _fetch_path(Path(unquote(parsed.path)), uri, shown, sub, version, reporter)
+    if scheme in ("http", "https") and is_archive(unquote(parsed.path)):
+        return _fetch_archive(base, shown, sub, version, reporter)
+    if scheme in GIT_SCHEMES or scheme == "file" or (is_scp_like(base) and not (cwd / base).exists()):
+        url = base[4:] if scheme in ("git+https", "git+http") else base  # pip's spelling; git knows git+ssh
+        return _fetch_git(url, shown, sub, version, reporter, local=False)
+    if scheme and len(scheme) > 1:
+        raise UsageError(f"cannot fetch project {shown!r}: unknown URI scheme {scheme!r}",
+                         hint="use a directory, a git URL (https://, ssh://, git://, git@host:repo.git, file://), "
+                              "or a .zip / .tar.gz archive (local or http(s))")
+    return _fetch_path(cwd / base, uri, shown, sub, version, reporter)
+
+
+def _fetch_path(path: Path, uri: str, shown: str, sub: str | None, version: str | None,
+                reporter: Any) -> FetchedProject:
+    from mlexec_core.sources.git import is_bare_repository, local_repository
+
+    if path.is_file() and is_archive(path.name):
+        return _fetch_archive(str(path.resolve()), shown, sub, version, reporter)
     if not path.is_dir():
-        what = "file, not a directory" if path.exists() else "no such directory"
-        raise UsageError(f"project {uri!r}: {what} ({path.resolve()})",
-                         hint="pass the directory that holds the MLproject file")
-    directory = path.resolve()
-    if sub:
-        directory = (directory / sub).resolve()
-        if not directory.is_dir():
-            raise UsageError(f"project {uri!r}: no subdirectory {sub!r} in {path.resolve()}")
+        what = "file, not a directory or archive" if path.exists() else "no such directory"
+        raise UsageError(f"project {shown!r}: {what} ({path.resolve()})",
+                         hint="pass the directory that holds the MLproject file, a git URL or an archive")
+    path = path.resolve()
+    if is_bare_repository(path):
+        return _fetch_git(str(path), shown, sub, version, reporter, local=True, repo_url=shown.split("#", 1)[0])
     if version:
-        raise UsageError(
-            f"--version {version!r} needs a git project URI; {uri!r} is a local directory used in place",
-            hint="check out that version yourself, or drop --version",
-        )
+        found = local_repository(path)
+        if found is None:
+            raise UsageError(
+                f"--version {version!r} needs a git project; {shown!r} is a directory that is not in git",
+                hint="drop --version, or pass a git URL")
+        top, prefix = found
+        inner = "/".join(p for p in (prefix, sub) if p) or None
+        origin = _origin(top)
+        return _fetch_git(str(top), shown, inner, version, reporter, local=True, repo_url=origin or str(top),
+                          origin=origin)
+    directory = path
+    if sub:
+        directory = _subdirectory(path, sub, shown)
     commit, repo_url = git_info(directory)
     return FetchedProject(directory, Source(uri=str(directory), kind="local", git_commit=commit,
                                             git_repo_url=redact(repo_url) if repo_url else None))
+
+
+def _status(reporter: Any):
+    if reporter is None:
+        return None
+
+    def status(message: str) -> None:
+        reporter.info(message)
+
+    return status
+
+
+def _fetch_git(url: str, shown: str, sub: str | None, version: str | None, reporter: Any, *, local: bool,
+               repo_url: str | None = None, origin: str | None = None) -> FetchedProject:
+    from mlexec_core.sources.cache import SourceCache
+    from mlexec_core.sources.git import checkout
+
+    cache = SourceCache()
+    status = _status(reporter)
+    if reporter is not None:
+        with reporter.status(f"Getting {redact(url)}" + (f" at {version}" if version else "")):
+            result = checkout(url, version, cache, local=local, origin=origin, status=status)
+    else:
+        result = checkout(url, version, cache, local=local, origin=origin)
+    directory = _subdirectory(result.directory, sub, shown) if sub else result.directory
+    source = Source(uri=shown, kind="git", git_commit=result.commit, git_repo_url=redact(repo_url or url),
+                    git_branch=result.branch, version=version)
+    return FetchedProject(directory, source, root=result.directory, cached=not result.created)
+
+
+def _fetch_archive(location: str, shown: str, sub: str | None, version: str | None,
+                   reporter: Any) -> FetchedProject:
+    from mlexec_core.sources.archive import fetch_archive, project_root
+    from mlexec_core.sources.cache import SourceCache
+
+    if version:
+        raise UsageError(f"--version {version!r} needs a git project; {shown!r} is an archive",
+                         hint="drop --version")
+    status = _status(reporter)
+    if reporter is not None:
+        with reporter.status(f"Getting {shown}"):
+            extracted = fetch_archive(location, SourceCache(), shown=shown.split("#", 1)[0], status=status)
+    else:
+        extracted = fetch_archive(location, SourceCache(), shown=shown.split("#", 1)[0])
+    root = project_root(extracted)
+    directory = _subdirectory(root, sub, shown) if sub else root
+    return FetchedProject(directory, Source(uri=shown, kind="archive"), root=extracted)
+
+
+def _subdirectory(root: Path, sub: str, shown: str) -> Path:
+    directory = (root / sub).resolve()
+    if not directory.is_relative_to(root.resolve()):
+        raise UsageError(f"project {shown!r}: subdirectory {sub!r} leads outside the project (a symlink)",
+                         hint="write URI#sub/dir with a directory inside the project")
+    if not directory.is_dir():
+        subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        listing = ", ".join(subdirs[:12]) or "none"
+        raise UsageError(f"project {shown!r}: no subdirectory {sub!r}",
+                         hint=f"directories at the top of the project: {listing}")
+    return directory
+
+
+def _origin(top: Path) -> str | None:
+    try:
+        url = subprocess.run(["git", "-C", str(top), "config", "--get", "remote.origin.url"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return url or None
 
 
 def git_info(directory: Path) -> tuple[str | None, str | None]:
