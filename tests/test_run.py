@@ -357,3 +357,8 @@ def test_run_ended_by_the_job_keeps_its_status(mlexec, project, store):
     proj = project("entry_points: {main: {command: 'python end.py'}}\n", {"end.py": script})
     mlexec("run", proj, "--env-manager", "local", check=0)
     assert store.only_run().info.status == "FAILED"
+
+
+def test_failure_reason_is_tagged(mlexec, demo, store):
+    mlexec("run", demo, "-e", "fail", "--env-manager", "local")
+    assert store.only_run().data.tags["mlexec.failureReason"] == "the command exited with status 3"

@@ -213,6 +213,7 @@ class LocalBackend(Backend):
             command=plan.command,
             cwd=plan.work_dir,
             env=command_env(os.environ, prepared, run),
+            added={**(prepared.env if prepared else {}), **run.env},
         )
         launcher = (prepared.launcher if prepared else None) or ProcessLauncher()
         return ExecutionJob(launcher.start(spec))

@@ -24,6 +24,8 @@ from mlexec_core.plugin import hookimpl
 from mlexec_core.plugin.interfaces import Context
 
 DEFAULT_DB = "mlflow.db"
+#: Why a run failed or was killed, in one line (set by mlexec when it ends the run).
+FAILURE_REASON_TAG = "mlexec.failureReason"
 MAX_TAG_VALUE = 8000
 
 _stores: dict[str, Any] = {}
@@ -229,4 +231,6 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
     # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
     if status is not RunStatus.KILLED and store.status(run.run_id) != RunStatus.RUNNING.value:
         return
+    if reason:
+        store.set_tags(run.run_id, {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]})
     store.end_run(run.run_id, status.value)

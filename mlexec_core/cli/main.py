@@ -189,13 +189,17 @@ def _fail(terminal, exc: MlexecError) -> None:
 
 
 def _print_plan(terminal, summary: dict[str, Any]) -> None:
-    rows = [(k, v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in summary.items()
+    shown = dict(summary, backend_plan={k: v for k, v in summary["backend_plan"].items() if k != "text"})
+    rows = [(k, v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in shown.items()
             if k != "parameters"]
     terminal.table("Plan (dry run: nothing runs)", ["", "value"], rows)
     params = summary["parameters"]
     if params:
         terminal.table("Parameters", ["name", "type", "value", "from"],
                        [(p["name"], p["type"], p["value"], p["source"]) for p in params])
+    text = summary["backend_plan"].get("text")
+    if text:
+        terminal.echo(text.rstrip())
 
 
 @cli.command()

@@ -113,6 +113,8 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared) -> SubmittedRun:
             tags.update(environment.tags)
         plugins.broadcast("mlexec_run_tags", run=run, tags=tags)
         job = backend.submit(plan, run, prepared.backend)
+        if job.tags:  # visible while the job runs (image digest, Job name ...)
+            plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
     except BaseException as exc:
         status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
         plugins.broadcast("mlexec_run_finished", run=run, plan=plan, status=status,

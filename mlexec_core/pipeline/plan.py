@@ -77,7 +77,8 @@ class RunPlan:
     extra_parameters: Mapping[str, str]
     #: The shell command to run, values substituted and quoted.
     command: str
-    #: Canonical name of the environment manager that prepares the environment.
+    #: Canonical name of the environment manager that prepares the environment
+    #: ("" when the backend brings its own, e.g. an image, and none applies).
     env_manager: str
     #: The name the user asked for (an alias such as ``uv``), else ``env_manager``.
     env_manager_requested: str

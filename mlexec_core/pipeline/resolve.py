@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 
 
-from mlexec_core.errors import ParameterError, PluginError, UsageError
+from mlexec_core.errors import MlexecError, ParameterError, PluginError, UsageError
 from mlexec_core.pipeline.plan import ResolvedParameter, RunPlan, TrackingOptions
 from mlexec_core.pipeline.source import fetch
 from mlexec_core.plugin.manager import Plugins
@@ -274,8 +274,12 @@ def resolve_plan(
                 f"--{name} and {{{name}}} stays as written (declare {name} under parameters to substitute it)"
             )
 
-    manager, requested = choose_environment_manager(plugins, project, env_manager, reporter.warning)
     backend_obj = plugins.backend(backend)
+    env_error: MlexecError | None = None
+    try:
+        manager, requested = choose_environment_manager(plugins, project, env_manager, reporter.warning)
+    except MlexecError as exc:  # only an error if the backend runs the command in a local environment
+        manager, requested, env_error = "", env_manager or "", exc
     config, config_base = load_backend_config(backend_config, cwd)
     parsed_config = backend_obj.parse_config(config, config_base)
     command = render_command(ep.command, {n: p.value for n, p in values.items()}, extra)
@@ -298,6 +302,8 @@ def resolve_plan(
         options=dict(options or {}),
     )
     if backend_obj.uses_local_environment(plan):
+        if env_error is not None:
+            raise env_error
         plugins.environment_manager(manager).check(project, requested)
     return plan
 

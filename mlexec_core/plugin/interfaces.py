@@ -68,6 +68,9 @@ class CommandSpec:
     cwd: Path
     #: The complete environment of the process (not an overlay).
     env: Mapping[str, str]
+    #: Only what the prepared environment and the run set on top of the inherited
+    #: environment (``MLFLOW_RUN_ID`` ..., ``VIRTUAL_ENV``): what a container needs.
+    added: Mapping[str, str] = attrs.field(factory=dict)
 
 
 class Execution(abc.ABC):
@@ -274,7 +277,11 @@ class Backend(abc.ABC):
         """Start the job for ``plan`` attached to ``run``; return without waiting."""
 
     def dry_run(self, plan: RunPlan) -> Mapping[str, Any]:
-        """What :meth:`submit` would do, for ``--dry-run`` (no side effects)."""
+        """What :meth:`submit` would do, for ``--dry-run`` (no side effects).
+
+        A ``"text"`` entry (a manifest as YAML, say) is printed as it is after the
+        plan; everything is in ``--dry-run --json``.
+        """
         return {}
 
 
