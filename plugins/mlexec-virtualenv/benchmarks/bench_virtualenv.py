@@ -1,0 +1,168 @@
+"""mlexec's virtualenv manager vs ``mlflow run --env-manager virtualenv``, side by side.
+
+On one small project (python_env.yaml: Python 3.X.Y of this interpreter, pip,
+six==1.16.0; the command imports six), alternating the tools so machine noise
+hits both alike:
+
+* cold: a new, empty environment root for every run of each tool (the
+  package caches of uv and pip stay warm, as on a developer's machine);
+* warm: the environment already exists;
+* ``mlexec run --env-manager local``: the core's local run, the floor for warm.
+
+Targets (issue 3): cold at most a third of MLflow's time; warm within 50 ms of
+the core's local run.  MLflow's virtualenv manager needs pyenv with the exact
+Python version installed; if it cannot run here, this says so and compares
+against ``mlflow run --env-manager uv`` instead.  A benchmark, not a test: it
+asserts nothing.
+
+    python plugins/mlexec-virtualenv/benchmarks/bench_virtualenv.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+VERSION = "%d.%d.%d" % sys.version_info[:3]
+
+
+def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return time.perf_counter() - start, proc
+
+
+def must(result: tuple[float, subprocess.CompletedProcess], cmd: list[str]) -> float:
+    elapsed, proc = result
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--warm-repeat", type=int, default=15,
+                        help="extra alternating warm/local mlexec runs, for the 50 ms comparison")
+    args = parser.parse_args()
+
+    mlflow_bin = shutil.which("mlflow", path=str(BIN)) or shutil.which("mlflow")
+    mlexec_bin = shutil.which("mlexec", path=str(BIN)) or shutil.which("mlexec")
+    if not (mlflow_bin and mlexec_bin):
+        raise SystemExit("run with the interpreter of the environment where mlexec, this plugin and mlflow are installed")
+
+    with tempfile.TemporaryDirectory(prefix="mlexec-bench-venv-") as tmp:
+        tmp = Path(tmp)
+        project = tmp / "project"
+        project.mkdir()
+        (project / "MLproject").write_text(
+            "name: bench\npython_env: python_env.yaml\nentry_points:\n  main:\n"
+            "    command: \"python -c 'import six'\"\n")
+        (project / "python_env.yaml").write_text(
+            f'python: "{VERSION}"\nbuild_dependencies:\n  - pip\ndependencies:\n  - six==1.16.0\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLEXEC_"))}
+        env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])  # mlflow's uv manager wants uv on PATH
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        subprocess.run([sys.executable, "-c", "from mlflow.tracking import MlflowClient as C; "
+                        f"C({env['MLFLOW_TRACKING_URI']!r}).search_experiments()"],
+                       env=env, check=True, capture_output=True)
+
+        roots = iter(range(10_000))
+
+        def mlexec_env(root: Path | None = None) -> dict[str, str]:
+            return {**env, "MLEXEC_ENV_ROOT": str(root or tmp / f"mlexec-{next(roots)}")}
+
+        def mlflow_env(root: Path | None = None) -> dict[str, str]:
+            return {**env, "MLFLOW_ENV_ROOT": str(root or tmp / f"mlflow-{next(roots)}")}
+
+        mlexec_cmd = [mlexec_bin, "run", str(project)]
+        local_cmd = [mlexec_bin, "run", str(project), "--env-manager", "local"]
+        manager = "virtualenv"
+        mlflow_cmd = [mlflow_bin, "run", str(project), "--env-manager", manager]
+        warm_mlexec, warm_mlflow = tmp / "warm-mlexec", tmp / "warm-mlflow"
+
+        # First runs: warm the OS caches, uv's and pip's caches, and make the warm environments.
+        print(f"project: python {VERSION}, pip, six==1.16.0; repeat {args.repeat}", flush=True)
+        must(timed(mlexec_cmd, mlexec_env(warm_mlexec), tmp), mlexec_cmd)
+        must(timed(local_cmd, env, tmp), local_cmd)
+        _, proc = timed(mlflow_cmd, mlflow_env(warm_mlflow), tmp)
+        if proc.returncode != 0:
+            last = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:]
+            print(f"note: `mlflow run --env-manager virtualenv` cannot run here ({' '.join(last)}); "
+                  "comparing with `mlflow run --env-manager uv` instead", flush=True)
+            manager = "uv"
+            mlflow_cmd = [mlflow_bin, "run", str(project), "--env-manager", manager]
+            shutil.rmtree(warm_mlflow, ignore_errors=True)
+            must(timed(mlflow_cmd, mlflow_env(warm_mlflow), tmp), mlflow_cmd)
+
+        names = ["mlexec cold", f"mlflow {manager} cold", "mlexec warm", f"mlflow {manager} warm", "mlexec local"]
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for i in range(args.repeat):
+            samples["mlexec cold"].append(must(timed(mlexec_cmd, mlexec_env(), tmp), mlexec_cmd))
+            samples[f"mlflow {manager} cold"].append(must(timed(mlflow_cmd, mlflow_env(), tmp), mlflow_cmd))
+            samples["mlexec warm"].append(must(timed(mlexec_cmd, mlexec_env(warm_mlexec), tmp), mlexec_cmd))
+            samples[f"mlflow {manager} warm"].append(must(timed(mlflow_cmd, mlflow_env(warm_mlflow), tmp),
+                                                          mlflow_cmd))
+            samples["mlexec local"].append(must(timed(local_cmd, env, tmp), local_cmd))
+            print(f"  round {i + 1}/{args.repeat} done", flush=True)
+
+        # mlexec runs are quick: more of them, alternating, to compare warm with local under the noise
+        pairs: dict[str, list[float]] = {"mlexec warm": [], "mlexec local": []}
+        for _ in range(args.warm_repeat):
+            pairs["mlexec warm"].append(must(timed(mlexec_cmd, mlexec_env(warm_mlexec), tmp), mlexec_cmd))
+            pairs["mlexec local"].append(must(timed(local_cmd, env, tmp), local_cmd))
+        inprocess = warm_prepare_ms(project, warm_mlexec, max(20, args.repeat))
+
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    print()
+    print(f"{'case':<24} {'median s':>9} {'min s':>7} {'max s':>7}   (n={args.repeat})")
+    for name, values in samples.items():
+        print(f"{name:<24} {med[name]:>9.3f} {min(values):>7.3f} {max(values):>7.3f}")
+    print()
+    cold = med["mlexec cold"] / med[f"mlflow {manager} cold"]
+    warm = med["mlexec warm"] / med[f"mlflow {manager} warm"]
+    pair_med = {name: statistics.median(values) for name, values in pairs.items()}
+    delta = (pair_med["mlexec warm"] - pair_med["mlexec local"]) * 1000
+    print(f"cold: mlexec / mlflow --env-manager {manager}  = {cold:.3f}   (target <= 0.333)")
+    print(f"warm: mlexec / mlflow --env-manager {manager}  = {warm:.3f}")
+    print(f"warm: mlexec virtualenv - mlexec local     = {delta:+.0f} ms   (target <= 50 ms; medians of "
+          f"{args.warm_repeat} alternating runs each: {pair_med['mlexec warm']:.3f} s vs "
+          f"{pair_med['mlexec local']:.3f} s)")
+    print(f"environment creation (mlexec cold - warm)  = {med['mlexec cold'] - med['mlexec warm']:.3f} s")
+    print(f"warm: check() + prepare() in process       = {statistics.median(inprocess):.1f} ms median, "
+          f"{min(inprocess):.1f} ms min (n={len(inprocess)}; what the manager adds to a local run)")
+
+
+def warm_prepare_ms(project: Path, root: Path, n: int) -> list[float]:
+    """The manager's own cost on a warm environment, measured in this process (less noisy than
+    comparing two whole `mlexec run` processes on a busy machine)."""
+    os.environ["MLEXEC_ENV_ROOT"] = str(root)
+    from mlexec_core.pipeline.plan import RunPlan, Source
+    from mlexec_core.plugin.interfaces import Context
+    from mlexec_core.project.loader import load_project
+    from mlexec_virtualenv.manager import VirtualenvManager
+
+    times = []
+    for _ in range(n):
+        loaded = load_project(project)  # a new Project each time: nothing remembered between runs
+        plan = RunPlan(project=loaded, source=Source(uri=str(project)), entry_point=loaded.entry_points["main"],
+                       parameters={}, extra_parameters={}, command="true", env_manager="virtualenv",
+                       env_manager_requested="virtualenv", backend="local", backend_config={})
+        start = time.perf_counter()
+        manager = VirtualenvManager(Context())
+        manager.check(loaded, "virtualenv")
+        manager.prepare(plan)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The ``virtualenv`` environment manager (alias ``uv``): cached uv virtualenvs.
+
+The environment for a run is named by a hash of what decides its contents
+(the interpreter's full version, build dependencies, requirement lines with
+``-r`` files expanded, constraint files, the uv.lock, the manager), and lives
+in the shared :class:`~mlexec_core.envcache.EnvironmentCache`.  A hit costs a
+few ``stat`` calls and no uv call at all; a miss builds a relocatable
+virtualenv in a temporary folder under a file lock and renames it into place,
+so concurrent runs build it once and a crash or Ctrl-C leaves nothing that
+looks ready.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+from attrs import frozen
+
+from mlexec_core.envcache import EnvironmentCache, env_root, spec_key
+from mlexec_core.errors import EnvironmentBuildError
+from mlexec_core.pipeline.plan import RunPlan
+from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment
+from mlexec_core.project.model import EnvKind, Project
+from mlexec_virtualenv import interpreters as interp_mod
+from mlexec_virtualenv.spec import PythonEnvSpec, read_spec
+
+MANAGER = "virtualenv"
+INTERPRETER_CACHE = ".interpreters.json"
+
+
+@frozen
+class Resolved:
+    """A project's spec with its interpreter chosen and its cache key computed."""
+
+    spec: PythonEnvSpec
+    interpreter: interp_mod.Interpreter
+    key: str
+    summary: str
+    #: What the key is a hash of (stored with the environment, for `mlexec env list --json`).
+    key_spec: dict
+
+
+#: check() and prepare() run on different manager objects of one process; resolve once per project.
+_resolved: dict[int, tuple[Project, Resolved]] = {}
+
+
+def _summary(spec: PythonEnvSpec, interp: interp_mod.Interpreter) -> str:
+    parts = [f"python {interp.version}"]
+    if spec.lock is not None:
+        parts.append("uv.lock")
+    reqs = [line for line in spec.dependencies if not line.startswith("-")]
+    if reqs:
+        text = ", ".join(reqs)
+        parts.append(text if len(text) <= 60 else text[:57] + "...")
+    elif spec.lock is None:
+        parts.append("no requirements")
+    return "; ".join(parts)
+
+
+def resolve(project: Project) -> Resolved:
+    """Read the project's environment files and pick the interpreter (no installs)."""
+    memo = _resolved.get(id(project))
+    if memo is not None and memo[0] is project:
+        return memo[1]
+    spec = read_spec(project)
+    request = None
+    where = str(spec.source) if spec.source else str(project.directory)
+    if spec.python is not None:
+        request = interp_mod.normalise_request(spec.python)
+        if request is None:
+            raise EnvironmentBuildError(f"python: {spec.python!r} is not a Python version", context=where,
+                                        hint='write a version such as "3.11" or "3.11.7"')
+    found = interp_mod.find_interpreters(cache_file=env_root() / INTERPRETER_CACHE)
+    interp = interp_mod.choose(found, request)
+    if interp is None:
+        versions = ", ".join(sorted({i.version for i in found}, key=lambda v: tuple(map(int, v.split("."))))) \
+            or "none"
+        hint = f"install Python {request} (for example `pyenv install {request}`) or change python: in the file"
+        if spec.python_was_number:
+            hint += f"; YAML reads an unquoted {spec.python} as a number: quote it, as in python: \"3.10\""
+        raise EnvironmentBuildError(
+            f"no Python {request} on this machine (python: {spec.python}); found: {versions} "
+            f"(on PATH and in pyenv's versions folder)",
+            context=where, hint=hint,
+        )
+    key_spec = {
+        "manager": MANAGER,
+        "python": interp.version,
+        "build_dependencies": list(spec.build_dependencies),
+        "requirements": list(spec.dependencies),
+        "constraints": [list(c) for c in spec.constraints],
+        "uv.lock": spec.lock_digest,
+    }
+    resolved = Resolved(spec, interp, spec_key(key_spec), _summary(spec, interp), key_spec)
+    if len(_resolved) > 32:  # a long-lived Python API process: keep the memo small
+        _resolved.clear()
+    _resolved[id(project)] = (project, resolved)
+    return resolved
+
+
+class VirtualenvManager(EnvironmentManager):
+    name = MANAGER
+    aliases = ("uv",)
+    handles = frozenset({EnvKind.PYTHON, EnvKind.CONDA, EnvKind.NONE})
+    default_for = frozenset({EnvKind.PYTHON, EnvKind.NONE})
+    description = "a cached uv virtualenv from python_env.yaml (or conda.yaml's python and pip list, or uv.lock)"
+
+    def cache(self) -> EnvironmentCache:
+        return EnvironmentCache(MANAGER)
+
+    def check(self, project: Project, requested_as: str) -> None:
+        resolve(project)
+
+    def describe(self, project: Project) -> str:
+        try:
+            resolved = resolve(project)
+        except Exception as exc:  # --dry-run shows the problem rather than failing on it
+            return f"uv virtualenv ({exc})"
+        cache = self.cache()
+        state = "cached" if cache.is_ready(resolved.key) else "to be created"
+        return f"uv virtualenv {cache.path_for(resolved.key).name} ({resolved.summary}; {state})"
+
+    def prepare(self, plan: RunPlan) -> PreparedEnvironment:
+        from mlexec_virtualenv.build import build_environment
+
+        reporter = self.context.reporter
+        resolved = resolve(plan.project)
+        spec = resolved.spec
+        if spec.dropped:
+            reporter.warning(
+                f"{spec.source.name}: a virtualenv installs only python= and the pip: list; "
+                f"not installing the conda package{'s' if len(spec.dropped) > 1 else ''} {', '.join(spec.dropped)}"
+            )
+        cache = self.cache()
+        key = resolved.key
+        path = cache.path_for(key)
+        if cache.is_ready(key) and not os.path.exists(path / "bin" / "python"):
+            # the interpreter it was made from is gone (pyenv uninstall ...): make it again
+            reporter.warning(f"environment {path.name} is broken (its Python is gone); creating it again")
+            if not cache.remove(EnvironmentInfo(manager=MANAGER, name=path.name, path=path)):
+                raise EnvironmentBuildError(f"environment {path.name} is broken and another run is using it",
+                                            context=str(path), hint="try again when that run has ended")
+
+        def build(target: Path) -> None:
+            reporter.info(f"creating environment {path.name} ({resolved.summary})")
+            started = time.monotonic()
+            build_environment(target, plan.project, spec, resolved.interpreter, reporter)
+            reporter.info(f"created environment {path.name} in {time.monotonic() - started:.1f} s")
+
+        def on_wait() -> None:
+            reporter.info(f"waiting for another mlexec to finish building environment {path.name}")
+
+        final, built = cache.ensure(key, build, summary=resolved.summary, spec=resolved.key_spec,
+                                    relocatable=True, on_wait=on_wait)
+        if not built:
+            reporter.info(f"reusing environment {final.name}")
+        return PreparedEnvironment(
+            name=plan.env_manager_requested,
+            env={"VIRTUAL_ENV": str(final)},
+            path_prepend=(str(final / "bin"),),
+            location=str(final),
+        )
+
+    def list_environments(self) -> Iterable[EnvironmentInfo]:
+        return self.cache().list()
+
+    def remove_environment(self, info: EnvironmentInfo) -> bool:
+        return self.cache().remove(info)
