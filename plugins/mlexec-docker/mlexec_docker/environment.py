@@ -1,0 +1,126 @@
+"""The ``docker`` environment manager: ``docker_env`` projects run in a container.
+
+:meth:`DockerEnvironment.prepare` runs before the tracking run exists, so
+every mistake it can find (no daemon, an unknown image, an unreachable
+registry, a failing Dockerfile, an unset variable, a missing volume path, an
+unknown ``-A`` option) ends the command with one message and leaves no run.
+It returns a :class:`PreparedEnvironment` whose launcher starts the command
+in a container; the core's local backend supervises it like a process.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from mlexec_core.errors import EnvironmentBuildError
+from mlexec_core.pipeline.plan import RunPlan
+from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment
+from mlexec_core.project.model import DockerEnv, EnvKind, Project
+
+from mlexec_docker.engine import Engine, EngineError
+from mlexec_docker.images import CODE_DIR, LABEL_KEY, LABEL_KIND, LABEL_PROJECT, ImageInfo, Images, repository_name
+from mlexec_docker.launcher import ContainerLauncher
+from mlexec_docker.runconfig import apply_docker_args, resolve_environment, resolve_volumes
+
+TAG_IMAGE_URI = "mlflow.docker.image.uri"
+TAG_IMAGE_ID = "mlflow.docker.image.id"
+
+
+def docker_env_of(project: Project) -> DockerEnv:
+    docker = project.environment.docker
+    if project.environment.kind is not EnvKind.DOCKER or docker is None:
+        raise EnvironmentBuildError(f"{project.display_name} has no docker_env",
+                                    context=str(project.mlproject or project.directory),
+                                    hint="add a docker_env section (image: or dockerfile:) to the MLproject")
+    return docker
+
+
+def project_image(images: Images, project: Project, *, with_code: bool, repository: str | None = None) -> ImageInfo:
+    """The image a run of ``project`` uses: the declared or Dockerfile-built one, plus the code when asked."""
+    docker = docker_env_of(project)
+    base = images.environment_image(project, docker) if docker.dockerfile else images.ensure(docker.image or "")
+    if not with_code:
+        return base
+    return images.code_image(project, base, repository=repository)
+
+
+class DockerEnvironment(EnvironmentManager):
+    name = "docker"
+    handles = frozenset({EnvKind.DOCKER})
+    default_for = frozenset({EnvKind.DOCKER})
+    priority = 10
+    description = "runs docker_env projects in a container (image or Dockerfile; --build-image copies the code in)"
+
+    def check(self, project: Project, requested_as: str) -> None:
+        docker = docker_env_of(project)
+        resolve_environment(docker, project)
+        resolve_volumes(docker, project)
+
+    def prepare(self, plan: RunPlan) -> PreparedEnvironment:
+        project = plan.project
+        docker = docker_env_of(project)
+        environment = resolve_environment(docker, project)
+        binds = resolve_volumes(docker, project)
+        config, host_config = apply_docker_args(plan.docker_args)
+
+        engine = Engine()
+        engine.ping()
+        images = Images(engine, self.context.reporter)
+        image = project_image(images, project, with_code=plan.build_image)
+        if not image.built:
+            what = "built image, unchanged project" if plan.build_image or docker.dockerfile else "image"
+            self.context.reporter.info(f"Using {what} {image.uri}")
+        launcher = ContainerLauncher(
+            engine, image.uri, project=repository_name(project),
+            mount_code=None if plan.build_image else str(project.directory),
+            binds=binds, environment=environment, config=config, host_config=host_config,
+        )
+        return PreparedEnvironment(
+            name="docker",
+            tags={TAG_IMAGE_URI: image.uri, TAG_IMAGE_ID: image.image_id},
+            launcher=launcher,
+            location=image.uri,
+        )
+
+    def describe(self, project: Project) -> str:
+        docker = docker_env_of(project)
+        source = f"built from {docker.dockerfile}" if docker.dockerfile else f"image {docker.image}"
+        return f"a container ({source}), the project at {CODE_DIR}"
+
+    # -- mlexec env list / prune -----------------------------------------------------------
+
+    def list_environments(self) -> Iterable[EnvironmentInfo]:
+        from pathlib import Path
+
+        engine = Engine()
+        try:
+            found = engine.images(LABEL_KEY)
+            used = {c.get("ImageID") for c in engine.containers("mlexec.run-id")}
+        except (EnvironmentBuildError, EngineError):
+            return []
+        out = []
+        for image in found:
+            labels = image.get("Labels") or {}
+            tags = [t for t in image.get("RepoTags") or () if t != "<none>:<none>"]
+            out.append(EnvironmentInfo(
+                manager=self.name,
+                name=tags[0] if tags else image["Id"][7:19],
+                path=Path(image["Id"]),
+                summary=f"{labels.get(LABEL_KIND, 'image')} image of {labels.get(LABEL_PROJECT, '?')}",
+                size_bytes=image.get("Size"),
+                last_used=image.get("Created"),
+                in_use=image["Id"] in used,
+            ))
+        return out
+
+    def remove_environment(self, info: EnvironmentInfo) -> bool:
+        if info.in_use:
+            return False
+        try:
+            Engine().remove_image(str(info.path))
+        except EngineError as exc:
+            if exc.status == 409:
+                return False
+            if exc.status != 404:
+                raise
+        return True

@@ -1,0 +1,149 @@
+"""Fixtures for mlexec-docker's tests: a real Docker engine, the offline test images,
+a real registry on loopback, and a check that no container is left behind.
+
+The engine and the images come from ``plugins/mlexec-docker/ci-setup.sh``.
+Without them the tests that need them skip, saying why; when ``$CI`` is set
+they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["mlexec_core.testing"]
+
+BUSYBOX = "mlexec-test/busybox:1"
+PYTHON = "mlexec-test/python:3.11"
+SETUP = Path(__file__).resolve().parents[1] / "ci-setup.sh"
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is an error: {SETUP} should have provided it)")
+    pytest.skip(f"{reason}; run {SETUP} as root to get it")
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from mlexec_core.errors import MlexecError
+    from mlexec_docker.engine import Engine
+
+    eng = Engine()
+    try:
+        eng.ping(timeout=5)
+    except MlexecError as exc:
+        _unavailable(f"no Docker daemon answers: {exc.message}")
+    return eng
+
+
+@pytest.fixture(scope="session")
+def busybox_image(engine):
+    if engine.image(BUSYBOX) is None:
+        _unavailable(f"the test image {BUSYBOX} is missing")
+    return BUSYBOX
+
+
+@pytest.fixture(scope="session")
+def python_image(engine):
+    if engine.image(PYTHON) is None:
+        _unavailable(f"the test image {PYTHON} is missing")
+    return PYTHON
+
+
+@pytest.fixture
+def no_leftovers(engine):
+    """Fails the test when a container (a run's, or a build's intermediate one) outlives it."""
+    before = {c["Id"] for c in engine._call("GET", "/containers/json", params={"all": "1"})}
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        after = engine._call("GET", "/containers/json", params={"all": "1"})
+        new = [c for c in after if c["Id"] not in before]
+        if not new or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for c in new:  # clean up before failing, so one failure does not cascade
+        engine.remove(c["Id"])
+    assert not new, f"containers left behind: {[(c['Names'], c['Image'], c['State']) for c in new]}"
+
+
+@pytest.fixture
+def docker_project(tmp_path, engine, no_leftovers):
+    """Make a docker_env project with a unique name; its built images are removed afterwards."""
+    names = []
+
+    def make(docker_env: str, entry_points: str, files: dict[str, str] | None = None, where: str = "proj") -> Path:
+        name = f"mlexec-test-{uuid.uuid4().hex[:8]}"
+        names.append(name)
+        root = tmp_path / where
+        root.mkdir(parents=True, exist_ok=True)
+        text = f"name: {name}\ndocker_env:\n{textwrap.indent(textwrap.dedent(docker_env).strip(), '  ')}\n" \
+               f"entry_points:\n{textwrap.indent(textwrap.dedent(entry_points).strip(), '  ')}\n"
+        (root / "MLproject").write_text(text)
+        for rel, content in (files or {}).items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(content))
+        return root
+
+    yield make
+    for name in names:
+        for image in engine.images(f"mlexec.project={name}"):
+            try:
+                engine.remove_image(image["Id"])
+            except Exception:
+                pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def registry(tmp_path, engine):
+    """A real registry (Debian's docker-registry) on a free loopback port, stopped afterwards."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        _unavailable("docker-registry is not installed")
+    port = free_port()
+    root = tmp_path / "registry"
+    root.mkdir()
+    config = root / "config.yml"
+    config.write_text(textwrap.dedent(f"""\
+        version: 0.1
+        log: {{level: error}}
+        storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}
+        http: {{addr: 127.0.0.1:{port}}}
+    """))
+    with open(root / "registry.log", "wb") as log:
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v2/"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the registry did not start: {(root / 'registry.log').read_text()}")
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
