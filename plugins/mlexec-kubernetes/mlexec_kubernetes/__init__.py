@@ -1,0 +1,1 @@
+"""mlexec-kubernetes: run MLflow projects as Kubernetes Jobs (backend ``kubernetes``)."""

@@ -1,0 +1,158 @@
+"""The ``kubernetes`` backend: build and push the project image, run it as a Job, watch it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from attrs import frozen
+
+from mlexec_core.errors import BackendError, PluginError
+from mlexec_core.pipeline.plan import RunPlan, RunRecord
+from mlexec_core.plugin.interfaces import Backend, ImageRef, PreparedEnvironment, SubmittedJob
+
+from mlexec_kubernetes.cluster import (
+    TRACKING_URI_VAR, Cluster, api_error, check_namespace, connect, context_namespace, is_connection_error,
+)
+from mlexec_kubernetes.config import KubernetesConfig, parse_config
+from mlexec_kubernetes.job import TAG_CONTEXT, TAG_JOB, TAG_NAMESPACE, KubernetesJob
+from mlexec_kubernetes.manifest import build_job, dns_label, job_name, to_yaml
+
+#: The image builder the backend uses (from mlexec-docker).
+IMAGE_BUILDER = "docker"
+
+
+@frozen
+class Prepared:
+    """What :meth:`KubernetesBackend.prepare` made ready before the run exists."""
+
+    cluster: Cluster
+    namespace: str
+    image: ImageRef
+
+    @property
+    def pinned_image(self) -> str:
+        """The image by digest (``repo:tag@sha256:...``), so the pod runs exactly what was built."""
+        return f"{self.image.uri}@{self.image.digest}" if self.image.digest else self.image.uri
+
+
+def is_local_tracking_uri(uri: str | None) -> bool:
+    """Whether a pod in a cluster cannot reach ``uri`` (a file or sqlite store on this machine)."""
+    if not uri:
+        return True
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in ("", "file", "sqlite") or len(scheme) == 1:  # "" or a Windows drive: a path
+        return True
+    return any(host in uri for host in ("://localhost", "://127.", "://[::1]", "://0.0.0.0"))
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+    description = "runs the project as a Kubernetes Job (image built and pushed with mlexec-docker)"
+
+    def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> KubernetesConfig:
+        return parse_config(config, base_dir)
+
+    def uses_local_environment(self, plan: RunPlan) -> bool:
+        return False  # the environment is the image
+
+    def _config(self, plan: RunPlan) -> KubernetesConfig:
+        config = plan.backend_config
+        if not isinstance(config, KubernetesConfig):  # a plan made by hand (Python API, tests)
+            config = parse_config(config or {}, Path.cwd())
+        return config
+
+    def _namespace(self, config: KubernetesConfig, cluster: Cluster | None) -> str:
+        template_ns = ((config.job_template or {}).get("metadata") or {}).get("namespace")
+        if config.namespace or template_ns:
+            return config.namespace or template_ns
+        return cluster.default_namespace if cluster else context_namespace(config.kube_context)
+
+    def prepare(self, plan: RunPlan, environment: PreparedEnvironment | None) -> Prepared:
+        config = self._config(plan)
+        reporter = self.context.reporter
+        with reporter.status("Connecting to the Kubernetes cluster"):
+            cluster = connect(config.kube_context)
+            namespace = self._namespace(config, cluster)
+            check_namespace(cluster, namespace)
+        reporter.info(f"Kubernetes: {cluster.where}, namespace {namespace}")
+        plugins = self.context.plugins
+        if plugins is None or IMAGE_BUILDER not in plugins.image_builders():
+            raise PluginError("the kubernetes backend needs the docker image builder, which is not installed",
+                              hint="pip install mlexec-docker")
+        image = plugins.image_builder(IMAGE_BUILDER).build(plan, repository=config.repository_uri, push=True)
+        if not image.digest:
+            raise BackendError(f"the image {image.uri} was pushed but no registry digest came back",
+                               hint=f"check that {config.repository_uri} is a registry the image was pushed to")
+        return Prepared(cluster, namespace, image)
+
+    def _pod_env(self, config: KubernetesConfig, run: RunRecord, warn: bool = True) -> dict[str, str]:
+        """The pod's variables: the run's (``MLFLOW_RUN_ID`` ...), then the config's ``env``, with
+        ``$KUBE_MLFLOW_TRACKING_URI`` (as in MLflow) over both for the tracking URI."""
+        env = {**run.env, **config.env}
+        override = os.environ.get(TRACKING_URI_VAR)
+        if override:
+            env["MLFLOW_TRACKING_URI"] = override
+        uri = env.get("MLFLOW_TRACKING_URI") or run.tracking_uri
+        if uri:
+            env["MLFLOW_TRACKING_URI"] = uri
+        if warn and uri and is_local_tracking_uri(uri):
+            self.context.reporter.warning(
+                f"the tracking store {uri} is on this machine: the pod cannot log to it. Set "
+                f"{TRACKING_URI_VAR} or env: {{MLFLOW_TRACKING_URI: ...}} in the backend config to a tracking "
+                "server the cluster can reach; the run's status is still recorded here")
+        return env
+
+    def submit(self, plan: RunPlan, run: RunRecord, prepared: Prepared) -> SubmittedJob:
+        from kubernetes.client.rest import ApiException
+
+        config = self._config(plan)
+        name = job_name(plan.project.display_name, run.run_id)
+        manifest = build_job(plan, config, name=name, namespace=prepared.namespace, image=prepared.pinned_image,
+                             env=self._pod_env(config, run), run_id=run.run_id)
+        container = manifest["spec"]["template"]["spec"]["containers"][0]["name"]
+        try:
+            prepared.cluster.batch().create_namespaced_job(prepared.namespace, manifest)
+        except ApiException as exc:
+            raise api_error(exc, f"creating Job {name}", prepared.cluster, prepared.namespace) from None
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            raise BackendError(f"creating Job {name}: cannot reach the cluster: {exc}",
+                               context=prepared.cluster.where) from None
+        self.context.reporter.info(f"Created Job {prepared.namespace}/{name} (image {prepared.pinned_image})")
+        tags = {
+            TAG_JOB: name,
+            TAG_NAMESPACE: prepared.namespace,
+            "mlflow.docker.image.uri": prepared.image.uri,
+            "mlflow.docker.image.id": prepared.image.digest or prepared.image.image_id or "",
+        }
+        if prepared.cluster.context:
+            tags[TAG_CONTEXT] = prepared.cluster.context
+        return KubernetesJob(prepared.cluster, prepared.namespace, name, prepared.pinned_image, container,
+                             self.context.reporter, tags)
+
+    def dry_run(self, plan: RunPlan) -> dict[str, Any]:
+        """The Job manifest, without contacting the cluster or building anything."""
+        config = self._config(plan)
+        namespace = self._namespace(config, None)
+        placeholder = "<set when the run is created>"
+        run = RunRecord(run_id=placeholder, env={"MLFLOW_RUN_ID": placeholder, "MLFLOW_EXPERIMENT_ID": placeholder,
+                                                 "MLFLOW_TRACKING_URI": placeholder})
+        fake_id = "dry-run"
+        image = f"{config.repository_uri}:<content-tag>@sha256:<digest of the pushed image>"
+        manifest = build_job(plan, config, name=job_name(plan.project.display_name, fake_id),
+                             namespace=namespace, image=image,
+                             env=self._pod_env(config, run, warn=False), run_id=fake_id)
+        text = (f"# Job manifest: the name ends in the run id; the image is built and pushed to\n"
+                f"# {config.repository_uri} at run time\n{to_yaml(manifest)}")
+        where = f"kube-context {config.kube_context}" if config.kube_context else "the kubeconfig's current context"
+        return {
+            "cluster": where + ("" if config.namespace else " (namespace from the template or the context)"),
+            "namespace": namespace,
+            "repository": config.repository_uri,
+            "job_name": dns_label(plan.project.display_name, 50) + "-<first 12 characters of the run id>",
+            "job_manifest": manifest,
+            "text": text,
+        }

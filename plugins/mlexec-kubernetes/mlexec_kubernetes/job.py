@@ -1,0 +1,446 @@
+"""A submitted Job: watched (not polled), its pod's logs streamed live, cancelled with its pods.
+
+Two watches run in background threads once :meth:`KubernetesJob.wait` is
+called: one on the Job (its conditions decide the run's status), one on its
+pods (to stream each pod's log as soon as its container starts, and to see
+why a pod fails: an image that cannot be pulled, OOMKilled, an exit code).
+A watch that ends or drops is resumed from the last resourceVersion it saw;
+when the server says that version is gone (410), the state is listed again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping, TextIO
+
+from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.plugin.interfaces import Reporter, SubmittedJob
+
+from mlexec_kubernetes.cluster import Cluster, api_message
+
+#: Seconds a single watch request lasts before it is renewed (the server ends it).
+WATCH_SECONDS = 60
+#: Seconds without any answer from the cluster before the run is given up as FAILED.
+GIVE_UP_SECONDS = 300
+#: Seconds of log asked for again, before the last line printed, when a log stream is resumed.
+LOG_OVERLAP_SECONDS = 5
+#: Failed attempts in a row to read a log stream again, before giving up on it.
+LOG_RETRIES = 5
+#: Waiting reasons of a container that will not go away by themselves: the run fails at once.
+FATAL_WAITING = {
+    "ImagePullBackOff": "the image could not be pulled",
+    "ErrImageNeverPull": "the image is not on the node and imagePullPolicy is Never",
+    "InvalidImageName": "the image name is invalid",
+    "CreateContainerConfigError": "the container's configuration is invalid (a missing Secret or ConfigMap?)",
+}
+
+#: Tags on the run.
+TAG_JOB = "mlexec.kubernetes.job"
+TAG_NAMESPACE = "mlexec.kubernetes.namespace"
+TAG_CONTEXT = "mlexec.kubernetes.context"
+TAG_FAILURE = "mlexec.kubernetes.failure-reason"
+
+
+def _raw(response: Any) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
+
+
+class KubernetesJob(SubmittedJob):
+    """One Job in one namespace, as the run sees it."""
+
+    def __init__(self, cluster: Cluster, namespace: str, name: str, image: str, container: str,
+                 reporter: Reporter, tags: Mapping[str, str], out: TextIO | None = None) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.name = name
+        self.image = image
+        self.container = container
+        self.reporter = reporter
+        self.out = out
+        self.tags: dict[str, str] = dict(tags)
+        self.failure_reason: str | None = None
+        self.exit_code: int | None = None
+        self.cancelled = False
+        self._deleting = False
+        self._status = RunStatus.SCHEDULED
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._watching = False
+        self._log_threads: dict[str, threading.Thread] = {}
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._warned: set[str] = set()
+        self._out_lock = threading.Lock()
+
+    # -- SubmittedJob -------------------------------------------------------------------
+
+    def wait(self) -> RunStatus:
+        self._start_watching()
+        while not self._done.wait(0.5):
+            pass
+        if self._status is not RunStatus.KILLED:
+            # A quick Job can end before the pod watch saw its container start: its log is still there.
+            for pod in self._list_pods():
+                self._remember_pod(pod)
+                state = (self._main_status(pod) or {}).get("state") or {}
+                if state.get("running") or state.get("terminated"):
+                    self._stream_logs(pod["metadata"]["name"])
+        self._finish_logs()
+        return self._status
+
+    def get_status(self) -> RunStatus:
+        if not self._watching and not self._status.terminal:
+            try:
+                data = _raw(self.cluster.batch().list_namespaced_job(
+                    self.namespace, field_selector=f"metadata.name={self.name}", _preload_content=False))
+            except Exception as exc:
+                self.reporter.warning(f"could not read Job {self.namespace}/{self.name}: {_short(exc)}")
+                return self._status
+            for item in data.get("items") or ():
+                self._on_job(item)
+        return self._status
+
+    def cancel(self, signum: int | None = None) -> None:
+        from kubernetes.client.rest import ApiException
+
+        with self._lock:
+            if self._status.terminal and not self.cancelled:
+                return
+            self.cancelled = True
+        # Foreground: the Job object goes only once its pods are gone; SIGKILL (a second
+        # Ctrl-C) asks for no grace period.
+        grace = 0 if signum == signal.SIGKILL else None
+        try:
+            self.cluster.batch().delete_namespaced_job(
+                self.name, self.namespace, propagation_policy="Foreground", grace_period_seconds=grace)
+        except ApiException as exc:
+            if exc.status != 404:
+                self.reporter.warning(f"could not delete Job {self.namespace}/{self.name}: {api_message(exc)}; "
+                                      f"delete it with: kubectl delete job -n {self.namespace} {self.name}")
+        except Exception as exc:
+            self.reporter.warning(f"could not delete Job {self.namespace}/{self.name}: {_short(exc)}; "
+                                  f"delete it with: kubectl delete job -n {self.namespace} {self.name}")
+        else:
+            self.reporter.info(f"Deleted Job {self.namespace}/{self.name}; its pods are deleted with it")
+        self._settle(RunStatus.KILLED, "stopped by the user")
+
+    # -- state --------------------------------------------------------------------------
+
+    def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> None:
+        with self._lock:
+            if self._status.terminal:
+                return
+            self._status = status
+            if exit_code is not None:
+                self.exit_code = exit_code
+            if status is RunStatus.FAILED:
+                self.failure_reason = f"{reason or 'the Job failed'} [Job {self.namespace}/{self.name}, " \
+                                      f"image {self.image}]"
+                self.tags[TAG_FAILURE] = self.failure_reason
+            elif status is RunStatus.KILLED:
+                self.failure_reason = reason
+        self._done.set()
+
+    def _on_job(self, job: Mapping[str, Any]) -> None:
+        status = job.get("status") or {}
+        for condition in status.get("conditions") or ():
+            if condition.get("status") != "True":
+                continue
+            if condition.get("type") == "Complete":
+                self._settle(RunStatus.FINISHED, exit_code=0)
+                return
+            if condition.get("type") == "Failed":
+                reason, code = self._explain_failure(job, condition)
+                self._settle(RunStatus.FAILED, reason, code)
+                return
+        if self._status is RunStatus.SCHEDULED and (status.get("active") or status.get("ready")):
+            with self._lock:
+                if self._status is RunStatus.SCHEDULED:
+                    self._status = RunStatus.RUNNING
+
+    def _on_job_deleted(self, job: Mapping[str, Any]) -> None:
+        if not (self.cancelled or self._deleting):
+            self._settle(RunStatus.FAILED, "the Job was deleted while it ran (by someone else?)")
+
+    def _explain_failure(self, job: Mapping[str, Any], condition: Mapping[str, Any]) -> tuple[str, int | None]:
+        """Why the Job failed, from its condition and its pods' last states."""
+        cond_reason = condition.get("reason") or "Failed"
+        message = condition.get("message") or ""
+        if cond_reason == "DeadlineExceeded":
+            deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
+            limit = f" ({deadline} s)" if deadline else ""
+            return f"the Job ran longer than its activeDeadlineSeconds{limit} and was stopped (DeadlineExceeded)", None
+        pods = self._list_pods()
+        for pod in pods:
+            self._remember_pod(pod)
+        explained = self._pod_failure()
+        if explained:
+            return explained
+        return f"{cond_reason}: {message}".rstrip(": "), None
+
+    def _list_pods(self) -> list[dict[str, Any]]:
+        try:
+            data = _raw(self.cluster.core().list_namespaced_pod(
+                self.namespace, label_selector=f"job-name={self.name}", _preload_content=False))
+        except Exception:
+            return []
+        return list(data.get("items") or ())
+
+    def _remember_pod(self, pod: Mapping[str, Any]) -> None:
+        name = (pod.get("metadata") or {}).get("name")
+        if name:
+            self._pods[name] = dict(pod)
+
+    def _main_status(self, pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+        for cs in statuses:
+            if cs.get("name") == self.container:
+                return cs
+        return statuses[0] if statuses else None
+
+    def _pod_failure(self) -> tuple[str, int | None] | None:
+        """The most telling failure among the pods seen: OOMKilled, then an exit code, then a pull error."""
+        found = None
+        for pod in self._pods.values():
+            cs = self._main_status(pod) or {}
+            state = cs.get("state") or {}
+            last = cs.get("lastState") or {}
+            terminated = state.get("terminated") or last.get("terminated")
+            if terminated:
+                code = terminated.get("exitCode")
+                reason = terminated.get("reason") or ""
+                if reason == "OOMKilled":
+                    return (f"the container ran out of memory (OOMKilled, exit code {code}); raise "
+                            "resources.memory in the backend config", code)
+                if code not in (None, 0):
+                    extra = f" ({reason})" if reason and reason not in ("Error", "Completed") else ""
+                    msg = terminated.get("message")
+                    found = (f"the command exited with status {code}{extra}" + (f": {msg}" if msg else ""), code)
+            waiting = state.get("waiting") or {}
+            if found is None and waiting.get("reason") in FATAL_WAITING | {"ErrImagePull": ""}:
+                found = (self._waiting_text(waiting), None)
+            if found is None and (pod.get("status") or {}).get("reason") == "Evicted":
+                found = (f"the pod was evicted: {(pod.get('status') or {}).get('message', '')}".rstrip(": "), None)
+        return found
+
+    def _waiting_text(self, waiting: Mapping[str, Any]) -> str:
+        reason = waiting.get("reason", "")
+        what = FATAL_WAITING.get(reason, "the image could not be pulled")
+        message = waiting.get("message")
+        hint = ""
+        if reason in ("ImagePullBackOff", "ErrImagePull"):
+            hint = "; can the cluster reach the registry, and does it need image-pull-secrets or a service-account?"
+        return f"{what} ({reason}{': ' + message if message else ''}){hint}"
+
+    def _on_pod(self, pod: Mapping[str, Any]) -> None:
+        self._remember_pod(pod)
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        cs = self._main_status(pod) or {}
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in FATAL_WAITING:
+            text = self._waiting_text(waiting)
+            self.reporter.warning(f"pod {name}: {text}")
+            self._fail_fast(text)
+            return
+        if status.get("phase") == "Pending" and name not in self._warned:
+            for cond in status.get("conditions") or ():
+                if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                        and cond.get("reason") == "Unschedulable":
+                    self._warned.add(name)
+                    self.reporter.warning(f"pod {name} cannot be scheduled yet: {cond.get('message', '')} "
+                                          "(waiting; Ctrl-C to give up)")
+        if state.get("running") or state.get("terminated"):
+            with self._lock:
+                if self._status is RunStatus.SCHEDULED:
+                    self._status = RunStatus.RUNNING
+            self._stream_logs(name)
+
+    def _fail_fast(self, reason: str) -> None:
+        """A pod that cannot start: stop the Job (it would wait forever) and fail the run."""
+        from kubernetes.client.rest import ApiException
+
+        if self._status.terminal:
+            return
+        self._deleting = True
+        try:
+            self.cluster.batch().delete_namespaced_job(self.name, self.namespace, propagation_policy="Background")
+        except (ApiException, Exception):
+            pass
+        self._settle(RunStatus.FAILED, reason)
+
+    # -- watching -----------------------------------------------------------------------
+
+    def _start_watching(self) -> None:
+        with self._lock:
+            if self._watching:
+                return
+            self._watching = True
+        batch, core = self.cluster.batch(), self.cluster.core()
+        threading.Thread(target=self._follow, name=f"mlexec-k8s-job-{self.name}", daemon=True,
+                         args=("Job", batch.list_namespaced_job, {"field_selector": f"metadata.name={self.name}"},
+                               self._on_job, self._on_job_deleted, self._on_no_job)).start()
+        threading.Thread(target=self._follow, name=f"mlexec-k8s-pods-{self.name}", daemon=True,
+                         args=("pods", core.list_namespaced_pod, {"label_selector": f"job-name={self.name}"},
+                               self._on_pod, lambda pod: None, None)).start()
+
+    def _on_no_job(self) -> None:
+        if not (self.cancelled or self._deleting):
+            self._settle(RunStatus.FAILED, "the Job no longer exists (deleted by someone else?)")
+
+    def _follow(self, what: str, list_func: Callable[..., Any], selector: Mapping[str, str],
+                on_object: Callable[[Mapping[str, Any]], None], on_deleted: Callable[[Mapping[str, Any]], None],
+                on_empty: Callable[[], None] | None) -> None:
+        """List, then watch from the list's resourceVersion; resume after a drop, re-list after a 410."""
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        version: str | None = None
+        last_contact = time.monotonic()
+        failures = 0
+        while not self._done.is_set():
+            try:
+                if version is None:
+                    data = _raw(list_func(self.namespace, **selector, _preload_content=False))
+                    items = data.get("items") or []
+                    for item in items:
+                        on_object(item)
+                    if not items and on_empty is not None:
+                        on_empty()
+                    version = (data.get("metadata") or {}).get("resourceVersion")
+                    last_contact, failures = time.monotonic(), 0
+                    if self._done.is_set():
+                        return
+                stream = watch.Watch().stream(list_func, self.namespace, **selector, resource_version=version,
+                                              timeout_seconds=WATCH_SECONDS, allow_watch_bookmarks=True)
+                for event in stream:
+                    last_contact, failures = time.monotonic(), 0
+                    obj = event.get("raw_object") or {}
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    kind = event.get("type")
+                    if kind == "DELETED":
+                        on_deleted(obj)
+                    elif kind in ("ADDED", "MODIFIED"):
+                        on_object(obj)
+                    if self._done.is_set():
+                        return
+                last_contact, failures = time.monotonic(), 0
+            except ApiException as exc:
+                if exc.status == 410:  # our resourceVersion is too old: list again
+                    version = None
+                    continue
+                failures += 1
+                problem = f"{exc.status} {api_message(exc)}"
+            except Exception as exc:  # the connection dropped: resume from `version`
+                failures += 1
+                problem = _short(exc)
+            else:
+                continue
+            if self._done.is_set():
+                return
+            if time.monotonic() - last_contact > GIVE_UP_SECONDS:
+                self._settle(RunStatus.FAILED, f"lost contact with the cluster while watching the {what} "
+                                               f"({problem}); the Job may still be running")
+                return
+            if failures == 3:
+                self.reporter.warning(f"watching the {what} of Job {self.name} keeps failing ({problem}); retrying")
+            time.sleep(min(5.0, 0.1 * 2 ** failures))
+
+    # -- logs ---------------------------------------------------------------------------
+
+    def _stream_logs(self, pod: str) -> None:
+        with self._lock:
+            if pod in self._log_threads:
+                return
+            thread = threading.Thread(target=self._copy_log, args=(pod,), name=f"mlexec-k8s-log-{pod}",
+                                      daemon=True)
+            self._log_threads[pod] = thread
+        thread.start()
+
+    def _copy_log(self, pod: str) -> None:
+        """Copy the pod's log to stdout as it comes; resume it when the connection drops."""
+        from mlexec_kubernetes.logs import TimestampedLog
+
+        out = self.out or sys.stdout
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def write(data: bytes) -> None:
+            text = decoder.decode(data)
+            if text:
+                with self._out_lock:
+                    out.write(text)
+                    out.flush()
+
+        parser = TimestampedLog(write)
+        failures = 0
+        while True:
+            kwargs: dict[str, Any] = {}
+            if parser.last is not None:  # from a little before the last line printed; repeats are skipped
+                kwargs["since_seconds"] = max(1, int(time.time() - parser.last[0]) + LOG_OVERLAP_SECONDS)
+            parser = TimestampedLog(write, after=parser.last)
+            problem = None
+            try:
+                response = self.cluster.core().read_namespaced_pod_log(
+                    pod, self.namespace, container=self.container, follow=True, timestamps=True,
+                    _preload_content=False, **kwargs)
+            except Exception as exc:
+                response, problem = None, _short(exc)
+            if response is not None:
+                try:
+                    for chunk in response.stream(4096, decode_content=True):
+                        parser.feed(chunk)
+                        failures = 0
+                except Exception as exc:  # the connection dropped
+                    problem = _short(exc)
+                finally:
+                    response.release_conn()
+            if self._status is RunStatus.KILLED or not self._container_running(pod, problem is None):
+                break
+            if problem is None:  # ended while the container runs (an idle connection closed): go on
+                time.sleep(1.0)
+                continue
+            failures += 1
+            if failures > LOG_RETRIES:
+                self.reporter.warning(f"the log of pod {pod} was cut off ({problem}); "
+                                      f"see: kubectl logs -n {self.namespace} {pod}")
+                break
+            time.sleep(min(5.0, 0.2 * 2 ** failures))
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            with self._out_lock:
+                out.write(tail)
+                out.flush()
+
+    def _container_running(self, pod: str, ended_cleanly: bool) -> bool:
+        """Whether the log can still grow (so a stream that ended must be resumed)."""
+        if not ended_cleanly:
+            return True  # a drop: ask again, the rest may be there even if the container has ended
+        try:
+            data = _raw(self.cluster.core().read_namespaced_pod(pod, self.namespace, _preload_content=False))
+        except Exception:
+            return False
+        state = (self._main_status(data) or {}).get("state") or {}
+        return bool(state.get("running"))
+
+    def _finish_logs(self) -> None:
+        """Let the log streams print what is left (a finished container's log ends by itself)."""
+        deadline = time.monotonic() + (2 if self._status is RunStatus.KILLED else 15)
+        for thread in list(self._log_threads.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "Connection refused" in text:
+        return "connection refused"
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {first}".rstrip(": ")

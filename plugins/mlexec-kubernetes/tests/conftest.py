@@ -1,0 +1,140 @@
+"""Fixtures for mlexec-kubernetes: the Kubernetes API server double (mlexec_k8s_double.py)
+on loopback, a kubeconfig pointing at it, and a stand-in image builder."""
+
+from __future__ import annotations
+
+import os
+import threading
+import types
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["mlexec_core.testing"]
+
+from mlexec_k8s_double import FakeCluster, _Handler, write_kubeconfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def fake_cluster():
+    """A Kubernetes API server double on 127.0.0.1; ``.url`` is its address."""
+    cluster = FakeCluster()
+    handler = type("Handler", (_Handler,), {"cluster": cluster})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cluster.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield cluster
+    with cluster.cond:
+        cluster.closing = True
+        cluster.cond.notify_all()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def kubeconfig(fake_cluster, tmp_path, monkeypatch):
+    """A kubeconfig for the double, in $KUBECONFIG (for in-process tests and, via ``k8s_env``, the CLI)."""
+    path = write_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
+
+
+# -- a stand-in for mlexec-docker's image builder -------------------------------------------
+
+FAKE_BUILDER = '''
+"""A stand-in for mlexec-docker's ``docker`` image builder: no engine, no registry."""
+import hashlib
+
+from mlexec_core.errors import BackendError
+from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin.interfaces import ImageBuilder, ImageRef
+
+
+class FakeDockerBuilder(ImageBuilder):
+    name = "docker"
+
+    def build(self, plan, *, repository=None, push=False):
+        key = hashlib.sha256(str(plan.work_dir).encode()).hexdigest()
+        with self.context.reporter.status(f"Building {repository}:{key[:12]} (stand-in)"):
+            pass
+        if "refused" in (repository or ""):
+            raise BackendError(f"pushing {repository}:{key[:12]} failed: denied: requested access to the "
+                               "resource is denied", hint="log in to the registry (docker login) and retry")
+        return ImageRef(uri=f"{repository}:{key[:12]}", image_id="sha256:" + key,
+                        digest="sha256:" + key if push else None)
+
+
+@hookimpl
+def mlexec_image_builders():
+    return [FakeDockerBuilder]
+'''
+
+
+@pytest.fixture(scope="session")
+def fake_builder_site(tmp_path_factory) -> Path:
+    """A folder for PYTHONPATH holding the stand-in builder as an installed plugin (entry point ``fakedocker``)."""
+    site = tmp_path_factory.mktemp("fake-builder-site")
+    (site / "mlexec_k8s_fake_builder.py").write_text(FAKE_BUILDER)
+    dist = site / "mlexec_k8s_fake_builder-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-k8s-fake-builder\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\nfakedocker = mlexec_k8s_fake_builder\n")
+    return site
+
+
+@pytest.fixture
+def fake_builder_module():
+    module = types.ModuleType("mlexec_k8s_fake_builder_inproc")
+    exec(compile(FAKE_BUILDER, "<fake builder>", "exec"), module.__dict__)
+    return module
+
+
+@pytest.fixture
+def k8s_env(cli_env, kubeconfig, fake_builder_site):
+    """Environment for the CLI: the double's kubeconfig, the stand-in builder instead of mlexec-docker."""
+    return {"KUBECONFIG": str(kubeconfig),
+            "PYTHONPATH": f"{fake_builder_site}{os.pathsep}{cli_env['PYTHONPATH']}",
+            "MLEXEC_DISABLE_PLUGINS": "docker"}
+
+
+@pytest.fixture
+def k8s_project(project, tmp_path):
+    """A project (no environment: the stand-in builder needs none) and a backend config next to it."""
+
+    def make(config: str = "repository-uri: registry.example.test/team/demo\nnamespace: ml\n",
+             command: str = "python train.py --lr {lr}", name: str = "Demo Project") -> Path:
+        root = project(f"""\
+            name: {name}
+            entry_points:
+              main:
+                parameters:
+                  lr: {{type: float, default: 0.1}}
+                  note: {{type: string, default: "a b"}}
+                command: "{command}"
+            """)
+        (root / "backend_config.yaml").write_text(config)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def in_process(fake_cluster, kubeconfig, fake_builder_module, store, monkeypatch):
+    """Plugins for ``mlexec_core.run(..., plugins=...)``: the kubernetes backend and the stand-in builder."""
+    from mlexec_core.plugin.manager import build_plugins
+    import mlexec_kubernetes.plugin
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+
+    def make(reporter=None):
+        return build_plugins(entry_points=False, reporter=reporter,
+                             extra=[("kubernetes", mlexec_kubernetes.plugin), ("fakedocker", fake_builder_module)])
+
+    return make
+
+
