@@ -99,7 +99,7 @@ def test_engines_do_not_share_environments(mlexec, conda_project, conda_env, sta
     by_rattler = _prefix(mlexec("run", proj, env=conda_env, check=0))
     by_conda = _prefix(mlexec("run", proj, env={**conda_env, **conda.path_env()}, check=0))
     assert by_rattler != by_conda and len(conda.calls()) == 1
-    listed = json.loads(mlexec("env", "list", "--json", env=conda_env, check=0).stdout)
+    listed = json.loads(mlexec("env", "list", "--json", "--manager", "conda", env=conda_env, check=0).stdout)
     assert len(listed) == 2
 
 
@@ -116,7 +116,7 @@ def test_killed_build_leaves_nothing_ready_and_is_redone(mlexec, cli_env, store,
     os.killpg(proc.pid, signal.SIGKILL)  # a crash half-way through conda's work
     proc.communicate(timeout=60)
     (half,) = env_root.glob("conda-*")
-    assert json.loads(mlexec("env", "list", "--json", env=env, check=0).stdout) == []  # not ready, not listed
+    assert json.loads(mlexec("env", "list", "--json", "--manager", "conda", env=env, check=0).stdout) == []  # not ready, not listed
     again = mlexec("run", proj, env=env, check=0)  # wiped and built again: the stand-in refuses existing prefixes
     assert "hello from the stand-in" in again.stdout and _prefix(again) == str(half)
     assert len(conda.calls()) == 2

@@ -56,7 +56,7 @@ def test_unknown_package_fails_before_the_run(mlexec, store, conda_project, chan
     assert_no_traceback(proc)
     assert "nosuch" in proc.stderr and "conda.yaml" in proc.stderr
     assert store.runs() == []
-    assert json.loads(mlexec("env", "list", "--json", env=conda_env, check=0).stdout) == []
+    assert json.loads(mlexec("env", "list", "--json", "--manager", "conda", env=conda_env, check=0).stdout) == []
 
 
 def test_conflicting_pins_name_the_package(mlexec, store, conda_project, channel, conda_env, env_root):
@@ -152,7 +152,7 @@ def test_env_list_and_prune(mlexec, conda_project, channel, conda_env, env_root)
     assert all(e["manager"] == "conda" and os.path.isdir(e["path"]) for e in listed)
     pruned = mlexec("env", "prune", "--all", "--manager", "conda", env=conda_env, check=0)
     assert "2 environments removed" in pruned.stderr + pruned.stdout
-    assert json.loads(mlexec("env", "list", "--json", env=conda_env, check=0).stdout) == []
+    assert json.loads(mlexec("env", "list", "--json", "--manager", "conda", env=conda_env, check=0).stdout) == []
     assert _no_environment(env_root)
 
 
