@@ -29,7 +29,7 @@ _KINDS = click.Choice(["git", "tree", "archive"])
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def cache_list(kind: str | None, as_json: bool) -> None:
     """Cached sources: what, size, last use; and where the cache is."""
-    from mlexec_core.cli.main import _ago, _size
+    from mlexec_core.cli.housekeeping import ago, size
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
@@ -40,7 +40,7 @@ def cache_list(kind: str | None, as_json: bool) -> None:
                                   for e in entries], indent=2))
         return
     terminal.table(f"Source cache ({store.root})", ["kind", "name", "source", "size", "last used", "in use"], [
-        (e.kind, e.name, e.summary, _size(e.size_bytes), _ago(e.last_used), "yes" if e.in_use else "")
+        (e.kind, e.name, e.summary, size(e.size_bytes), ago(e.last_used), "yes" if e.in_use else "")
         for e in entries
     ])
 
@@ -52,33 +52,15 @@ def cache_list(kind: str | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed.")
 def cache_prune(older_than: str | None, all_: bool, kind: str | None, dry_run: bool) -> None:
     """Remove cached sources; never a checkout or archive a run is using."""
-    import time
-
-    from mlexec_core.cli.main import _fail, _parse_age, _size
+    from mlexec_core.cli import housekeeping
+    from mlexec_core.cli.main import _fail
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
     try:
-        if bool(older_than) == all_:
-            raise MlexecError("say what to prune: --older-than AGE or --all")
-        cutoff = time.time() - _parse_age(older_than) if older_than else None
+        cutoff = housekeeping.prune_cutoff(older_than, all_)
     except MlexecError as exc:
         _fail(terminal, exc)
     store, entries = _entries(kind)
-    removed = 0
-    for entry in entries:
-        if cutoff is not None and (entry.last_used or 0) > cutoff:
-            continue
-        if entry.in_use:
-            terminal.warning(f"{entry.name}: in use by a run, kept")
-            continue
-        if dry_run:
-            terminal.echo(f"would remove {entry.name} ({_size(entry.size_bytes)})")
-            continue
-        if store.remove(entry):
-            removed += 1
-            terminal.echo(f"removed {entry.name} ({_size(entry.size_bytes)})")
-        else:
-            terminal.warning(f"{entry.name}: in use by a run, kept")
-    if not dry_run:
-        terminal.info(f"{removed} cache entr{'ies' if removed != 1 else 'y'} removed")
+    items = [(entry, lambda entry=entry: store.remove(entry)) for entry in entries]
+    housekeeping.prune(terminal, items, cutoff, dry_run, ("cache entry", "cache entries"))

@@ -298,8 +298,10 @@ def env_list(manager: str | None, as_json: bool) -> None:
                                    "size_bytes": i.size_bytes, "last_used": i.last_used, "in_use": i.in_use}
                                   for _, i in envs], indent=2))
         return
+    from mlexec_core.cli.housekeeping import ago, size
+
     terminal.table("Environments", ["manager", "name", "spec", "size", "last used", "in use"], [
-        (i.manager, i.name, i.summary, _size(i.size_bytes), _ago(i.last_used), "yes" if i.in_use else "")
+        (i.manager, i.name, i.summary, size(i.size_bytes), ago(i.last_used), "yes" if i.in_use else "")
         for _, i in envs
     ])
 
@@ -311,68 +313,17 @@ def env_list(manager: str | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed.")
 def env_prune(older_than: str | None, all_: bool, manager: str | None, dry_run: bool) -> None:
     """Remove cached environments; never one a run is using."""
-    import time
-
+    from mlexec_core.cli import housekeeping
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
     try:
-        if bool(older_than) == all_:
-            raise MlexecError("say what to prune: --older-than AGE or --all")
-        cutoff = time.time() - _parse_age(older_than) if older_than else None
+        cutoff = housekeeping.prune_cutoff(older_than, all_)
     except MlexecError as exc:
         _fail(terminal, exc)
-    removed = 0
-    for mgr, info in _all_envs(terminal, manager):
-        if cutoff is not None and (info.last_used or 0) > cutoff:
-            continue
-        if info.in_use:
-            terminal.warning(f"{info.name}: in use by a run, kept")
-            continue
-        if dry_run:
-            terminal.echo(f"would remove {info.name} ({_size(info.size_bytes)})")
-            continue
-        if mgr.remove_environment(info) is not False:
-            removed += 1
-            terminal.echo(f"removed {info.name} ({_size(info.size_bytes)})")
-        else:
-            terminal.warning(f"{info.name}: in use by a run, kept")
-    if not dry_run:
-        terminal.info(f"{removed} environment{'s' if removed != 1 else ''} removed")
-
-
-def _parse_age(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    text = text.strip().lower()
-    try:
-        age = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
-    except (ValueError, KeyError):
-        age = -1
-    if not age >= 0:
-        raise MlexecError(f"--older-than {text!r}: expected a positive number with s, m, h, d or w (7d)")
-    return age
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return ""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-def _ago(ts: float | None) -> str:
-    import time
-
-    if not ts:
-        return ""
-    delta = max(0, time.time() - ts)
-    for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60)):
-        if delta >= seconds:
-            return f"{int(delta // seconds)}{unit} ago"
-    return "just now"
+    items = [(info, lambda mgr=mgr, info=info: mgr.remove_environment(info))
+             for mgr, info in _all_envs(terminal, manager)]
+    housekeeping.prune(terminal, items, cutoff, dry_run, ("environment", "environments"))
 
 
 from mlexec_core.cli.cache import cache as _cache_group  # noqa: E402  (click and errors only)
