@@ -25,9 +25,7 @@ The root is ``$MLEXEC_ENV_ROOT``, else ``$XDG_CACHE_HOME/mlexec/envs``, else
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,17 +33,15 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
+from mlexec_core.cachefs import dir_size, exclusive, hold_shared, in_use, unused
 from mlexec_core.plugin.interfaces import EnvironmentInfo
 
 ENV_ROOT_VAR = "MLEXEC_ENV_ROOT"
 READY = ".mlexec-env.json"
 LAST_USED = ".mlexec-last-used"
 
-#: Open use-lock files of this process: kept open (and so locked) until it exits.
-_held: list[Any] = []
-atexit.register(lambda: [handle.close() for handle in _held])
 
 
 def env_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -60,17 +56,6 @@ def spec_key(spec: Mapping[str, Any], length: int = 16) -> str:
     """A stable hash of ``spec`` (any JSON-able mapping; key order does not matter)."""
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def dir_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 class EnvironmentCache:
@@ -88,15 +73,6 @@ class EnvironmentCache:
         locks.mkdir(parents=True, exist_ok=True)
         return locks / f"{self.manager}-{key}.{kind}"
 
-    @contextlib.contextmanager
-    def _flock(self, key: str, kind: str, mode: int) -> Iterator[Any]:
-        with open(self._lock_path(key, kind), "a+") as handle:
-            fcntl.flock(handle, mode)
-            try:
-                yield handle
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def is_ready(self, key: str) -> bool:
         return (self.path_for(key) / READY).is_file()
 
@@ -111,20 +87,11 @@ class EnvironmentCache:
         """
         final = self.path_for(key)
         if not self.is_ready(key):
-            with open(self._lock_path(key, "build"), "a+") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if on_wait:
-                        on_wait()
-                    fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    if not self.is_ready(key):
-                        self._build(key, final, build, summary, spec, relocatable)
-                        self.use(key)
-                        return final, True
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            with exclusive(self._lock_path(key, "build"), on_wait):
+                if not self.is_ready(key):
+                    self._build(key, final, build, summary, spec, relocatable)
+                    self.use(key)
+                    return final, True
         self.use(key)
         return final, False
 
@@ -150,21 +117,12 @@ class EnvironmentCache:
 
     def use(self, key: str) -> None:
         """Mark ``key`` used now and in use until this process exits."""
-        path = self.path_for(key)
         with contextlib.suppress(OSError):
-            (path / LAST_USED).touch()
-        handle = open(self._lock_path(key, "use"), "a+")
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        _held.append(handle)
+            (self.path_for(key) / LAST_USED).touch()
+        hold_shared(self._lock_path(key, "use"))
 
     def in_use(self, key: str) -> bool:
-        with open(self._lock_path(key, "use"), "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
+        return in_use(self._lock_path(key, "use"))
 
     def list(self) -> list[EnvironmentInfo]:
         infos = []
@@ -190,15 +148,9 @@ class EnvironmentCache:
     def remove(self, info: EnvironmentInfo) -> bool:
         """Delete one environment unless a run is using it; ``True`` if removed."""
         key = info.name[len(self.manager) + 1:]
-        with self._flock(key, "build", fcntl.LOCK_EX):
-            with open(self._lock_path(key, "use"), "a+") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return False
-                try:
-                    (info.path / READY).unlink(missing_ok=True)  # not ready from here on
-                    shutil.rmtree(info.path, ignore_errors=True)
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive(self._lock_path(key, "build")), unused(self._lock_path(key, "use")) as free:
+            if not free:
+                return False
+            (info.path / READY).unlink(missing_ok=True)  # not ready from here on
+            shutil.rmtree(info.path, ignore_errors=True)
         return True

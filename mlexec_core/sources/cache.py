@@ -18,7 +18,6 @@ so ``mlexec cache prune`` never deletes a work tree a run is executing in.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -29,10 +28,10 @@ from typing import Any, Callable, Iterator, Mapping
 
 from attrs import frozen
 
+from mlexec_core.cachefs import dir_size, exclusive, hold_shared, in_use, unused
+
 CACHE_VAR = "MLEXEC_CACHE_DIR"
 
-#: Open use-lock files of this process: kept open (and so locked) until it exits.
-_held: dict[str, Any] = {}
 
 
 def cache_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -41,15 +40,6 @@ def cache_root(environ: Mapping[str, str] | None = None) -> Path:
         return Path(environ[CACHE_VAR]).expanduser().resolve()
     cache = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache, "mlexec", "sources").resolve()
-
-
-def dir_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
 
 
 @frozen
@@ -77,20 +67,9 @@ class SourceCache:
         locks.mkdir(parents=True, exist_ok=True, mode=0o700)
         return locks / name
 
-    @contextlib.contextmanager
-    def lock(self, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    def lock(self, name: str, on_wait: Callable[[], None] | None = None) -> contextlib.AbstractContextManager[None]:
         """An exclusive lock across processes, named ``name`` (one per mirror, per entry)."""
-        with open(self._lock_file(f"{name}.lock"), "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return exclusive(self._lock_file(f"{name}.lock"), on_wait)
 
     @contextlib.contextmanager
     def temporary(self, prefix: str, *, directory: bool = True) -> Iterator[Path]:
@@ -171,24 +150,10 @@ class SourceCache:
     def use(self, relative: str) -> None:
         """Mark the entry used now, and in use until this process exits."""
         self.touch(relative)
-        name = self.lock_name(relative)
-        if name in _held:
-            return
-        handle = open(self._lock_file(f"{name}.use"), "a+")
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        _held[name] = handle
+        hold_shared(self._lock_file(f"{self.lock_name(relative)}.use"))
 
     def in_use(self, relative: str) -> bool:
-        name = self.lock_name(relative)
-        if name in _held:
-            return True
-        with open(self._lock_file(f"{name}.use"), "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return False
+        return in_use(self._lock_file(f"{self.lock_name(relative)}.use"))
 
     def entries(self) -> list[CacheEntry]:
         found = []
@@ -217,15 +182,10 @@ class SourceCache:
                 # a mirror is only read while its lock is held; trees made from it stand alone
                 self._delete(entry.path)
                 return True
-            with open(self._lock_file(f"{name}.use"), "a+") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+            with unused(self._lock_file(f"{name}.use")) as free:
+                if not free:
                     return False
-                try:
-                    self._delete(entry.path)
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+                self._delete(entry.path)
         return True
 
     def _delete(self, path: Path) -> None:
