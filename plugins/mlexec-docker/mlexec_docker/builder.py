@@ -24,7 +24,7 @@ class DockerImageBuilder(ImageBuilder):
     def build(self, plan: RunPlan, *, repository: str | None = None, push: bool = False) -> ImageRef:
         engine = Engine()
         engine.ping()
-        images = Images(engine, self.context.reporter)
+        images = Images(engine, self.context.reporter, plan.options.get("docker_auth"))
         image = project_image(images, plan.project, with_code=True, repository=repository)
         digest = images.push(image) if push else None
         return ImageRef(uri=image.uri, image_id=image.image_id, digest=digest)

@@ -65,7 +65,7 @@ class DockerEnvironment(EnvironmentManager):
 
         engine = Engine()
         engine.ping()
-        images = Images(engine, self.context.reporter)
+        images = Images(engine, self.context.reporter, plan.options.get("docker_auth"))
         image = project_image(images, project, with_code=plan.build_image)
         if not image.built:
             what = "built image, unchanged project" if plan.build_image or docker.dockerfile else "image"

@@ -92,9 +92,12 @@ def api_client():
 class Images:
     """Image operations for one run, reporting progress through ``reporter``."""
 
-    def __init__(self, engine: Engine, reporter: Reporter) -> None:
+    def __init__(self, engine: Engine, reporter: Reporter, auth: Mapping[str, Any] | None = None) -> None:
         self.engine = engine
         self.reporter = reporter
+        #: Registry credentials (``docker_auth`` of the Python API: username, password, registry ...);
+        #: ``None`` uses the daemon's own ``docker login``.
+        self.auth = dict(auth) if auth else None
         self._api = None
 
     @property
@@ -121,7 +124,7 @@ class Images:
         done: set[str] = set()
         with self.reporter.status(f"Pulling {name}"):
             try:
-                for event in self.api.pull(repo, tag=tag or None, stream=True, decode=True):
+                for event in self.api.pull(repo, tag=tag or None, stream=True, decode=True, auth_config=self.auth):
                     if "error" in event:
                         raise _PullFailed(event["error"])
                     layer, status = event.get("id"), event.get("status", "")
@@ -265,7 +268,7 @@ class Images:
         digest = None
         with self.reporter.status(f"Pushing {image.uri}"):
             try:
-                for event in self.api.push(repo, tag=tag, stream=True, decode=True):
+                for event in self.api.push(repo, tag=tag, stream=True, decode=True, auth_config=self.auth):
                     if "error" in event:
                         raise _PushFailed(event["error"])
                     aux = event.get("aux") or {}

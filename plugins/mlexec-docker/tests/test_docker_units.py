@@ -64,3 +64,33 @@ def test_dockerfile_bases_and_tags():
     assert dockerfile_bases(text, {"BASE": "debian:12"}) == ["debian:12", "busybox"]
     assert split_tag("localhost:5000/team/proj") == ("localhost:5000/team/proj", "latest")
     assert split_tag("localhost:5000/team/proj:abc") == ("localhost:5000/team/proj", "abc")
+
+
+def test_docker_auth_reaches_pulls_and_pushes():
+    """docker_auth of the Python API is sent with every pull and push (no registry with auth runs here)."""
+    from mlexec_core.plugin.interfaces import SilentReporter
+    from mlexec_docker.images import ImageInfo, Images
+
+    calls = []
+
+    class RecordingApi:
+        def pull(self, repo, **kwargs):
+            calls.append(("pull", repo, kwargs["auth_config"]))
+            return iter([{"status": "Downloaded"}])
+
+        def push(self, repo, **kwargs):
+            calls.append(("push", repo, kwargs["auth_config"]))
+            return iter([{"aux": {"Digest": "sha256:" + "0" * 64}}])
+
+    class NoEngine:
+        def image(self, name):
+            return None
+
+    auth = {"username": "ci", "password": "s3cret", "registry": "localhost:5000"}
+    images = Images(NoEngine(), SilentReporter(), auth)
+    images._api = RecordingApi()
+    images._registry_digest = lambda uri: None
+    images.pull("localhost:5000/team/base:1")
+    images.push(ImageInfo("localhost:5000/team/proj:abc", "sha256:1"))
+    assert calls == [("pull", "localhost:5000/team/base", auth), ("push", "localhost:5000/team/proj", auth)]
+    assert Images(NoEngine(), SilentReporter()).auth is None  # default: the daemon's own docker login
