@@ -86,6 +86,9 @@ class EnvironmentCache:
         another process is building the same environment and this one waits.
         """
         final = self.path_for(key)
+        # In use before looking: a prune that is removing it finishes first, one that
+        # comes later sees it in use, so a ready environment cannot vanish under the run.
+        self.use(key)
         if not self.is_ready(key):
             with exclusive(self._lock_path(key, "build"), on_wait):
                 if not self.is_ready(key):
@@ -117,9 +120,9 @@ class EnvironmentCache:
 
     def use(self, key: str) -> None:
         """Mark ``key`` used now and in use until this process exits."""
+        hold_shared(self._lock_path(key, "use"))  # waits for a prune that is removing it
         with contextlib.suppress(OSError):
             (self.path_for(key) / LAST_USED).touch()
-        hold_shared(self._lock_path(key, "use"))
 
     def in_use(self, key: str) -> bool:
         return in_use(self._lock_path(key, "use"))

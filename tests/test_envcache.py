@@ -132,3 +132,32 @@ def test_remove_skips_environment_in_use(tmp_path):
     assert cache.remove(infos["demo-busy"]) is True and not cache.is_ready("busy")
     assert json.loads((tmp_path / "envs" / "demo-idle" / READY).read_text())["manager"] == "demo"
     assert os.path.isdir(tmp_path / "envs" / "demo-idle")
+
+
+def test_a_prune_in_progress_cannot_pull_a_ready_environment_from_under_a_run(tmp_path):
+    """The run marks the environment in use before it looks: it waits for a prune that is
+    removing it, then builds it again, instead of running in a directory being deleted."""
+    import threading
+
+    from mlexec_core.cachefs import exclusive, unused
+
+    cache = EnvironmentCache("demo", tmp_path)
+    cache.ensure("k", lambda p: (p / "bin").mkdir())
+    # A prune holds the locks, as EnvironmentCache.remove does, while this process has not used "k" yet.
+    other = EnvironmentCache("demo", tmp_path)
+    import mlexec_core.cachefs as cachefs
+
+    cachefs._held.pop(str(cache._lock_path("k", "use"))).close()  # forget this process's own use
+    result = {}
+    with exclusive(other._lock_path("k", "build")), unused(other._lock_path("k", "use")) as free:
+        assert free
+        runner = threading.Thread(target=lambda: result.update(
+            zip(("path", "built"), EnvironmentCache("demo", tmp_path).ensure("k", lambda p: (p / "bin").mkdir()))))
+        runner.start()
+        runner.join(0.5)
+        assert runner.is_alive()  # waiting for the prune
+        import shutil
+
+        shutil.rmtree(other.path_for("k"))
+    runner.join(30)
+    assert result["built"] is True and (result["path"] / "bin").is_dir()

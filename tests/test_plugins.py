@@ -263,6 +263,25 @@ def test_signal_while_the_run_is_being_created_still_stops_the_job(project, cli_
     assert proc.returncode == 143, proc.stderr
     assert_no_traceback(proc)
     assert store.only_run().info.status == "KILLED"
+    assert _processes_in(proj) == []  # the job was really stopped, not left running
+
+
+def _processes_in(directory) -> list[int]:
+    """Live processes whose working directory is ``directory`` (the job runs in the project)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/cwd") == str(directory):
+                state = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def test_command_env_order():

@@ -88,6 +88,8 @@ def test_failing_command_fails_the_run(mlexec, demo, store):
         (["-P", "alpha"], "-P 'alpha' must be NAME=VALUE"),
         (["-P", "alpha=1", "-P", "alpha=2"], "-P alpha is given twice"),
         (["-P", "alpha=1", "-P", "bad;key=1"], "-P 'bad;key': parameter names may hold"),
+        (["-P", "alpha=1", "-P", "a/../b=1"], "-P 'a/../b': MLflow refuses names that change as a path"),
+        (["-P", "alpha=1", "-P", "/abs=1"], "-P '/abs': MLflow refuses names"),
         (["-P", "alpha=1", "-e", "nope"], "unknown entry point 'nope'"),
         (["-P", "alpha=1", "-b", "nosuch"], "unknown backend 'nosuch'"),
         (["-P", "alpha=1", "--env-manager", "lcoal"], "unknown environment manager 'lcoal' (--env-manager)"),
@@ -224,15 +226,17 @@ def test_run_id_attaches_to_existing_run(mlexec, demo, store, tmp_path):
 def test_git_commit_is_tagged(mlexec, demo, store, tmp_path):
     git = ["git", "-C", str(demo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "remote", "add", "origin", "https://user:secret@example.invalid/org/demo.git"], check=True)
+    # a token given as the user name, the usual CI form
+    subprocess.run([*git, "remote", "add", "origin", "https://ghp_TOKEN123@example.invalid/org/demo.git"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "x"], check=True)
     commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     mlexec("run", demo, "-P", "alpha=1", "--env-manager", "local", env={"OUT": str(tmp_path / "out.json")}, check=0)
     tags = store.only_run().data.tags
     assert tags["mlflow.source.git.commit"] == commit
-    assert tags["mlflow.source.git.repoURL"] == "https://user@example.invalid/org/demo.git"
-    assert "secret" not in json.dumps(tags)
+    assert tags["mlflow.source.git.repoURL"] == "https://example.invalid/org/demo.git"
+    assert tags["mlflow.source.name"] == "https://example.invalid/org/demo.git"
+    assert "ghp_TOKEN123" not in json.dumps(tags)
 
 
 def test_dry_run_creates_nothing(mlexec, demo, store):
@@ -317,7 +321,7 @@ def _wait_dead(pid: int, timeout: float = 30) -> bool:
     return False
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_stops_the_whole_group_and_marks_killed(project, cli_env, store, signum, code):
     proj = project(SLEEPER)
     proc = subprocess.Popen([*MLEXEC, "run", str(proj), "--env-manager", "local"], env=cli_env,

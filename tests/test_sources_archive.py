@@ -105,8 +105,67 @@ def test_tar_gz_over_http_with_password(mlexec, store, env, tmp_path):
     assert "hunter2" not in proc.stderr + proc.stdout + missing.stderr
     assert missing.returncode == 2 and "HTTP 404" in missing.stderr
     run = store.only_run()
-    assert run.data.tags["mlflow.source.name"] == f"http://bob@127.0.0.1:{server.port}/proj.tar.gz#models/v1.2"
+    assert run.data.tags["mlflow.source.name"] == f"http://127.0.0.1:{server.port}/proj.tar.gz#models/v1.2"
     no_temp_left(tmp_path)
+
+
+def test_credentials_do_not_follow_a_redirect_to_another_host(mlexec, store, env, tmp_path):
+    """urllib copies headers onto redirects; the password must not reach the other host."""
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    make_tar(served / "proj.tar.gz", FILES)
+    seen = []
+
+    class Other(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            super().do_GET()
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{other.server_port}/proj.tar.gz")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (other, first):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://alice:S3CRET-pw@127.0.0.1:{first.server_port}/proj.tar.gz#models/v1.2"
+        proc = mlexec("run", uri, "--env-manager", "local", env=env, check=0)
+    finally:
+        first.shutdown()
+        other.shutdown()
+    assert seen == [None]  # the second host got the file, and no Authorization header
+    assert "S3CRET" not in proc.stdout + proc.stderr
+    assert "S3CRET" not in str(store.only_run().data.tags)
+
+
+def test_presigned_query_is_not_recorded(mlexec, store, env, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    make_tar(served / "proj.tar.gz", FILES)
+    with FileServer(served) as server:
+        uri = f"http://127.0.0.1:{server.port}/proj.tar.gz?X-Amz-Signature=SECRETSIG#models/v1.2"
+        proc = mlexec("run", uri, "--env-manager", "local", env=env, check=0)
+    assert "SECRETSIG" not in proc.stdout + proc.stderr
+    assert store.only_run().data.tags["mlflow.source.name"] == (
+        f"http://127.0.0.1:{server.port}/proj.tar.gz#models/v1.2")
 
 
 def _member(name, kind, link=""):

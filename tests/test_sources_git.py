@@ -224,7 +224,7 @@ def test_password_never_shows(mlexec, repos, store, env, tmp_path):
             assert form not in text
     run = store.only_run()
     assert all("s3cr" not in v for v in run.data.tags.values())
-    assert run.data.tags["mlflow.source.git.repoURL"] == f"http://alice@127.0.0.1:{server.port}/repo.git"
+    assert run.data.tags["mlflow.source.git.repoURL"] == f"http://127.0.0.1:{server.port}/repo.git"
     # nor in any file of the cache (mirror and checkout configs included)
     found = subprocess.run(["grep", "-rl", "s3cr", str(tmp_path / "cache")], capture_output=True, text=True)
     assert found.stdout == ""

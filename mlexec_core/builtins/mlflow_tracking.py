@@ -13,6 +13,7 @@ file, a server, a file store, Databricks) goes through ``MlflowClient``.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from mlexec_core.errors import TrackingError
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.plugin import hookimpl
 from mlexec_core.plugin.interfaces import Context
+from mlexec_core.sources.urls import redact, scrub, secrets_of
 
 DEFAULT_DB = "mlflow.db"
 #: Why a run failed or was killed, in one line (set by mlexec when it ends the run).
@@ -102,7 +104,7 @@ class ClientStore:
                 exp = self.client.get_experiment("0")
         except Exception as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "No Experiment with id" in str(exc):
-                raise TrackingError(f"no experiment with id {experiment_id!r} in {self.uri}",
+                raise TrackingError(f"no experiment with id {experiment_id!r} in {redact(self.uri)}",
                                     hint="check --experiment-id, or use --experiment-name to create one") from None
             raise _tracking_error(self.uri, exc) from None
         if exp.lifecycle_stage != "active":
@@ -116,9 +118,14 @@ class ClientStore:
 
         try:
             run = self.client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+        except Exception as exc:
+            raise _tracking_error(self.uri, exc) from None
+        try:
             if params:
                 self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
-        except Exception as exc:
+        except Exception as exc:  # the run exists: it must not stay RUNNING
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(run.info.run_id, "FAILED")
             raise _tracking_error(self.uri, exc) from None
         return run.info.run_id, run.info.run_name
 
@@ -129,7 +136,7 @@ class ClientStore:
             run = self.client.get_run(run_id)
         except Exception as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc):
-                raise TrackingError(f"no run with id {run_id!r} in {self.uri}", hint="check --run-id") from None
+                raise TrackingError(f"no run with id {run_id!r} in {redact(self.uri)}", hint="check --run-id") from None
             raise _tracking_error(self.uri, exc) from None
         for key, value in params.items():
             if key in run.data.params and run.data.params[key] != value:
@@ -157,12 +164,12 @@ class ClientStore:
 def _tracking_error(uri: str, exc: BaseException) -> TrackingError:
     if isinstance(exc, TrackingError):
         return exc
-    text = str(exc).strip().splitlines()
+    text = scrub(str(exc), secrets_of(uri)).strip().splitlines()
     message = text[0] if text else type(exc).__name__
     hint = None
     if "out-of-date database schema" in str(exc):
-        hint = f"upgrade it with: mlflow db upgrade {uri}"
-    return TrackingError(f"tracking store {uri} refused: {message}", hint=hint)
+        hint = f"upgrade it with: mlflow db upgrade {redact(uri)}"
+    return TrackingError(f"tracking store {redact(uri)} refused: {message}", hint=hint)
 
 
 def _run_tags(plan: RunPlan) -> dict[str, str]:
@@ -201,7 +208,8 @@ def mlexec_run_create(plan: RunPlan, context: Context) -> RunRecord:
     uri = tracking_uri()
     store = open_store(uri)
     if isinstance(store, ClientStore) and store._client is None:
-        with context.reporter.status(f"Opening the MLflow tracking store {uri} (through MLflow: a few seconds)"):
+        with context.reporter.status(f"Opening the MLflow tracking store {redact(uri)} "
+                                     "(through MLflow: a few seconds)"):
             store.client  # noqa: B018
     params = plan.logged_params()
     if plan.tracking.run_id:

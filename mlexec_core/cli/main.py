@@ -17,11 +17,19 @@ from mlexec_core.errors import MlexecError
 
 
 class _Terminated(BaseException):
-    """SIGTERM arrived before a job was running."""
+    """SIGTERM or SIGHUP arrived before a job was running."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _load_env_file(path: str) -> None:
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MlexecError(f"cannot read it: {exc}", context=path, hint="--env-file takes a text file of NAME=VALUE lines") from None
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -113,28 +121,32 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
         _fail(terminal, exc)
     except (KeyboardInterrupt, _Terminated) as exc:
         terminal.failure("Interrupted before the run started; no run was created.")
-        sys.exit(143 if isinstance(exc, _Terminated) else 130)
+        sys.exit(128 + (exc.signum if isinstance(exc, _Terminated) else signal.SIGINT))
     finally:
         stopper.restore()
     sys.exit(code)
 
 
 class _Stopper:
-    """SIGINT/SIGTERM for the whole of `mlexec run`.
+    """SIGINT/SIGTERM/SIGHUP for the whole of `mlexec run`.
 
     While preparing (nothing exists yet) a signal interrupts at once.  While the
     run is being created and the job started, it is held, and acted on as soon
     as the job exists, so a signal can never leave a job running or a run
     RUNNING.  While the job runs, the first signal stops it (SIGINT/SIGTERM to
     its process group, SIGKILL after MLEXEC_STOP_TIMEOUT); a second kills at once.
+    SIGHUP (the terminal or ssh session closed) counts as SIGTERM: the job runs in
+    its own session and would not get the hangup itself.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, terminal) -> None:
         self.terminal = terminal
         self.received: list[int] = []
         self.submitted = None
         self.starting = False
-        self._old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._old = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
 
     def restore(self) -> None:
         for sig, handler in self._old.items():
@@ -143,11 +155,13 @@ class _Stopper:
     def _on_signal(self, signum, frame) -> None:
         self.received.append(signum)
         if self.submitted is None and not self.starting:
-            raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated()
+            raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated(signum)
         if self.submitted is not None:
             self._stop(signum)
 
     def _stop(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            signum = signal.SIGTERM  # what the job gets; mlexec still exits 129
         if len(self.received) == 1:
             self.terminal.warning(f"{signal.Signals(signum).name}: stopping the run (again to kill at once)")
             threading.Thread(target=self.submitted.cancel, args=(signum,), daemon=True).start()

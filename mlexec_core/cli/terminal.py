@@ -40,6 +40,12 @@ class Terminal:
         return self._out
 
     def _say(self, style: str, prefix: str, message: str) -> None:
+        try:
+            self._write(style, prefix, message)
+        except OSError:  # the terminal went away (SIGHUP, a closed pipe): the run must still end cleanly
+            pass
+
+    def _write(self, style: str, prefix: str, message: str) -> None:
         if self.rich_err:
             from rich.markup import escape
 

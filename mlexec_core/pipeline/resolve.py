@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shlex
 import warnings
@@ -154,6 +155,9 @@ def resolve_parameters(
                 f"-P {key!r}: parameter names may hold letters, digits, _ - . / : and spaces only "
                 f"(at most {MAX_PARAM_KEY})"
             )
+        if "/" in key and (posixpath.normpath(key) != key or key.startswith("/")):
+            raise ParameterError(f"-P {key!r}: MLflow refuses names that change as a path "
+                                 f"(it would read {posixpath.normpath(key)!r})", hint="drop '..', '//' and a leading '/'")
         _check_length(key, value)
         extra[key] = value
     return resolved, extra

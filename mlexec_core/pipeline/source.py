@@ -181,8 +181,11 @@ def git_info(directory: Path) -> tuple[str | None, str | None]:
         return None, None
     if out.returncode != 0:
         return None, None
-    url = subprocess.run(
-        ["git", "-C", str(directory), "config", "--get", "remote.origin.url"],
-        capture_output=True, text=True, timeout=10,
-    ).stdout.strip()
+    try:
+        url = subprocess.run(
+            ["git", "-C", str(directory), "config", "--get", "remote.origin.url"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        url = ""
     return out.stdout.strip() or None, url or None

@@ -81,9 +81,21 @@ def _download(url: str, target: Path) -> str:
         timeout = float(os.environ.get(TIMEOUT_VAR) or 30)
     except ValueError:
         timeout = 30.0
+    class SameHostAuth(urllib.request.HTTPRedirectHandler):
+        """Follow redirects, but never send the credentials to another host."""
+
+        def redirect_request(self, req, fp, code, msg, hdrs, newurl):
+            new = super().redirect_request(req, fp, code, msg, hdrs, newurl)
+            old, target = urlsplit(req.full_url), urlsplit(newurl)
+            if new is not None and (old.scheme, old.hostname, old.port) != (target.scheme, target.hostname,
+                                                                           target.port):
+                new.remove_header("Authorization")
+            return new
+
+    opener = urllib.request.build_opener(SameHostAuth)
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response, \
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as response, \
                 open(target, "wb") as out:
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)

@@ -116,6 +116,7 @@ class SourceCache:
         renamed into place only when it returns; if it raises, nothing is left.
         """
         final = self.root / relative
+        self.use(relative)  # in use before looking, so a prune cannot remove it under this run
         if not final.is_dir():
             with self.lock(self.lock_name(relative), on_wait):
                 if self.build_locked(relative, build, meta):
@@ -149,8 +150,8 @@ class SourceCache:
 
     def use(self, relative: str) -> None:
         """Mark the entry used now, and in use until this process exits."""
+        hold_shared(self._lock_file(f"{self.lock_name(relative)}.use"))  # waits for a prune removing it
         self.touch(relative)
-        hold_shared(self._lock_file(f"{self.lock_name(relative)}.use"))
 
     def in_use(self, relative: str) -> bool:
         return in_use(self._lock_file(f"{self.lock_name(relative)}.use"))

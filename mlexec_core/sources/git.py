@@ -139,8 +139,8 @@ def checkout(url: str, version: str | None, cache: SourceCache, *, local: bool =
     mirror_rel = f"git/{remote.key}"
     if version and len(version) == 40 and _HEX.match(version):
         known = f"trees/{remote.key}/{version.lower()}"
+        cache.use(known)  # in use before looking, so a prune cannot remove it under this run
         if (cache.root / known).is_dir():  # checked out before: not even the mirror is read
-            cache.use(known)
             return GitCheckout(directory=cache.root / known, commit=version.lower(), branch=None, created=False)
     listing = None
     if not (cache.root / mirror_rel).is_dir():

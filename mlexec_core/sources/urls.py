@@ -13,8 +13,22 @@ _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@:\s]*):(?P<
 GIT_SCHEMES = ("http", "https", "ssh", "git", "git+ssh", "ssh+git", "git+https", "git+http")
 
 
+#: http(s) user information: a token is often given as the user name alone.
+_HTTP_USERINFO = re.compile(r"(?P<scheme>(?:git\+)?https?://)[^/@\s]*@", re.I)
+#: Query strings of http(s) URLs: presigned URLs carry their signature there.
+_HTTP_QUERY = re.compile(r"(?P<url>(?:git\+)?https?://[^\s?#]*)\?[^\s#]*", re.I)
+
+
 def redact(uri: str) -> str:
-    """``uri`` without a password: ``https://user:secret@host/r`` -> ``https://user@host/r``."""
+    """``uri`` (or a text holding URIs) without credentials.
+
+    http(s): all user information and any query string go
+    (``https://TOKEN@host/r?sig=x`` -> ``https://host/r``); other schemes keep
+    the user name, which is not a secret for ssh (``ssh://git@host``), and lose
+    a password.
+    """
+    uri = _HTTP_USERINFO.sub(lambda m: m["scheme"], uri)
+    uri = _HTTP_QUERY.sub(lambda m: m["url"], uri)
     return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}@", uri)
 
 
@@ -33,16 +47,19 @@ def strip_credentials(url: str) -> str:
 
 
 def secrets_of(url: str) -> list[str]:
-    """The password of ``url`` in the forms it may appear in (as written, decoded, re-quoted)."""
+    """The secrets of ``url`` in the forms they may appear in (as written, decoded, re-quoted):
+    its password, and for http(s) its user name (often a token) and query string."""
     parts = urlsplit(url)
     try:
-        password = parts.password
+        values = [parts.password]
     except ValueError:
-        password = None
-    if not password:
-        return []
-    forms = {password, unquote(password), quote(unquote(password), safe="")}
-    return sorted((f for f in forms if f), key=len, reverse=True)
+        values = []
+    if parts.scheme.lower().removeprefix("git+") in ("http", "https"):
+        values += [parts.username, parts.query]
+    forms = set()
+    for value in filter(None, values):
+        forms |= {value, unquote(value), quote(unquote(value), safe="")}
+    return sorted((f for f in forms if len(f) > 2), key=len, reverse=True)
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:

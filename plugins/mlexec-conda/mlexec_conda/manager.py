@@ -8,6 +8,8 @@ import shlex
 from pathlib import Path
 from typing import Iterable
 
+import attrs
+
 from mlexec_core.builtins.local import ProcessLauncher
 from mlexec_core.envcache import EnvironmentCache, spec_key
 from mlexec_core.errors import EnvironmentBuildError
@@ -51,7 +53,7 @@ class ActivatingLauncher(ProcessLauncher):
 
     def start(self, spec: CommandSpec) -> Execution:
         sources = "".join(f". {shlex.quote(s)} && " for s in self.scripts)
-        return super().start(CommandSpec(command=sources + spec.command, cwd=spec.cwd, env=spec.env))
+        return super().start(attrs.evolve(spec, command=sources + spec.command))
 
 
 class CondaEnvironment(EnvironmentManager):

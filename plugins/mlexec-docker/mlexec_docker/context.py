@@ -106,6 +106,30 @@ class IgnoreRules:
         return any(negate for _, negate in self.rules)
 
 
+#: MLflow's local stores, never copied into a code image: they change on every run
+#: (so the image would be rebuilt each time) and hold every other run's data.
+_STORE_DIRS = ("mlruns", "mlartifacts")
+_STORE_FILE = "mlflow.db"
+
+
+def tracking_store_files(directory: Path, files: Iterable[str], tracking_uri: str | None = None) -> set[str]:
+    """Which of ``files`` (relative to ``directory``) are an MLflow tracking store."""
+    active = None
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        try:
+            active = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0]).resolve().relative_to(
+                directory.resolve()).as_posix()
+        except ValueError:
+            active = None
+    out = set()
+    for rel in files:
+        name = rel.rsplit("/", 1)[-1]
+        if (rel.split("/", 1)[0] in _STORE_DIRS or name.startswith(_STORE_FILE)
+                or (active and (rel == active or rel.startswith(active + "-")))):
+            out.add(rel)
+    return out
+
+
 def context_files(directory: Path, always: Iterable[str] = ()) -> list[str]:
     """The files (and symlinks) of ``directory`` that go into its build context, sorted."""
     rules = IgnoreRules.read(directory)

@@ -20,6 +20,7 @@ image exists goes through :class:`~mlexec_docker.engine.Engine`.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -190,6 +191,8 @@ class Images:
         """``base`` plus the project's files at :data:`CODE_DIR`, tagged by content."""
         directory = project.directory
         files = ctx.context_files(directory)
+        store = ctx.tracking_store_files(directory, files, os.environ.get("MLFLOW_TRACKING_URI"))
+        files = [f for f in files if f not in store]
         dockerfile = (
             f"FROM {base.uri}\n"
             f"COPY code/ {CODE_DIR}/\n"

@@ -84,6 +84,22 @@ def test_build_image_copies_the_code_in_honouring_dockerignore(mlexec, docker_pr
     assert uris[0] == uris[1] == uri != uris[2]
 
 
+def test_build_image_leaves_the_tracking_store_out(mlexec, docker_project, store, busybox_image):
+    """The default store ./mlflow.db in the project (mlexec run . --build-image) changes on every run:
+    copied in, it would rebuild the image each time and bake every other run's data into it."""
+    proj = docker_project("image: mlexec-test/busybox:1", 'main: {command: "ls -a"}',
+                          files={"train.sh": "v1", "mlruns/0/meta.yaml": "x"})
+    project_store = f"sqlite:///{proj / 'mlflow.db'}"
+    import shutil
+
+    shutil.copy(store.path, proj / "mlflow.db")
+    first = mlexec("run", proj, "--build-image", env={"MLFLOW_TRACKING_URI": project_store}, check=0)
+    assert _built(first)
+    assert "train.sh" in first.stdout and "mlflow.db" not in first.stdout and "mlruns" not in first.stdout
+    second = mlexec("run", proj, "--build-image", env={"MLFLOW_TRACKING_URI": project_store}, check=0)
+    assert not _built(second), second.stderr  # the store changed (a run was added): no rebuild
+
+
 def test_dockerfile_failure_shows_the_failing_step_and_creates_no_run(mlexec, docker_project, store):
     proj = docker_project(
         "dockerfile: Dockerfile",

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from attrs import frozen
 
+from mlexec_core.sources.urls import redact
 from mlexec_core.errors import BackendError, PluginError
 from mlexec_core.pipeline.plan import RunPlan, RunRecord
 from mlexec_core.plugin.interfaces import Backend, ImageRef, PreparedEnvironment, SubmittedJob
@@ -144,7 +145,8 @@ class KubernetesBackend(Backend):
         image = f"{config.repository_uri}:<content-tag>@sha256:<digest of the pushed image>"
         manifest = build_job(plan, config, name=job_name(plan.project.display_name, fake_id),
                              namespace=namespace, image=image,
-                             env=self._pod_env(config, run, warn=False), run_id=fake_id)
+                             env={k: redact(v) for k, v in self._pod_env(config, run, warn=False).items()},
+                             run_id=fake_id)
         text = (f"# Job manifest: the name ends in the run id; the image is built and pushed to\n"
                 f"# {config.repository_uri} at run time\n{to_yaml(manifest)}")
         where = f"kube-context {config.kube_context}" if config.kube_context else "the kubeconfig's current context"
