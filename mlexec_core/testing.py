@@ -12,6 +12,7 @@ gets its own copy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -127,3 +128,57 @@ def project(tmp_path):
 def assert_no_traceback(proc) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stdout, proc.stdout
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_registry(root: Path):
+    """A real container registry (Debian's ``docker-registry``) on a free loopback
+    port, storing under ``root``; yields ``127.0.0.1:PORT`` and stops it afterwards.
+
+    Raises :class:`FileNotFoundError` when ``docker-registry`` is not installed
+    (the caller decides whether that skips or fails).
+    """
+    import time
+    import urllib.request
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise FileNotFoundError("docker-registry is not installed")
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.yml"
+    config.write_text(textwrap.dedent(f"""\
+        version: 0.1
+        log: {{level: error}}
+        storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}
+        http: {{addr: 127.0.0.1:{port}}}
+    """))
+    with open(root / "registry.log", "wb") as log:
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the registry did not start: {(root / 'registry.log').read_text()}")
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -37,10 +37,7 @@ def git(*args: str, cwd: Path | None = None) -> str:
     return proc.stdout.strip()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from mlexec_core.testing import free_port  # noqa: E402,F401  (re-exported for the source tests)
 
 
 def _wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20) -> None:

@@ -9,16 +9,14 @@ they fail instead.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import textwrap
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+
+from mlexec_core.testing import local_registry
 
 pytest_plugins = ["mlexec_core.testing"]
 
@@ -105,45 +103,11 @@ def docker_project(tmp_path, engine, no_leftovers):
                 pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def registry(tmp_path, engine):
     """A real registry (Debian's docker-registry) on a free loopback port, stopped afterwards."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        _unavailable("docker-registry is not installed")
-    port = free_port()
-    root = tmp_path / "registry"
-    root.mkdir()
-    config = root / "config.yml"
-    config.write_text(textwrap.dedent(f"""\
-        version: 0.1
-        log: {{level: error}}
-        storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}
-        http: {{addr: 127.0.0.1:{port}}}
-    """))
-    with open(root / "registry.log", "wb") as log:
-        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v2/"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the registry did not start: {(root / 'registry.log').read_text()}")
-            time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        with local_registry(tmp_path / "registry") as address:
+            yield address
+    except FileNotFoundError as exc:
+        _unavailable(str(exc))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import textwrap
 import time
@@ -20,6 +18,8 @@ import urllib.request
 import uuid
 
 import pytest
+
+from mlexec_core.testing import free_port, local_registry
 
 from mlexec_core.testing import MLEXEC, assert_no_traceback
 
@@ -48,46 +48,13 @@ def _docker_ready() -> None:
         _skip(f"the test image {BUSYBOX} is missing (plugins/mlexec-docker/ci-setup.sh makes it)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def registry(tmp_path):
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        _skip("docker-registry is not installed")
-    port = _free_port()
-    root = tmp_path / "registry"
-    root.mkdir()
-    config = root / "config.yml"
-    config.write_text(textwrap.dedent(f"""\
-        version: 0.1
-        log: {{level: error}}
-        storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}
-        http: {{addr: 127.0.0.1:{port}}}
-    """))
-    with open(root / "registry.log", "wb") as log:
-        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the registry did not start: {(root / 'registry.log').read_text()}")
-            time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        with local_registry(tmp_path / "registry") as address:
+            yield address
+    except FileNotFoundError as exc:
+        _skip(str(exc))
 
 
 def _busybox_project(root, name):
@@ -149,7 +116,7 @@ def test_real_docker_build_and_push(mlexec, cli_env, kubeconfig, fake_cluster, r
         assert fake_cluster.created_jobs()[1]["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
         # a registry that refuses: nothing listens on this port
-        (proj / "refused.yaml").write_text(f"repository-uri: 127.0.0.1:{_free_port()}/team/{name}\n"
+        (proj / "refused.yaml").write_text(f"repository-uri: 127.0.0.1:{free_port()}/team/{name}\n"
                                            "namespace: ml\n")
         refused = mlexec("run", proj, "-b", "kubernetes", "-c", "refused.yaml", cwd=proj, env=env, timeout=300)
         assert refused.returncode == 2, refused.stderr
