@@ -32,13 +32,17 @@ def test_split_subdirectory():
 
 
 def test_redaction():
-    assert redact("https://u:p%40ss@h:8/r.git#x") == "https://u@h:8/r.git#x"
+    assert redact("https://u:p%40ss@h:8/r.git#x") == "https://h:8/r.git#x"
+    assert redact("https://ghp_TOKEN@h/r.git") == "https://h/r.git"  # a token as the user name
+    assert redact("https://h/p.zip?X-Amz-Signature=S#sub") == "https://h/p.zip#sub"  # presigned
+    assert redact("ssh://git:pw@h/r.git") == "ssh://git@h/r.git"  # ssh keeps its user
     assert redact("git@github.com:o/r.git") == "git@github.com:o/r.git"
     assert strip_credentials("https://u:p@h/r.git") == "https://h/r.git"
     assert strip_credentials("ssh://git:p@h:22/r.git") == "ssh://git@h:22/r.git"  # ssh keeps its user
     assert secrets_of("https://u:p%40ss@h/r") == ["p%40ss", "p@ss"]
     assert scrub("fatal: https://u:p%40ss@h/r and p@ss", secrets_of("https://u:p%40ss@h/r")) == \
-        "fatal: https://u@h/r and ***"
+        "fatal: https://h/r and ***"
+    assert "ghp_TOKEN" in secrets_of("https://ghp_TOKEN@h/r.git")
     assert credential_config("https://u:p@h:8/r.git") == {"url.https://u:p@h:8/.insteadOf": "https://h:8/"}
     assert is_scp_like("git@github.com:org/repo.git") and is_scp_like("host:repo")
     assert not is_scp_like("./dir") and not is_scp_like("C:\\x") and not is_scp_like("https://h/r")
