@@ -18,35 +18,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-
-
-def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
-    return elapsed
-
+from mlexec_core.benchmarking import timed, tools
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    mlflow_bin = shutil.which("mlflow", path=str(BIN)) or shutil.which("mlflow")
-    mlexec_bin = shutil.which("mlexec", path=str(BIN)) or shutil.which("mlexec")
-    if not (mlflow_bin and mlexec_bin):
-        raise SystemExit("run with the interpreter of the environment where mlexec and mlflow are installed")
+    mlexec_bin, mlflow_bin = tools()
 
     with tempfile.TemporaryDirectory(prefix="mlexec-bench-") as tmp:
         tmp = Path(tmp)

@@ -28,21 +28,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-
-
-def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
-    return elapsed
-
+from mlexec_core.benchmarking import timed, tools
 
 def remove_images(docker: str, repository: str) -> None:
     out = subprocess.run([docker, "images", "--format", "{{json .}}", repository],
@@ -73,11 +62,8 @@ def main() -> None:
     parser.add_argument("--image", default="mlexec-test/busybox:1")
     args = parser.parse_args()
 
-    mlflow_bin = shutil.which("mlflow", path=str(BIN)) or shutil.which("mlflow")
-    mlexec_bin = shutil.which("mlexec", path=str(BIN)) or shutil.which("mlexec")
+    mlexec_bin, mlflow_bin = tools()
     docker = shutil.which("docker")
-    if not (mlflow_bin and mlexec_bin):
-        raise SystemExit("run with the interpreter of the environment where mlexec and mlflow are installed")
     if docker is None or subprocess.run([docker, "image", "inspect", args.image], capture_output=True).returncode:
         raise SystemExit(f"needs a Docker daemon and the image {args.image} (plugins/mlexec-docker/ci-setup.sh)")
 

@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from mlexec_core.benchmarking import BIN, tools
+
 VERSION = "%d.%d.%d" % sys.version_info[:3]
 
 
@@ -54,10 +55,7 @@ def main() -> None:
                         help="extra alternating warm/local mlexec runs, for the 50 ms comparison")
     args = parser.parse_args()
 
-    mlflow_bin = shutil.which("mlflow", path=str(BIN)) or shutil.which("mlflow")
-    mlexec_bin = shutil.which("mlexec", path=str(BIN)) or shutil.which("mlexec")
-    if not (mlflow_bin and mlexec_bin):
-        raise SystemExit("run with the interpreter of the environment where mlexec, this plugin and mlflow are installed")
+    mlexec_bin, mlflow_bin = tools()
 
     with tempfile.TemporaryDirectory(prefix="mlexec-bench-venv-") as tmp:
         tmp = Path(tmp)
