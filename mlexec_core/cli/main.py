@@ -194,7 +194,14 @@ def _run_plan(terminal, plugins, plan, stopper: _Stopper) -> int:
     terminal.failure(f"=== Run {submitted.run_id} {status.value.lower()}{reason} ===")
     if status is RunStatus.KILLED:
         return 128 + (stopper.received[0] if stopper.received else signal.SIGTERM)
-    return 1
+    return failed_exit_status(submitted.exit_code)
+
+
+def failed_exit_status(code: int | None) -> int:
+    """What `mlexec run` exits with for a FAILED run: the command's own status when
+    the backend knows it and it is from 1 to 125, else 1 (126 and up are the shell's
+    "cannot run" codes and 128 + N a signal, which would read as mlexec's own)."""
+    return code if isinstance(code, int) and 1 <= code <= 125 else 1
 
 
 def _fail(terminal, exc: MlexecError) -> None:
