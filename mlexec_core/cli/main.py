@@ -266,7 +266,7 @@ def plugins_cmd(as_json: bool) -> None:
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
-    infos = _plugins(terminal, warn=False).infos()
+    infos = _plugins(terminal, warn=False).infos(import_classes=True)  # a class that does not import is shown
     if as_json:
         import attrs
 
