@@ -32,6 +32,11 @@ sqlite store, read back with ``MlflowClient``:
 * after every test: no run in the store is left RUNNING, and
   ``contract_leftovers()`` reports nothing new (containers, Jobs ...).
 
+The project is named ``contract``; its entry points are ``main`` (parameters
+``alpha`` and ``name``, echoed), ``fail`` (``exit 3``) and ``slow`` (``sleep``
+in the background, then ``wait``), plain POSIX sh, so they run in a busybox
+image too.
+
 Override the class attributes below, and these fixtures when the defaults do not fit:
 
 * ``contract_env``: more variables for every CLI call (a kubeconfig ...).
@@ -40,8 +45,8 @@ Override the class attributes below, and these fixtures when the defaults do not
   backend talks to a double scripts the double here.
 * ``contract_leftovers``: a callable returning what the backend leaves behind
   right now (container ids, Job names); it is called before and after each test.
-* ``contract_project``: a callable ``make(entry_points) -> Path`` writing the
-  project (the default adds ``environment`` and ``environment_files``).
+* ``contract_project``: a callable ``make(entry_points, files=None, environment=None) -> Path``
+  writing the project (the default adds ``environment`` and ``environment_files``).
 """
 
 from __future__ import annotations
@@ -89,9 +94,10 @@ class Contract:
     env_tag: ClassVar[str | None] = ""
     #: A bad ``--backend-config`` and the key its error must name, or ``None``.
     bad_backend_config: ClassVar[tuple[Mapping[str, Any] | str, str] | None] = None
-    #: Environment files with a mistake (replacing ``environment_files``) and the
-    #: text its error must contain (the file and key), or ``None``.
-    bad_environment_files: ClassVar[tuple[Mapping[str, str], str] | None] = None
+    #: An environment with a mistake: MLproject environment lines, the files
+    #: (replacing ``environment_files``), and the text its error must contain (the
+    #: file and key); or ``None``.
+    bad_environment: ClassVar[tuple[str, Mapping[str, str], str] | None] = None
     #: The command really runs (not a double): its output is checked.
     runs_command: ClassVar[bool] = True
     #: The command runs as processes of this machine: after a stop, none may be left.
@@ -117,8 +123,10 @@ class Contract:
 
     @pytest.fixture
     def contract_project(self, tmp_path) -> Callable[..., Path]:
-        def make(entry_points: str = ENTRY_POINTS, files: Mapping[str, str] | None = None) -> Path:
-            body = f"name: contract\n{self.environment}\nentry_points:\n{textwrap.indent(entry_points, '  ')}"
+        def make(entry_points: str = ENTRY_POINTS, files: Mapping[str, str] | None = None,
+                 environment: str | None = None) -> Path:
+            env = self.environment if environment is None else environment
+            body = f"name: contract\n{env}\nentry_points:\n{textwrap.indent(entry_points, '  ')}"
             return make_project(tmp_path / "contract", body,
                                 dict(self.environment_files if files is None else files))
 
@@ -217,16 +225,16 @@ class Contract:
 
     def test_config_error_names_the_key_before_any_run(self, mlexec, store, contract_project, contract_env,
                                                         contract_arrange):
-        if self.bad_backend_config is None and self.bad_environment_files is None:
+        if self.bad_backend_config is None and self.bad_environment is None:
             pytest.skip("the suite names no bad backend config and no bad environment file")
         if self.bad_backend_config is not None:
             config, key = self.bad_backend_config
             proj = contract_project()
             proc = mlexec("run", proj, *self._args(config), cwd=proj, env=contract_env)
             self._one_error(proc, key, store)
-        if self.bad_environment_files is not None:
-            files, text = self.bad_environment_files
-            proj = contract_project(files=files)
+        if self.bad_environment is not None:
+            environment, files, text = self.bad_environment
+            proj = contract_project(files=files, environment=environment)
             proc = mlexec("run", proj, *self._args(), cwd=proj, env=contract_env, timeout=self.start_timeout + 60)
             self._one_error(proc, text, store)
 
