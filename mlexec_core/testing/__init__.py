@@ -11,7 +11,7 @@ pytest session.
 Fixtures (docs/plugins.md, "Testing a plugin", says the same):
 
 * ``store``: a :class:`Store`, a fresh MLflow sqlite store in ``tmp_path/store``;
-  the Default experiment keeps its artifacts in ``tmp_path/store/mlruns``.
+  the Default experiment keeps its artifacts in ``tmp_path/store/artifacts``.
 * ``cli_env``: the environment for the CLI (a dict): this process's, less every
   ``MLFLOW_*`` and ``MLEXEC_*`` variable and ``NO_COLOR``, plus
   ``MLFLOW_TRACKING_URI`` (the store), ``MLEXEC_STOP_TIMEOUT=5`` and ``PYTHONPATH``
@@ -70,7 +70,7 @@ class Store:
     def __init__(self, path: Path, client_cls) -> None:
         self.path = path
         self.uri = f"sqlite:///{path}"
-        self.artifact_root = path.parent / "mlruns"
+        self.artifact_root = path.parent / "artifacts"
         self._client_cls = client_cls
         self._client = None
 
@@ -93,14 +93,14 @@ class Store:
 @pytest.fixture
 def store(tmp_path, template_db, mlflow_client_cls) -> Store:
     """A fresh MLflow sqlite store in ``tmp_path/store``; artifacts of the Default
-    experiment go to ``tmp_path/store/mlruns/0`` (not ``./mlruns`` of pytest's
+    experiment go to ``tmp_path/store/artifacts/0`` (not ``./mlruns`` of pytest's
     working directory, where the template was made)."""
     import sqlite3
 
     path = tmp_path / "store" / "mlflow.db"
     path.parent.mkdir()
     shutil.copy(template_db, path)
-    artifacts = path.parent / "mlruns"
+    artifacts = path.parent / "artifacts"
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(artifacts / "0"),))
     store = Store(path, mlflow_client_cls)
