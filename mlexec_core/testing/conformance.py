@@ -24,7 +24,8 @@ sqlite store, read back with ``MlflowClient``:
 * ``test_ctrl_c_ends_killed_with_nothing_left`` and ``test_sigterm_...``: a
   command that started a background child (``sleep &``, which ignores SIGINT)
   is stopped; mlexec exits 130 / 143, the run is KILLED, and (``runs_here``)
-  neither the shell nor its child is left running.
+  neither the shell nor its child is left running; and (``stops_its_own_processes``)
+  the backend did that itself, not the core's safety net.
 * ``test_config_error_names_the_key_before_any_run``: a bad backend config or
   environment file is one error naming the key, exit 2, no traceback, no run.
 * ``test_dry_run_has_no_side_effects``: ``--dry-run`` and ``--dry-run --json``
@@ -104,6 +105,9 @@ class Contract:
     runs_here: ClassVar[bool] = True
     #: The backend reports the command's exit status (``mlexec run`` exits with it).
     knows_exit_code: ClassVar[bool] = True
+    #: The backend stops its own job completely: the core's safety net (which stops
+    #: leftover processes and warns "the job left ...") has nothing to do.
+    stops_its_own_processes: ClassVar[bool] = True
     #: Seconds to wait for the job to start (a pull, a solve ...).
     start_timeout: ClassVar[float] = 120
 
@@ -209,6 +213,8 @@ class Contract:
         assert_no_traceback(proc)
         run = store.only_run()
         assert run.info.status == "KILLED"
+        if self.stops_its_own_processes:
+            assert "the job left" not in proc.stderr, proc.stderr
         if self.runs_here:
             found = re.search(r"contract-ready (\d+) (\d+)", proc.stdout)
             assert found, proc.stdout
