@@ -236,7 +236,7 @@ def test_git_commit_is_tagged(mlexec, demo, store, tmp_path):
     tags = store.only_run().data.tags
     assert tags["mlflow.source.git.commit"] == commit
     assert tags["mlflow.source.git.repoURL"] == "https://example.invalid/org/demo.git"
-    assert tags["mlflow.source.name"] == "https://example.invalid/org/demo.git"
+    assert tags["mlflow.source.name"] == f"file://{demo.resolve()}"  # the work tree root, as mlflow run records it
     assert "ghp_TOKEN123" not in json.dumps(tags)
 
 

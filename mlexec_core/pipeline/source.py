@@ -112,9 +112,9 @@ def _fetch_path(path: Path, uri: str, shown: str, sub: str | None, version: str 
     directory = path
     if sub:
         directory = _subdirectory(path, sub, shown)
-    commit, repo_url = git_info(directory)
+    commit, repo_url, name = git_info(directory)
     return FetchedProject(directory, Source(uri=str(directory), kind="local", git_commit=commit,
-                                            git_repo_url=redact(repo_url) if repo_url else None))
+                                            git_repo_url=redact(repo_url) if repo_url else None, name=name))
 
 
 def _status(reporter: Any):
@@ -186,17 +186,27 @@ def _origin(top: Path) -> str | None:
     return url or None
 
 
-def git_info(directory: Path) -> tuple[str | None, str | None]:
-    """The commit checked out in ``directory`` and its ``origin`` URL, when it is in git."""
+def git_info(directory: Path) -> tuple[str | None, str | None, str | None]:
+    """The commit checked out in ``directory``, its ``origin`` URL, and MLflow's source name for it.
+
+    The source name is what ``mlflow run`` records as ``mlflow.source.name`` for a
+    directory inside a git work tree: ``file://<work tree root>``, with
+    ``#<subdirectory>`` when the project is below the root.  All three are
+    ``None`` outside git.
+    """
     try:
         out = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            ["git", "-C", str(directory), "rev-parse", "--show-toplevel", "--show-prefix", "HEAD"],
             capture_output=True, text=True, timeout=10,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return None, None
-    if out.returncode != 0:
-        return None, None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None, None, None
+    lines = out.stdout.splitlines()
+    if len(lines) < 2 or not lines[0].strip():
+        return None, None, None
+    top, prefix = lines[0].strip(), lines[1].strip().strip("/")
+    name = f"file://{top}" + (f"#{prefix}" if prefix else "")
+    commit = lines[2].strip() if out.returncode == 0 and len(lines) > 2 else None  # None: no commit yet
     try:
         url = subprocess.run(
             ["git", "-C", str(directory), "config", "--get", "remote.origin.url"],
@@ -204,4 +214,4 @@ def git_info(directory: Path) -> tuple[str | None, str | None]:
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         url = ""
-    return out.stdout.strip() or None, url or None
+    return commit or None, url or None, name
