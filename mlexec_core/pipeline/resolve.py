@@ -7,6 +7,7 @@ unknown backend) is reported before any run exists.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -210,20 +211,29 @@ def _resolve_path(value: str, base: Path) -> str:
     return str(path)
 
 
+@contextlib.contextmanager
+def reporting_file_warnings(reporter):
+    """Say every :class:`~mlexec_core.yamlfile.FileWarning` raised inside (by the core's or a plugin's
+    loader: a duplicate key, a file found elsewhere ...) through ``reporter``, in order."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FileWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, FileWarning):
+                    reporter.warning(str(w.message))
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def load_project_reporting(directory: Path, reporter, entry_point: str | None = None) -> Project:
     """:func:`load_project`, with its warnings (ignored keys ...) said through ``reporter``.
 
     With ``entry_point``, only that entry point is checked (see :func:`load_project`).
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FileWarning)
-        project = load_project(directory, entry_point)
-    for w in caught:
-        if issubclass(w.category, FileWarning):
-            reporter.warning(str(w.message))
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return project
+    with reporting_file_warnings(reporter):
+        return load_project(directory, entry_point)
 
 
 def choose_environment_manager(plugins: Plugins, project: Project, requested: str | None,
@@ -320,8 +330,9 @@ def resolve_plan(
         manager, requested = choose_environment_manager(plugins, project, env_manager, reporter.warning)
     except MlexecError as exc:  # only an error if the backend runs the command in a local environment
         manager, requested, env_error = "", env_manager or "", exc
-    config, config_base = load_backend_config(backend_config, cwd)
-    parsed_config = backend_obj.parse_config(config, config_base)
+    with reporting_file_warnings(reporter):
+        config, config_base = load_backend_config(backend_config, cwd)
+        parsed_config = backend_obj.parse_config(config, config_base)
     command = render_command(ep.command, {n: p.value for n, p in values.items()}, extra)
     plan = RunPlan(
         project=project,
@@ -344,7 +355,8 @@ def resolve_plan(
     if backend_obj.uses_local_environment(plan):
         if env_error is not None:
             raise env_error
-        plugins.environment_manager(manager).check(project, requested)
+        with reporting_file_warnings(reporter):
+            plugins.environment_manager(manager).check(project, requested)
     return plan
 
 
