@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -79,15 +80,18 @@ def _unknown_keys(data: dict, known: tuple[str, ...], where: str, warn: Warn, wh
             continue
         text = str(key)
         hint = ""
+        now = ", as MLflow ignores it"
         if known is PARAMETER_KEYS and text.replace(":", " ").split()[:1] == ["type"] and text != "type":
             rest = text[4:].lstrip(": ").strip()
             hint = f" (did you mean 'type: {shorten(rest, 40)}'? YAML needs a space after the colon)"
+            if "type" not in data:
+                now = ": the parameter has no type, so it is a string, as in MLflow"
         else:
             close = difflib.get_close_matches(text, known, n=1)
             if close:
                 hint = f" (did you mean {close[0]!r}?)"
         at = f"{where}: " if where else ""
-        warn(f"{at}unknown key {shorten(text, 80)!r} is ignored{hint}{what}")
+        warn(f"{at}unknown key {shorten(text, 80)!r} is ignored{hint}{now}{what}")
     return kept
 
 
@@ -276,8 +280,12 @@ def _parameter_type(key: str, value: Any, warn: Warn) -> ParamType:
     except ValueError:
         pass
     names = [t.value for t in ParamType]
+    spaced = re.fullmatch(r"type\s*:?\s*(\S+)", type_name)
     close = difflib.get_close_matches(type_name, names + list(PARAM_TYPE_ALIASES), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    if spaced:  # `alpha:\n  type:float` is the short form with the type "type:float"
+        hint = f"did you mean 'type: {shorten(spaced.group(1), 40)}' under {key.rsplit('.', 1)[-1]}:? "
+    else:
+        hint = f"did you mean {close[0]!r}? " if close else ""
     warn(f"{key}.type: unknown type {shorten(value, 60)!r}: the parameter is a string, as in MLflow "
          f"({hint}mlexec checks {', '.join(names)})")
     return ParamType.STRING
