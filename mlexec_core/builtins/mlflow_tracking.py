@@ -188,9 +188,9 @@ def _run_tags(plan: RunPlan) -> dict[str, str]:
     source = plan.source
     tags = {
         "mlflow.user": _user(),
-        # the URI as the user gave it (credentials removed); for a directory used in
-        # place, its git remote when it has one, as mlflow run does
-        "mlflow.source.name": source.uri if source.kind != "local" else (source.git_repo_url or source.uri),
+        # the URI as the user gave it (credentials removed); for a directory used in place
+        # inside a git work tree, file://<root>#<subdirectory>, as mlflow run does
+        "mlflow.source.name": source.name or source.uri,
         "mlflow.source.type": "PROJECT",
         "mlflow.project.entryPoint": plan.entry_point.name,
         "mlflow.project.backend": plan.backend,

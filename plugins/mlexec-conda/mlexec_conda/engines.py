@@ -5,10 +5,13 @@
 1. ``MLEXEC_CONDA_EXE``: an executable name or path (``conda``, ``mamba``,
    ``micromamba``, ``/opt/conda/bin/conda``), or ``rattler`` for the built-in engine;
 2. ``MLFLOW_CONDA_CREATE_ENV_CMD`` (MLflow's: the executable that creates
-   environments, e.g. ``mamba``), looked up in ``$MLFLOW_CONDA_HOME/bin`` first;
+   environments, e.g. ``mamba``), looked up in ``$MLFLOW_CONDA_HOME/bin``, then
+   beside ``$CONDA_EXE``, then on ``PATH`` (as MLflow looks it up);
 3. ``$MLFLOW_CONDA_HOME/bin/conda`` (MLflow's);
-4. ``conda``, ``mamba`` or ``micromamba`` on ``PATH``;
-5. the built-in rattler engine (no conda installation needed).
+4. ``$CONDA_EXE``: the conda of the activated shell (every ``conda activate``d
+   shell sets it; MLflow uses it too), before anything on ``PATH``;
+5. ``conda``, ``mamba`` or ``micromamba`` on ``PATH``;
+6. the built-in rattler engine (no conda installation needed).
 
 Both engines raise :class:`~mlexec_core.errors.EnvironmentBuildError` with a
 message that names the package or channel at fault.
@@ -32,6 +35,8 @@ EXE_VAR = "MLEXEC_CONDA_EXE"
 TIMEOUT_VAR = "MLEXEC_CONDA_TIMEOUT"
 MLFLOW_HOME_VAR = "MLFLOW_CONDA_HOME"
 MLFLOW_CREATE_VAR = "MLFLOW_CONDA_CREATE_ENV_CMD"
+#: Set by conda itself in every shell where conda is initialised (``conda activate``).
+CONDA_EXE_VAR = "CONDA_EXE"
 RATTLER = "rattler"
 #: Executables looked for on PATH, in order (conda first, as MLflow).
 PATH_CANDIDATES = ("conda", "mamba", "micromamba")
@@ -79,12 +84,16 @@ def find_engine(environ: Mapping[str, str] | None = None) -> Engine:
         return ExecutableEngine(found)
     home = environ.get(MLFLOW_HOME_VAR, "").strip()
     create = environ.get(MLFLOW_CREATE_VAR, "").strip()
+    conda_exe = environ.get(CONDA_EXE_VAR, "").strip()
     if create:
-        found = (shutil.which(create, path=os.path.join(home, "bin")) if home else None) or shutil.which(create,
-                                                                                                       path=path)
+        places = [os.path.join(home, "bin")] if home else []
+        if conda_exe:
+            places.append(os.path.dirname(conda_exe))
+        found = next((f for f in (shutil.which(create, path=p) for p in places) if f), None) \
+            or shutil.which(create, path=path)
         if not found:
-            raise EnvironmentBuildError(f"{MLFLOW_CREATE_VAR}={create}: no such executable"
-                                        + (f" in {home}/bin or on PATH" if home else " on PATH"),
+            where = " or ".join([*(f"{p}" for p in places), "PATH"])
+            raise EnvironmentBuildError(f"{MLFLOW_CREATE_VAR}={create}: no such executable in {where}",
                                         hint=f"unset {MLFLOW_CREATE_VAR} or install {create}")
         return ExecutableEngine(found)
     if home:
@@ -94,6 +103,12 @@ def find_engine(environ: Mapping[str, str] | None = None) -> Engine:
                                         hint=f"point {MLFLOW_HOME_VAR} at a conda installation, or unset it to "
                                              "use conda from PATH or the built-in rattler engine")
         return ExecutableEngine(str(exe))
+    if conda_exe:
+        if not (os.path.isfile(conda_exe) and os.access(conda_exe, os.X_OK)):
+            raise EnvironmentBuildError(f"{CONDA_EXE_VAR}={conda_exe}: there is no such executable",
+                                        hint=f"the shell's conda moved or was removed: unset {CONDA_EXE_VAR} (or "
+                                             f"set {EXE_VAR}) to use conda from PATH or the built-in engine")
+        return ExecutableEngine(conda_exe)
     for candidate in PATH_CANDIDATES:
         found = shutil.which(candidate, path=path)
         if found:
