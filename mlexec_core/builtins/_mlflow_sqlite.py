@@ -84,10 +84,19 @@ class SqliteStore:
             return None
         head = installed_head_revision()
         try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=lock_timeout())
+            try:
                 (rev,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
                 cols = {r[1] for r in db.execute("PRAGMA table_info(experiments)")}
                 run_cols = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            finally:
+                db.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise TrackingError(f"the sqlite store {path} stayed locked by another writer for "
+                                    f"{lock_timeout():g} s",
+                                    hint=f"another process is writing to it; retry, or raise {LOCK_TIMEOUT_VAR}") from None
+            return None
         except (sqlite3.Error, TypeError, ValueError):
             return None
         needed = {"run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",

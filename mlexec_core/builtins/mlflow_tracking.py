@@ -74,7 +74,7 @@ def forget_store(uri: str) -> None:
 #: about 10 s to give up on an unreachable server, not MLflow's minutes of retries.
 #: The job keeps MLflow's defaults (these values are set only around mlexec's calls).
 CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "4"}
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "6"}
 _limits_lock = threading.Lock()
 _limits_depth = [0]
 
