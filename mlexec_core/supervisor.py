@@ -26,6 +26,7 @@ This module imports nothing heavy: it runs on every ``mlexec run``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -148,14 +149,21 @@ def pending_dir() -> Path:
 
 
 def save_pending(uri: str, run_id: str, status: str, reason: str | None, end_time: int,
-                 tags: Mapping[str, str] | None = None) -> Path | None:
-    """Keep a final status the store did not take; ``None`` if even that failed."""
+                 tags: Mapping[str, str] | None = None, log: Path | None = None) -> Path | None:
+    """Keep a final status the store did not take (and the run's output log, when given);
+    ``None`` if even that failed."""
     folder = pending_dir()
     path = folder / f"{run_id}.json"
     data = {"tracking_uri": uri, "run_id": run_id, "status": status, "reason": reason,
-            "end_time": end_time, "tags": dict(tags or {})}
+            "end_time": end_time, "tags": dict(tags or {}), "log": None}
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if log is not None:
+            import shutil
+
+            with contextlib.suppress(OSError):
+                shutil.copyfile(log, folder / f"{run_id}.log")
+                data["log"] = str(folder / f"{run_id}.log")
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, path)
@@ -218,11 +226,16 @@ def repair(store: Any, job_status=None) -> list[Repaired]:
                 tags["mlexec.failureReason"] = str(data["reason"])
             if tags:
                 store.set_tags(data["run_id"], tags)
+            log = data.get("log")
+            if log and Path(log).is_file():
+                store.log_artifact(data["run_id"], Path(log), "mlexec/output.log")
             store.end_run(data["run_id"], data["status"], end_time=data.get("end_time"))
             store.clear_live(data["run_id"])
         except Exception:  # still unreachable: keep it for the next time
             break
         file.unlink(missing_ok=True)
+        if log:
+            Path(log).unlink(missing_ok=True)
         changed.append(Repaired(data["run_id"], data["status"], "final status recorded late (kept locally while "
                                                                   "the store was unreachable)"))
     done = {r.run_id for r in changed}
@@ -270,3 +283,66 @@ def summary(changed: Iterable[Repaired]) -> str:
         ids = ", ".join(r.run_id for r in late[:3]) + (" ..." if len(late) > 3 else "")
         parts.append(f"recorded the final status of {len(late)} run{'s' if len(late) != 1 else ''}: {ids}")
     return "; ".join(parts) + " (`mlexec runs repair` lists such changes)"
+
+
+# -- the live output of a run on this machine (for ``mlexec logs -f``) ---------------------------
+
+
+def live_dir() -> Path:
+    return pending_dir().parent / "live"
+
+
+class LiveLog:
+    """A copy of a run's output while it runs, in a file other mlexec processes can follow.
+
+    It wraps the run output's ``echo`` (so it sees every chunk in order, whatever
+    is shown), stops growing at ``cap`` bytes (with a line saying so), and is
+    removed when the run ends; the log kept with the run is the complete one.
+    """
+
+    def __init__(self, path: Path, echo, cap: int) -> None:
+        self.path = path
+        self._echo = echo
+        self._cap = cap
+        self._size = 0
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115  (closed in close())
+
+    def __call__(self, data: bytes, stream: str) -> None:
+        if self._echo is not None and stream:
+            self._echo(data, stream)
+        if self._file is None or self._size >= self._cap:
+            return
+        try:
+            self._file.write(data[: self._cap - self._size])
+            self._size += len(data)
+            if self._size >= self._cap:
+                self._file.write(b"\n[mlexec: the live view stops here (cap reached); the run's log is kept "
+                                 b"with the run when it ends]\n")
+        except OSError:
+            self._file = None
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def start_live_log(run_id: str, output) -> LiveLog | None:
+    """Follow ``output`` (a :class:`~mlexec_core.pipeline.output.RunOutput`) into a live file; ``None`` if
+    the file cannot be made."""
+    from mlexec_core.pipeline.output import output_cap
+
+    folder = live_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        live = LiveLog(folder / f"{run_id}.log", output.echo, output_cap())
+    except OSError:
+        return None
+    early = output.tail(50) if output.bytes_written else []  # printed before the run was announced
+    output.echo = live
+    if early:
+        live(("\n".join(early) + "\n").encode(), "")  # (not shown again: echo is skipped for "")
+    return live

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import random
 import re
+import shutil
 import sqlite3
 import time
 import uuid
@@ -249,6 +250,34 @@ class SqliteStore:
     def clear_live(self, run_id: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
+
+    def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
+        """Copy ``local_path`` into the run's artifacts when they are on this machine; else through MLflow."""
+        with self._db() as db:
+            row = db.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+        root = _local_path(row[0]) if row and row[0] else None
+        if root is None:
+            from mlexec_core.builtins.mlflow_tracking import ClientStore
+
+            ClientStore(self.uri).log_artifact(run_id, local_path, artifact_path)
+            return
+        target = root / artifact_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local_path, target)
+
+
+def _local_path(uri: str) -> Path | None:
+    """The directory an artifact URI names on this machine, or ``None`` (a remote store)."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            return None
+        return Path(unquote(parsed.path))
+    if uri.startswith("/"):
+        return Path(uri)
+    return None
 
 
 def _now() -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from mlexec_core.errors import TrackingError
+from mlexec_core.pipeline.output import ARTIFACT_PATH as OUTPUT_ARTIFACT
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.plugin import hookimpl
 from mlexec_core.plugin.interfaces import Context
@@ -254,6 +255,18 @@ class ClientStore:
         with contextlib.suppress(Exception):
             self.client.delete_tag(run_id, LIVE_TAG)
 
+    @_bounded
+    def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
+        """Store ``local_path`` as the artifact ``artifact_path`` (a path with its file name)."""
+        import shutil
+        import tempfile
+
+        folder, _, name = artifact_path.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="mlexec-artifact-") as tmp:
+            staged = Path(tmp, name)
+            shutil.copyfile(local_path, staged)
+            self.client.log_artifact(run_id, str(staged), folder or None)
+
 
 def _tracking_error(uri: str, exc: BaseException) -> TrackingError:
     if isinstance(exc, TrackingError):
@@ -347,6 +360,22 @@ def repair_store(store, reporter=None, job_status=None) -> list:
     return changed
 
 
+_live: dict[str, Any] = {}
+
+
+@hookimpl
+def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
+    """Keep a live copy of the output for ``mlexec logs -f``, and say where it is."""
+    if run.tracker != "mlflow" or run.output is None:
+        return
+    from mlexec_core import supervisor
+
+    live = supervisor.start_live_log(run.run_id, run.output)
+    if live is not None:
+        _live[run.run_id] = live
+        open_store(run.tracking_uri).set_tags(run.run_id, {supervisor.LOG_TAG: str(live.path)})
+
+
 #: Attempts at writing a run's final status before it is kept locally.
 FINAL_ATTEMPTS = 3
 
@@ -357,30 +386,52 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
         return
     from mlexec_core import supervisor
 
+    live = _live.pop(run.run_id, None)
+    if live is not None:
+        live.close()
     end_time = int(time.time() * 1000)
+    log = run.output.log_path
+    logged = log is None
+    problem: TrackingError | None = None
     error: BaseException | None = None
     for attempt in range(FINAL_ATTEMPTS):
         if attempt and supervisor.interrupted.wait(2 ** (attempt - 1)):
             break  # the user wants out: keep the status locally now
         try:
             store = open_store(run.tracking_uri)
-            # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
-            # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
-            if status is not RunStatus.KILLED and store.status(run.run_id) != RunStatus.RUNNING.value:
-                store.clear_live(run.run_id)
-                return
-            if reason:
-                store.set_tags(run.run_id, {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]})
-            store.end_run(run.run_id, status.value, end_time=end_time)
-            return
-        except Exception as exc:  # noqa: BLE001
+            # The output first, whatever the status: a run that ends has its log beside it.
+            if not logged:
+                try:
+                    store.log_artifact(run.run_id, log, OUTPUT_ARTIFACT)
+                    logged = True
+                except Exception as exc:
+                    problem = TrackingError(f"the run's output could not be stored as {OUTPUT_ARTIFACT}: "
+                                            f"{scrub(str(exc), secrets_of(run.tracking_uri or ''))}")
+            _end(store, run, status, reason, end_time)
+        except Exception as exc:  # noqa: BLE001  (the store is down: try again, then keep it locally)
             error = exc
+            continue
+        if problem is not None and not logged:
+            raise problem
+        return
     tags = {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]} if reason else {}
-    kept = supervisor.save_pending(run.tracking_uri, run.run_id, status.value, None, end_time, tags)
+    kept = supervisor.save_pending(run.tracking_uri, run.run_id, status.value, None, end_time, tags,
+                                   log=None if logged else log)
     why = _tracking_error(run.tracking_uri, error).message if error else "interrupted"
     where = (f"kept in {kept}; the next mlexec command on this store (or `mlexec runs repair`) records it"
              if kept else "it could not be kept locally either")
     raise TrackingError(f"run {run.run_id} ended {status.value} but the store did not record it ({why}); {where}")
+
+
+def _end(store: Any, run: RunRecord, status: RunStatus, reason: str | None, end_time: int | None = None) -> None:
+    # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
+    # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
+    if status is not RunStatus.KILLED and store.status(run.run_id) != RunStatus.RUNNING.value:
+        store.clear_live(run.run_id)
+        return
+    if reason:
+        store.set_tags(run.run_id, {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]})
+    store.end_run(run.run_id, status.value, end_time=end_time)
 
 
 def outcome_unrecorded(run: RunRecord) -> bool:
