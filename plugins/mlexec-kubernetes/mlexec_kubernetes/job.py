@@ -395,8 +395,8 @@ class KubernetesJob(SubmittedJob):
                 return
             thread = threading.Thread(target=self._copy_log, args=(pod,), name=f"mlexec-k8s-log-{pod}",
                                       daemon=True)
+            thread.start()  # under the lock: _finish_logs never sees a thread not yet started
             self._log_threads[pod] = thread
-        thread.start()
 
     def _copy_log(self, pod: str) -> None:
         """Copy the pod's log to stdout as it comes; resume it when the connection drops."""
