@@ -118,3 +118,49 @@ def test_detach_with_a_local_backend_is_refused_before_any_run(mlexec, project, 
     assert "--detach" in proc.stderr and "kubernetes" in proc.stderr
     assert store.runs() == []
     assert_no_traceback(proc)
+
+
+def test_attached_run_whose_mlexec_is_killed_stays_attachable(mlexec, k8s_env, cli_env, k8s_project, project,
+                                                              fake_cluster, store):
+    import signal
+
+    go = threading.Event()
+
+    def scenario(c, ns, job):
+        pod = c.start_pod(ns, job)
+        c.log(ns, pod, "working\n")
+        go.wait(120)
+        c.log(ns, pod, "done\n")
+        c.finish_pod(ns, pod, 0)
+        c.job_condition(ns, job, "Complete")
+
+    fake_cluster.scenario = scenario
+    proj = k8s_project()
+    proc = subprocess.Popen([*MLEXEC, "run", ".", "-b", "kubernetes", "-c", "backend_config.yaml"], cwd=proj,
+                            env={**cli_env, **k8s_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "working\n"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_id = store.only_run().info.run_id
+    assert fake_cluster.jobs  # the Job goes on without its mlexec
+
+    other = project('entry_points: {main: {command: "true"}}\n', where="other")
+    mlexec("run", other, "--env-manager", "local", env=k8s_env, check=0)  # opens the store: no repair of it
+    assert store.client.get_run(run_id).info.status == "RUNNING"
+
+    attach = subprocess.Popen([*MLEXEC, "attach", run_id], env={**cli_env, **k8s_env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert attach.stdout.readline() == "working\n"
+        go.set()
+        rest, err = attach.communicate(timeout=120)
+    finally:
+        if attach.poll() is None:
+            attach.kill()
+    assert attach.returncode == 0, err
+    assert rest == "done\n"
+    assert store.client.get_run(run_id).info.status == "FINISHED"
