@@ -29,8 +29,9 @@ def _fail(terminal, exc: MlexecError) -> None:
     sys.exit(exc.exit_code)
 
 
-def _store(terminal):
-    from mlexec_core.builtins.mlflow_tracking import open_store, tracking_uri
+def _store(terminal, repair: bool = True):
+    """The store of ``$MLFLOW_TRACKING_URI``, repaired as every mlexec command does on opening it."""
+    from mlexec_core.builtins.mlflow_tracking import open_store, repair_store, tracking_uri
     from mlexec_core.sources.urls import redact
 
     uri = tracking_uri()
@@ -38,6 +39,8 @@ def _store(terminal):
     if getattr(store, "_client", True) is None:
         with terminal.status(f"Opening the MLflow tracking store {redact(uri)}"):
             store.client  # noqa: B018
+    if repair:
+        repair_store(store, terminal)
     return store
 
 
@@ -84,7 +87,7 @@ def runs_repair(as_json: bool) -> None:
 
     terminal = _terminal()
     try:
-        store = _store(terminal)
+        store = _store(terminal, repair=False)
         plugins = _plugins(terminal)
         changed = supervisor.repair(store, _job_status(plugins))
     except MlexecError as exc:
@@ -107,7 +110,7 @@ def runs_list(as_json: bool) -> None:
 
     terminal = _terminal()
     try:
-        store = _store(terminal)
+        store = _store(terminal, repair=False)  # it shows what a repair would change
         live = [r for r in store.live_runs() if r[1] == "RUNNING"]
     except MlexecError as exc:
         _fail(terminal, exc)
