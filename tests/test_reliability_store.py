@@ -169,3 +169,19 @@ def test_store_locked_as_the_run_ends_keeps_the_status_and_a_signal_cuts_the_ret
     assert logs.stdout == "started\n"  # the output log was kept too, and stored with the run
     assert store.client.get_run(run_id).info.status == "FINISHED"
     assert not list(pending.iterdir())
+
+
+def test_bounded_retries_apply_only_around_mlexecs_own_calls(monkeypatch):
+    """The job inherits mlexec's environment: MLflow's defaults must stay there for it."""
+    from mlexec_core.builtins.mlflow_tracking import CLIENT_LIMITS, bounded_client
+
+    for key in CLIENT_LIMITS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "33")  # the user's own setting wins
+    with bounded_client():
+        with bounded_client():
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
