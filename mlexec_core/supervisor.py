@@ -289,7 +289,14 @@ def summary(changed: Iterable[Repaired]) -> str:
 
 
 def live_dir() -> Path:
-    return pending_dir().parent / "live"
+    """Where live copies of running runs' output go: ``$XDG_RUNTIME_DIR/mlexec-live``, else
+    ``<tmp>/mlexec-live-<uid>`` (transient files, removed when their run ends)."""
+    import tempfile
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime, "mlexec-live")
+    return Path(tempfile.gettempdir(), f"mlexec-live-{os.getuid()}")
 
 
 class LiveLog:
@@ -330,6 +337,16 @@ class LiveLog:
             self.path.unlink()
 
 
+_live: dict[str, LiveLog] = {}
+
+
+def stop_live_log(run_id: str) -> None:
+    """Remove the live copy of ``run_id``'s output (the run ended, or this mlexec detached)."""
+    live = _live.pop(run_id, None)
+    if live is not None:
+        live.close()
+
+
 def start_live_log(run_id: str, output) -> LiveLog | None:
     """Follow ``output`` (a :class:`~mlexec_core.pipeline.output.RunOutput`) into a live file; ``None`` if
     the file cannot be made."""
@@ -337,12 +354,13 @@ def start_live_log(run_id: str, output) -> LiveLog | None:
 
     folder = live_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         live = LiveLog(folder / f"{run_id}.log", output.echo, output_cap())
     except OSError:
         return None
     early = output.tail(50) if output.bytes_written else []  # printed before the run was announced
     output.echo = live
+    _live[run_id] = live
     if early:
         live(("\n".join(early) + "\n").encode(), "")  # (not shown again: echo is skipped for "")
     return live

@@ -125,3 +125,63 @@ def test_sqlite_store_locked_by_another_writer_fails_clearly_after_a_bounded_wai
     assert not marker.exists()
     assert store.runs() == []
     assert_no_traceback(proc)
+
+
+def test_store_locked_as_the_run_ends_keeps_the_status_and_a_signal_cuts_the_retries(
+        project, store, cli_env, tmp_path, mlexec):
+    store.runs()
+    go = tmp_path / "go"
+    pending = tmp_path / "pending"
+    proj = project(f'entry_points: {{main: {{command: "echo started; while [ ! -e {go} ]; do sleep 0.1; done"}}}}\n')
+    env = {**cli_env, "MLEXEC_PENDING_DIR": str(pending), "MLEXEC_SQLITE_LOCK_TIMEOUT": "3"}
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([*MLEXEC, "run", str(proj), "--env-manager", "local"], cwd=tmp_path, env=env,
+                                stdout=f, stderr=subprocess.STDOUT)
+    holder = None
+    try:
+        deadline = time.monotonic() + 120
+        while b"started" not in out.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        holder = sqlite3.connect(store.path, timeout=0, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another writer holds the store as the run ends
+        go.touch()
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)  # while mlexec waits for the store: it stops waiting
+        code = proc.wait(60)
+    finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+        if proc.poll() is None:
+            proc.kill()
+    text = out.read_text()
+    assert code != 0, text
+    assert "did not record it" in text and "Traceback" not in text
+    [kept] = pending.glob("*.json")
+    run_id = json.loads(kept.read_text())["run_id"]
+    assert store.client.get_run(run_id).info.status == "RUNNING"
+
+    # the next command on the store writes it
+    logs = mlexec("logs", run_id, env={"MLEXEC_PENDING_DIR": str(pending)}, check=0)
+    assert "recorded the final status of 1 run" in logs.stderr
+    assert logs.stdout == "started\n"  # the output log was kept too, and stored with the run
+    assert store.client.get_run(run_id).info.status == "FINISHED"
+    assert not list(pending.iterdir())
+
+
+def test_bounded_retries_apply_only_around_mlexecs_own_calls(monkeypatch):
+    """The job inherits mlexec's environment: MLflow's defaults must stay there for it."""
+    from mlexec_core.builtins.mlflow_tracking import CLIENT_LIMITS, bounded_client
+
+    for key in CLIENT_LIMITS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "33")  # the user's own setting wins
+    with bounded_client():
+        with bounded_client():
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"

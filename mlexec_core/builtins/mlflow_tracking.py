@@ -360,9 +360,6 @@ def repair_store(store, reporter=None, job_status=None) -> list:
     return changed
 
 
-_live: dict[str, Any] = {}
-
-
 @hookimpl
 def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
     """Keep a live copy of the output for ``mlexec logs -f``, and say where it is."""
@@ -372,7 +369,6 @@ def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
 
     live = supervisor.start_live_log(run.run_id, run.output)
     if live is not None:
-        _live[run.run_id] = live
         open_store(run.tracking_uri).set_tags(run.run_id, {supervisor.LOG_TAG: str(live.path)})
 
 
@@ -386,9 +382,7 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
         return
     from mlexec_core import supervisor
 
-    live = _live.pop(run.run_id, None)
-    if live is not None:
-        live.close()
+    supervisor.stop_live_log(run.run_id)
     end_time = int(time.time() * 1000)
     log = run.output.log_path
     logged = log is None

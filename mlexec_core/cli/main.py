@@ -86,10 +86,12 @@ def _plugins(terminal, warn: bool = True):
 @click.option("--build-image", is_flag=True, help="docker_env projects: build an image holding the project code.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit; nothing runs, no run is created.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+@click.option("--detach", is_flag=True, help="Cluster backends: submit the job and exit; follow it later with "
+              "`mlexec attach RUN_ID`.")
 def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, ...], docker_args: tuple[str, ...],
         experiment_name: str | None, experiment_id: str | None, backend: str, backend_config: str | None,
         env_manager: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
-        build_image: bool, dry_run: bool, as_json: bool) -> None:
+        build_image: bool, dry_run: bool, as_json: bool, detach: bool) -> None:
     """Run the project at URI (a directory, as with `mlflow run`)."""
     from mlexec_core.cli.terminal import Terminal
 
@@ -116,7 +118,10 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
             else:
                 _print_plan(terminal, summary)
             return
-        code = _run_plan(terminal, plugins, plan, stopper)
+        if detach and not getattr(plugins.backend(plan.backend), "detachable", False):
+            raise MlexecError(f"--detach: the {plan.backend!r} backend's jobs do not live on without mlexec",
+                              hint="use a cluster backend (-b kubernetes), or leave out --detach")
+        code = _run_plan(terminal, plugins, plan, stopper, detach=detach)
     except MlexecError as exc:
         _fail(terminal, exc)
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -178,7 +183,7 @@ class _Stopper:
             self._stop(self.received[0])
 
 
-def _run_plan(terminal, plugins, plan, stopper: _Stopper) -> int:
+def _run_plan(terminal, plugins, plan, stopper: _Stopper, detach: bool = False) -> int:
     from mlexec_core.pipeline.execute import prepare, start
     from mlexec_core.pipeline.plan import RunStatus
 
@@ -188,6 +193,8 @@ def _run_plan(terminal, plugins, plan, stopper: _Stopper) -> int:
     stopper.started(submitted)
     where = f" (experiment {submitted.run.experiment_id})" if submitted.run.experiment_id else ""
     terminal.info(f"=== Run {submitted.run_id}{where}: {plan.command} ===")
+    if detach:
+        return _detach(terminal, plugins, submitted)
     submitted.wait()
     status = submitted.status
     from mlexec_core.builtins.mlflow_tracking import outcome_unrecorded
@@ -213,6 +220,21 @@ def failed_exit_status(code: int | None) -> int:
     the backend knows it and it is from 1 to 125, else 1 (126 and up are the shell's
     "cannot run" codes and 128 + N a signal, which would read as mlexec's own)."""
     return code if isinstance(code, int) and 1 <= code <= 125 else 1
+
+
+def _detach(terminal, plugins, submitted) -> int:
+    """Leave the submitted job running without us; say how to follow it."""
+    from mlexec_core import supervisor
+
+    run_id = submitted.run_id
+    plugins.broadcast("mlexec_run_tags", run=submitted.run, tags={supervisor.DETACHED_TAG: "true"})
+    supervisor.stop_live_log(run_id)
+    submitted.run.output.close()
+    submitted.run.output.discard()
+    terminal.success(f"=== Run {run_id} detached: its job goes on without mlexec ===")
+    terminal.info(f"follow it: mlexec attach {run_id}   output: mlexec logs -f {run_id}   "
+                  f"stop it: mlexec cancel {run_id}")
+    return 0
 
 
 def _fail(terminal, exc: MlexecError) -> None:

@@ -7,6 +7,7 @@ run`` does) and works on runs by id.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -28,8 +29,9 @@ def _fail(terminal, exc: MlexecError) -> None:
     sys.exit(exc.exit_code)
 
 
-def _store(terminal):
-    from mlexec_core.builtins.mlflow_tracking import open_store, tracking_uri
+def _store(terminal, repair: bool = True):
+    """The store of ``$MLFLOW_TRACKING_URI``, repaired as every mlexec command does on opening it."""
+    from mlexec_core.builtins.mlflow_tracking import open_store, repair_store, tracking_uri
     from mlexec_core.sources.urls import redact
 
     uri = tracking_uri()
@@ -37,6 +39,8 @@ def _store(terminal):
     if getattr(store, "_client", True) is None:
         with terminal.status(f"Opening the MLflow tracking store {redact(uri)}"):
             store.client  # noqa: B018
+    if repair:
+        repair_store(store, terminal)
     return store
 
 
@@ -83,7 +87,7 @@ def runs_repair(as_json: bool) -> None:
 
     terminal = _terminal()
     try:
-        store = _store(terminal)
+        store = _store(terminal, repair=False)
         plugins = _plugins(terminal)
         changed = supervisor.repair(store, _job_status(plugins))
     except MlexecError as exc:
@@ -106,7 +110,7 @@ def runs_list(as_json: bool) -> None:
 
     terminal = _terminal()
     try:
-        store = _store(terminal)
+        store = _store(terminal, repair=False)  # it shows what a repair would change
         live = [r for r in store.live_runs() if r[1] == "RUNNING"]
     except MlexecError as exc:
         _fail(terminal, exc)
@@ -150,10 +154,11 @@ def _attachable(terminal, plugins, run_id: str, status: str, tags: dict[str, str
     if not backend_name:
         _fail(terminal, MlexecError(f"run {run_id} does not run on a cluster: only cluster runs can be attached",
                                     hint=f"follow its output with: mlexec logs -f {run_id}"))
-    from mlexec_core.pipeline.plan import RunRecord
     from mlexec_core.builtins.mlflow_tracking import tracking_uri
+    from mlexec_core.pipeline.output import RunOutput
+    from mlexec_core.pipeline.plan import RunRecord
 
-    record = RunRecord(run_id=run_id, tracking_uri=tracking_uri(), tracker="mlflow")
+    record = RunRecord(run_id=run_id, tracking_uri=tracking_uri(), tracker="mlflow", output=RunOutput())
     try:
         backend = plugins.backend(backend_name)
         return record, backend.attach(record, tags)
@@ -175,6 +180,12 @@ def attach(run_id: str) -> None:
     except MlexecError as exc:
         _fail(terminal, exc)
     status, tags, _ = _run_tags(terminal, store, run_id)
+    live = tags.get(supervisor.LIVE_TAG, "")
+    parsed = supervisor.parse_live(live)
+    if (status == "RUNNING" and tags.get(supervisor.DETACHED_TAG) != "true" and parsed
+            and parsed[0] == supervisor.hostname() and not supervisor.supervisor_gone(live)):
+        _fail(terminal, MlexecError(f"run {run_id} is followed by mlexec process {parsed[1]} on this machine",
+                                    hint=f"watch its output with: mlexec logs -f {run_id}"))
     record, job = _attachable(terminal, plugins, run_id, status, tags)
     # This process supervises the run from now on (so repair leaves it alone).
     store.set_tags(run_id, {**supervisor.record(), supervisor.DETACHED_TAG: ""})
@@ -199,7 +210,7 @@ def attach(run_id: str) -> None:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    _end(store, run_id, final, job.failure_reason)
+    _end(store, run_id, final, job.failure_reason, record.output)
     if final is RunStatus.FINISHED:
         terminal.success(f"=== Run {run_id} succeeded ===")
         sys.exit(0)
@@ -208,9 +219,19 @@ def attach(run_id: str) -> None:
     sys.exit(1 if final is RunStatus.FAILED else 128 + signal.SIGTERM)
 
 
-def _end(store, run_id: str, status, reason: str | None) -> None:
+def _end(store, run_id: str, status, reason: str | None, output=None) -> None:
+    """Record how the run ended (and the output this command saw, as ``mlexec/output.log``)."""
     from mlexec_core.builtins.mlflow_tracking import FAILURE_REASON_TAG
+    from mlexec_core.pipeline.output import ARTIFACT_PATH
 
+    if output is not None:
+        log = output.close()
+        if log is not None:
+            try:
+                store.log_artifact(run_id, log, ARTIFACT_PATH)
+            except Exception:  # noqa: BLE001  (the status matters more than the log)
+                pass
+        output.discard()
     if reason:
         store.set_tags(run_id, {FAILURE_REASON_TAG: reason})
     store.end_run(run_id, status.value)
@@ -229,9 +250,10 @@ def cancel(run_id: str) -> None:
     except MlexecError as exc:
         _fail(terminal, exc)
     status, tags, _ = _run_tags(terminal, store, run_id)
-    _, job = _attachable(terminal, plugins, run_id, status, tags)
+    record, job = _attachable(terminal, plugins, run_id, status, tags)
     job.cancel()
     _end(store, run_id, RunStatus.KILLED, "cancelled with mlexec cancel")
+    record.output.discard()
     terminal.success(f"=== Run {run_id} killed ===")
 
 
@@ -251,19 +273,24 @@ def logs(run_id: str, follow: bool) -> None:
     out = sys.stdout.buffer
     if status == "RUNNING":
         path = tags.get(supervisor.LOG_TAG)
-        if path and tags.get(supervisor.HOST_TAG) == supervisor.hostname():
+        if tags.get("mlexec.job.backend"):
+            plugins = _plugins(terminal)
+            record, job = _attachable(terminal, plugins, run_id, status, tags)
+            printer = getattr(job, "print_logs", None)
+            if printer is None:
+                _fail(terminal, MlexecError(f"backend {tags['mlexec.job.backend']!r} cannot show live output"))
+            try:
+                printer(follow=follow)
+            except KeyboardInterrupt:
+                sys.exit(130)
+            finally:
+                record.output.discard()
+            return
+        if path and tags.get(supervisor.HOST_TAG) == supervisor.hostname() and os.path.isfile(path):
             try:
                 _tail_file(path, out, follow, lambda: store.run_info(run_id)[0] == "RUNNING")
             except OSError as exc:
                 _fail(terminal, MlexecError(f"cannot read the live output of run {run_id}: {exc}"))
-            return
-        if tags.get("mlexec.job.backend"):
-            plugins = _plugins(terminal)
-            _, job = _attachable(terminal, plugins, run_id, status, tags)
-            printer = getattr(job, "print_logs", None)
-            if printer is None:
-                _fail(terminal, MlexecError(f"backend {tags['mlexec.job.backend']!r} cannot show live output"))
-            printer(follow=follow)
             return
         _fail(terminal, MlexecError(f"run {run_id} runs on {tags.get(supervisor.HOST_TAG, 'another machine')}; "
                                     "its output is kept with the run when it ends",

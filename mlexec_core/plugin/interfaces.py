@@ -258,9 +258,25 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: Whether its jobs live on without mlexec (a cluster Job): ``mlexec run --detach``
+    #: is allowed, a run whose mlexec died is not failed while its job lives, and
+    #: :meth:`attach` picks the job up again (``mlexec attach``, ``cancel``, ``logs``).
+    detachable: ClassVar[bool] = False
 
     def __init__(self, context: Context) -> None:
         self.context = context
+
+    def attach(self, run: RunRecord, tags: Mapping[str, str]) -> SubmittedJob:
+        """The job of a run this backend submitted earlier, from the run's tags (those
+        its :class:`SubmittedJob` set: a Job name, a namespace ...), without waiting.
+
+        Only called when :attr:`detachable` is true.  ``run.output`` receives the job's
+        output once :meth:`SubmittedJob.wait` follows it.  Raise
+        :class:`~mlexec_core.errors.BackendError` when the job cannot be found or reached.
+        """
+        from mlexec_core.errors import BackendError
+
+        raise BackendError(f"backend {self.name!r} cannot attach to a run it started earlier")
 
     def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> Any:
         """Validate ``--backend-config`` (already parsed from JSON/YAML) and

@@ -17,7 +17,7 @@ from mlexec_kubernetes.cluster import (
     TRACKING_URI_VAR, Cluster, api_error, check_namespace, connect, context_namespace, is_connection_error,
 )
 from mlexec_kubernetes.config import KubernetesConfig, parse_config
-from mlexec_kubernetes.job import TAG_CONTEXT, TAG_JOB, TAG_NAMESPACE, KubernetesJob
+from mlexec_kubernetes.job import TAG_CONTAINER, TAG_CONTEXT, TAG_JOB, TAG_NAMESPACE, KubernetesJob
 from mlexec_kubernetes.manifest import build_job, dns_label, job_name, to_yaml
 
 #: The image builder the backend uses (from mlexec-docker).
@@ -51,6 +51,17 @@ def is_local_tracking_uri(uri: str | None) -> bool:
 class KubernetesBackend(Backend):
     name = "kubernetes"
     description = "runs the project as a Kubernetes Job (image built and pushed with mlexec-docker)"
+    detachable = True
+
+    def attach(self, run: RunRecord, tags: Mapping[str, str]) -> SubmittedJob:
+        """The Job recorded on ``run`` (tags ``mlexec.kubernetes.job`` and ``.namespace``)."""
+        name, namespace = tags.get(TAG_JOB), tags.get(TAG_NAMESPACE)
+        if not name or not namespace:
+            raise BackendError(f"run {run.run_id} has no Kubernetes Job recorded (tags {TAG_JOB}, {TAG_NAMESPACE})",
+                               hint="only runs started with -b kubernetes can be attached")
+        cluster = connect(tags.get(TAG_CONTEXT))
+        return KubernetesJob(cluster, namespace, name, tags.get("mlflow.docker.image.uri", ""),
+                             tags.get(TAG_CONTAINER) or "", self.context.reporter, {}, output=run.output)
 
     def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> KubernetesConfig:
         return parse_config(config, base_dir)
@@ -126,6 +137,9 @@ class KubernetesBackend(Backend):
         tags = {
             TAG_JOB: name,
             TAG_NAMESPACE: prepared.namespace,
+            TAG_CONTAINER: container,
+            "mlexec.job.backend": self.name,
+            "mlexec.job.detachable": "true",
             "mlflow.docker.image.uri": prepared.image.uri,
             "mlflow.docker.image.id": prepared.image.digest or prepared.image.image_id or "",
         }

@@ -42,6 +42,7 @@ FATAL_WAITING = {
 TAG_JOB = "mlexec.kubernetes.job"
 TAG_NAMESPACE = "mlexec.kubernetes.namespace"
 TAG_CONTEXT = "mlexec.kubernetes.context"
+TAG_CONTAINER = "mlexec.kubernetes.container"
 TAG_FAILURE = "mlexec.kubernetes.failure-reason"
 
 
@@ -107,9 +108,37 @@ class KubernetesJob(SubmittedJob):
             except Exception as exc:
                 self.reporter.warning(f"could not read Job {self.namespace}/{self.name}: {_short(exc)}")
                 return self._status
-            for item in data.get("items") or ():
+            items = data.get("items") or ()
+            for item in items:
                 self._on_job(item)
+            if not items:
+                self._on_no_job()
         return self._status
+
+    def print_logs(self, follow: bool = False) -> None:
+        """The Job's pod logs so far into the output (``mlexec logs``); with ``follow``, until the Job ends.
+
+        The run is not ended: whoever supervises it does that.
+        """
+        if follow:
+            self.wait()
+            return
+        for pod in self._list_pods():
+            name = (pod.get("metadata") or {}).get("name")
+            if not name:
+                continue
+            try:
+                response = self.cluster.core().read_namespaced_pod_log(
+                    name, self.namespace, container=self.container or None, _preload_content=False)
+                data = response.data
+                response.release_conn()
+            except Exception as exc:
+                self.reporter.warning(f"could not read the log of pod {name}: {_short(exc)}")
+                continue
+            if self.output is not None:
+                self.output.write(data, "stdout")
+            else:
+                (self.out or sys.stdout).write(data.decode(errors="replace"))
 
     def cancel(self, signum: int | None = None) -> None:
         from kubernetes.client.rest import ApiException
@@ -366,8 +395,8 @@ class KubernetesJob(SubmittedJob):
                 return
             thread = threading.Thread(target=self._copy_log, args=(pod,), name=f"mlexec-k8s-log-{pod}",
                                       daemon=True)
+            thread.start()  # under the lock: _finish_logs never sees a thread not yet started
             self._log_threads[pod] = thread
-        thread.start()
 
     def _copy_log(self, pod: str) -> None:
         """Copy the pod's log to stdout as it comes; resume it when the connection drops."""
@@ -396,7 +425,7 @@ class KubernetesJob(SubmittedJob):
             problem = None
             try:
                 response = self.cluster.core().read_namespaced_pod_log(
-                    pod, self.namespace, container=self.container, follow=True, timestamps=True,
+                    pod, self.namespace, container=self.container or None, follow=True, timestamps=True,
                     _preload_content=False, **kwargs)
             except Exception as exc:
                 response, problem = None, _short(exc)
