@@ -8,9 +8,12 @@ bugs, ends it with FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 from attrs import frozen
 
@@ -91,10 +94,31 @@ def prepare(plugins: Plugins, plan: RunPlan) -> Prepared:
     Nothing exists in the tracking store yet: an error or Ctrl-C here leaves no run.
     """
     backend = plugins.backend(plan.backend)
+    backend.check(plan)
     environment = None
     if backend.uses_local_environment(plan):
-        environment = plugins.environment_manager(plan.env_manager).prepare(plan)
+        with _environment_root(backend.environment_root(plan)):
+            environment = plugins.environment_manager(plan.env_manager).prepare(plan)
     return Prepared(environment, backend.prepare(plan, environment))
+
+
+@contextlib.contextmanager
+def _environment_root(root: Path | None) -> Iterator[None]:
+    """``$MLEXEC_ENV_ROOT`` set to ``root`` (a backend's shared folder) while the environment is prepared."""
+    if root is None:
+        yield
+        return
+    from mlexec_core.envcache import ENV_ROOT_VAR
+
+    old = os.environ.get(ENV_ROOT_VAR)
+    os.environ[ENV_ROOT_VAR] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_ROOT_VAR, None)
+        else:
+            os.environ[ENV_ROOT_VAR] = old
 
 
 def start(plugins: Plugins, plan: RunPlan, prepared: Prepared) -> SubmittedRun:

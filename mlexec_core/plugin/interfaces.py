@@ -260,6 +260,24 @@ class Backend(abc.ABC):
             )
         return {}
 
+    def check(self, plan: RunPlan) -> None:
+        """Fast checks before anything is prepared or any run exists (a client on
+        PATH, a controller that answers, options the cluster accepts).
+
+        Called by :func:`mlexec_core.pipeline.execute.prepare` before the
+        environment is built; not called for ``--dry-run``.  Raise
+        :class:`~mlexec_core.errors.MlexecError` to stop the run.
+        """
+
+    def environment_root(self, plan: RunPlan) -> Path | None:
+        """Where environment managers must build the environment, when the machines
+        that run the job need to see it (a cluster's shared filesystem).
+
+        ``None`` (the default): the usual cache (``$MLEXEC_ENV_ROOT``).  Managers
+        built on :class:`mlexec_core.envcache.EnvironmentCache` follow it.
+        """
+        return None
+
     def uses_local_environment(self, plan: RunPlan) -> bool:
         """Whether mlexec should prepare the environment with the selected
         environment manager before :meth:`prepare` (true for the local backend)."""
