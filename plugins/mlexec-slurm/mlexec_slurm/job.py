@@ -228,14 +228,19 @@ class SlurmJob(SubmittedJob):
             if self._status is RunStatus.RUNNING:  # requeued
                 self._status = RunStatus.SCHEDULED
             return
-        if self._status is RunStatus.SCHEDULED and entry.state in ("RUNNING", "COMPLETING", "CONFIGURING"):
-            self.pending_reason = None
-            with self._lock:
-                if self._status is RunStatus.SCHEDULED:
-                    self._status = RunStatus.RUNNING
-            if entry.nodes:
-                self.tags[TAG_NODES] = entry.nodes
-            self.reporter.info(f"Slurm job {self.job_id} is running on {entry.nodes or 'its node'}")
+        if entry.state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+            self._started(entry.nodes)
+
+    def _started(self, nodes: str | None) -> None:
+        """The job runs (squeue says so, or its first output arrived): say where, once."""
+        with self._lock:
+            if self._status is not RunStatus.SCHEDULED:
+                return
+            self._status = RunStatus.RUNNING
+        self.pending_reason = None
+        if nodes:
+            self.tags[TAG_NODES] = nodes
+        self.reporter.info(f"Slurm job {self.job_id} is running" + (f" on {nodes}" if nodes else ""))
 
     def _pump_output(self) -> None:
         with self._output_lock:
@@ -255,8 +260,9 @@ class SlurmJob(SubmittedJob):
                 self.reporter.warning(f"cannot read the job's output {self.job_dir.output}: {exc}")
                 return
             self._offset += len(data)
-            if data:
-                self.write(data)
+        if data:
+            self._started(None)
+            self.write(data)
 
     # -- the end ------------------------------------------------------------------------
 
