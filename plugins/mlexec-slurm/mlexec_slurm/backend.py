@@ -149,7 +149,7 @@ class SlurmBackend(Backend):
         job_dir = prepared.job_dir
         options = self._options(plan, config, job_dir)
         job_dir.script.write_text(self._script(plan, config, run, job_dir, prepared.environment, options))
-        job_dir.script.chmod(0o755)
+        job_dir.script.chmod(0o700)  # it may hold a tracking server's credentials
         try:
             job_id = prepared.client.submit(options, job_dir.script)
         except BaseException:
@@ -170,9 +170,15 @@ class SlurmBackend(Backend):
         self._refuse_docker(plan)
         config = self._config(plan)
         job_dir = JobDir(config.jobs_dir / "<time>-<project>-<id>")
+        from mlexec_core.builtins.mlflow_tracking import tracking_uri
+
         placeholder = "<set when the run is created>"
-        run = RunRecord(run_id=placeholder, env={"MLFLOW_RUN_ID": placeholder, "MLFLOW_EXPERIMENT_ID": placeholder,
-                                                 "MLFLOW_TRACKING_URI": config.tracking_uri or placeholder})
+        from mlexec_core.sources.urls import redact
+
+        uri = redact(tracking_uri())
+        run = RunRecord(run_id=placeholder, tracking_uri=uri,
+                        env={"MLFLOW_RUN_ID": placeholder, "MLFLOW_EXPERIMENT_ID": placeholder,
+                             "MLFLOW_TRACKING_URI": uri})
         options = self._options(plan, config, job_dir)
         environment = None
         if plan.env_manager and plan.env_manager != "local":

@@ -310,6 +310,15 @@ def _tracking_uri(config: Mapping[str, Any]) -> str | None:
 
 
 def parse_config(config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
+    try:
+        return _parse(config, base_dir)
+    except UsageError as exc:
+        if exc.hint is None:
+            exc.hint = "the mlexec-slurm README lists every key with its format (section 'Configuration')"
+        raise
+
+
+def _parse(config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
     import difflib
 
     for key in config:

@@ -64,6 +64,7 @@ class JobDir:
             return skipped
 
         self.path.mkdir(parents=True, exist_ok=True)
+        self.path.chmod(0o700)  # the script may hold credentials (a tracking server's)
         shutil.copytree(source, self.project, symlinks=True, ignore=ignore)
 
     def remove(self) -> None:

@@ -216,3 +216,52 @@ def test_job_over_its_time_limit_fails_with_timeout(mlexec, project, store, slur
     assert run.info.status == "FAILED"
     assert "TIMEOUT" in run.data.tags["mlexec.failureReason"]
     assert run.data.tags["mlexec.slurm.state"] == "TIMEOUT"
+
+
+def test_dry_run_prints_the_sbatch_options_and_the_script_and_submits_nothing(mlexec, project, store, slurm_config,
+                                                                                shared_dir, slurm):
+    before = queued_jobs()
+    config = slurm_config("""
+        partition: debug
+        time: '10:00'
+        cpus-per-task: 2
+        mem: 1G
+        env: {OMP_NUM_THREADS: 2}
+        setup: ['module load cuda/12']
+        sbatch-args: ['--mail-type=END']
+        """)
+    proc = mlexec("run", project(PROJECT), "-b", "slurm", "-c", config, "-P", "lr=0.5", "--env-manager", "local",
+                  "--dry-run", check=0)
+    out = proc.stdout
+    assert ("# sbatch --parsable --job-name=mlexec-slurm-test --partition=debug --time=10:00 --cpus-per-task=2 "
+            "--mem=1G --mail-type=END --output=") in out
+    assert "#!/bin/bash" in out
+    assert "export OMP_NUM_THREADS=2" in out
+    assert "module load cuda/12" in out
+    assert "echo lr=0.5 run=$MLFLOW_RUN_ID" in out
+    assert f"export MLFLOW_TRACKING_URI={store.uri}" in out
+    assert queued_jobs() == before
+    assert store.runs() == []
+    assert not list(shared_dir.iterdir())
+    assert_no_traceback(proc)
+
+
+PYTHON_PROJECT = """
+name: slurm-venv
+python_env: python_env.yaml
+entry_points:
+  main:
+    command: "python -c 'import sys; print(\\"prefix=\\" + sys.prefix)'"
+"""
+
+
+def test_virtualenv_is_built_in_the_shared_folder(mlexec, project, store, slurm_config, shared_dir, no_jobs_left):
+    version = ".".join(map(str, sys.version_info[:2]))
+    proj = project(PYTHON_PROJECT, {"python_env.yaml": f"python: '{version}'\ndependencies: []\n"})
+    proc = mlexec("run", proj, "-b", "slurm", "-c", slurm_config(), "--env-manager", "virtualenv",
+                  env={"UV_PYTHON_DOWNLOADS": "never"}, check=0)
+    prefix = next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("prefix="))
+    assert prefix.startswith(f"{shared_dir}/envs/"), prefix
+    run = store.only_run()
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.env"] == "virtualenv"
