@@ -72,6 +72,11 @@ class SubmittedRun:
         return self.job.exit_code
 
     @property
+    def pending_reason(self) -> str | None:
+        """Why a queued job is not running yet (a scheduler's reason), while ``get_status()`` is SCHEDULED."""
+        return None if self._status is not None else getattr(self.job, "pending_reason", None)
+
+    @property
     def output(self) -> RunOutput:
         """What the job printed (:class:`~mlexec_core.pipeline.output.RunOutput`)."""
         return self.run.output

@@ -251,6 +251,9 @@ class SubmittedJob(abc.ABC):
     failure_reason: str | None = None
     #: The exit code of the job's command, when there is one.
     exit_code: int | None = None
+    #: While :meth:`get_status` is SCHEDULED (a batch scheduler has queued the job),
+    #: the scheduler's reason in its own words (``Priority``, ``Resources`` ...).
+    pending_reason: str | None = None
 
 
 class Backend(abc.ABC):

@@ -69,6 +69,7 @@ def test_options_the_cluster_refuses_stop_before_any_run(mlexec, project, store,
     refused(proc, store, *needles)
     assert queued_jobs() == before
     assert not (shared_dir / "jobs").exists() or not list((shared_dir / "jobs").iterdir())
+    assert not (shared_dir / "envs").exists()  # asked before the (virtualenv) environment was built
 
 
 def test_no_slurm_client_on_path(mlexec, project, store, slurm_config, tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,7 @@ entry_points:
 
 
 def test_job_runs_with_a_parameter_tags_params_and_output(mlexec, project, store, slurm_config, shared_dir,
-                                                           no_jobs_left):
+                                                           tmp_path, no_jobs_left):
     proj = project(PROJECT)
     proc = mlexec("run", proj, "-b", "slurm", "-c", slurm_config("time: '5:00'\n"), "-P", "lr=0.01",
                   "--env-manager", "local", check=0)
@@ -57,6 +58,8 @@ def test_job_runs_with_a_parameter_tags_params_and_output(mlexec, project, store
     assert run.data.params == {"lr": "0.01"}
     assert f"Submitted Slurm job {job_id}" in proc.stderr
     assert not list((shared_dir / "jobs").iterdir())  # the job folder is removed once the run ended
+    log = Path(store.client.download_artifacts(run.info.run_id, "mlexec/output.log", str(tmp_path))).read_text()
+    assert f"lr=0.01 run={run.info.run_id}" in log and "to-stderr" in log  # kept with the run
     assert_no_traceback(proc)
 
 
