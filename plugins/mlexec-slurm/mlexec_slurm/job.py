@@ -128,19 +128,43 @@ class SlurmJob(SubmittedJob):
         self._offset = 0
         self._output_lock = threading.Lock()
         self._errors_since: float | None = None
+        self._following = False
+        self._follow_lock = threading.Lock()
+        self._done = threading.Event()
 
     # -- SubmittedJob -------------------------------------------------------------------
 
     def wait(self) -> RunStatus:
+        if not self._follow_lock.acquire(blocking=False):  # another thread follows the job: wait for it
+            self._done.wait()
+            return self._status
+        self._following = True
         try:
             self._follow()
         finally:
+            self._following = False
             self._pump_output()
             if not self.keep_job_dir and self._status.terminal:
                 self.job_dir.remove()
+            self._follow_lock.release()
+            self._done.set()
         return self._status
 
     def get_status(self) -> RunStatus:
+        if not self._following and not self._status.terminal:  # nobody in wait(): ask Slurm now
+            try:
+                entry = self.client.queue(self.job_id)
+            except MlexecError as exc:
+                self.reporter.warning(f"cannot ask Slurm about job {self.job_id}: {exc.message}")
+                return self._status
+            if entry is None:
+                self._gone.set()
+                if self.cancelled:
+                    self._settle(RunStatus.KILLED, "stopped by the user")
+                else:
+                    self._conclude()
+            else:
+                self._on_queue(entry)
         return self._status
 
     def cancel(self, signum: int | None = None) -> None:

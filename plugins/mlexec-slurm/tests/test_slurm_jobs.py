@@ -268,3 +268,24 @@ def test_virtualenv_is_built_in_the_shared_folder(mlexec, project, store, slurm_
     run = store.only_run()
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.env"] == "virtualenv"
+
+
+def test_python_api_sees_the_queued_job_scheduled_with_its_reason(project, store, slurm_config, monkeypatch,
+                                                                  no_jobs_left, blocker):
+    import mlexec_core
+    from mlexec_core.pipeline.plan import RunStatus
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    blocking = blocker()
+    submitted = mlexec_core.run(str(project(PROJECT)), backend="slurm", backend_config=str(slurm_config()),
+                                env_manager="local", synchronous=False)
+    deadline = time.monotonic() + 30
+    while submitted.pending_reason != "Resources" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert submitted.get_status() is RunStatus.SCHEDULED
+    assert submitted.pending_reason == "Resources"
+    slurm_cmd("scancel", blocking)
+    assert submitted.wait()
+    assert submitted.get_status() is RunStatus.FINISHED
+    assert submitted.pending_reason is None
+    assert store.only_run().info.status == "FINISHED"
