@@ -5,10 +5,12 @@
 # Idempotent: packages, key and config are kept when present, and daemons
 # already running are left alone. Takes under a minute on a bare machine.
 #
-# The test cluster: one partition `debug` (default, 60 minute MaxTime, limits
-# enforced at submission so `sbatch --test-only` refuses a longer --time),
-# KillWait=2 so a job over its time limit ends promptly, no accounting
-# storage (sacct says it is disabled), finished jobs kept 300 s (MinJobAge).
+# The test cluster: partition `debug` (default, 60 minute MaxTime, limits
+# enforced at submission so `sbatch --test-only` refuses a longer --time) and
+# partition `urgent` on the same node, whose jobs preempt (cancel) debug's;
+# memory over --mem is killed (jobacct_gather OverMemoryKill, checked every
+# second); KillWait=2 so a job over its time limit ends promptly; no
+# accounting storage (sacct says it is disabled); finished jobs kept 300 s.
 set -euo pipefail
 
 log() { echo "mlexec-slurm ci-setup: $*"; }
@@ -44,7 +46,8 @@ SlurmdUser=root
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1024
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
@@ -59,8 +62,14 @@ MinJobAge=300
 InactiveLimit=0
 EnforcePartLimits=ALL
 JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
 NodeName=$host CPUs=$cpus RealMemory=$real_mem State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=60 State=UP
+PartitionName=debug Nodes=$host Default=YES MaxTime=60 PriorityTier=1 State=UP
+PartitionName=urgent Nodes=$host MaxTime=60 PriorityTier=10 State=UP
 CONF
 )
 changed=0

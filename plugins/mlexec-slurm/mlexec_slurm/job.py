@@ -300,6 +300,16 @@ class SlurmJob(SubmittedJob):
                 return info
         return None
 
+    def _output_says_out_of_memory(self) -> bool:
+        try:
+            with open(self.job_dir.output, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 8192))
+                tail = f.read()
+        except OSError:
+            return False
+        return b"Exceeded job memory limit" in tail or b"exceeded memory limit" in tail
+
     def _script_status(self) -> int | None:
         try:
             return int(self.job_dir.exit_status.read_text().strip())
@@ -329,6 +339,13 @@ class SlurmJob(SubmittedJob):
         script = self._script_status()
         if state == "COMPLETED":
             self._settle(RunStatus.FINISHED, exit_code=0)
+            return
+        if state == "FAILED" and self._output_says_out_of_memory():
+            # Clusters without cgroups kill a job over --mem through job accounting (OverMemoryKill):
+            # Slurm says FAILED, SIGKILL; slurmstepd says why in the output.
+            self._settle(RunStatus.FAILED, "the job exceeded its memory limit and was killed"
+                         + (f" (--mem={self.mem})" if self.mem else "") + f" [Slurm job {self.job_id}: FAILED]",
+                         exit_code=code if code else (script or 1))
             return
         if state == "FAILED":
             if sig:

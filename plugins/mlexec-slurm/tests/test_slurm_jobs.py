@@ -289,3 +289,80 @@ def test_python_api_sees_the_queued_job_scheduled_with_its_reason(project, store
     assert submitted.get_status() is RunStatus.FINISHED
     assert submitted.pending_reason is None
     assert store.only_run().info.status == "FINISHED"
+
+
+MEMORY_HOG = """
+name: slurm-hog
+entry_points:
+  main:
+    parameters:
+      python: string
+    command: "echo allocating; {python} -c 'import time; x = bytearray(400 * 2**20); x[::4096] = bytes(len(x[::4096])); time.sleep(30)'"
+"""
+
+
+def test_job_over_its_memory_limit_fails_saying_so(mlexec, project, store, slurm_config, no_jobs_left):
+    proc = mlexec("run", project(MEMORY_HOG), "-b", "slurm", "-c", slurm_config("mem: 50M\n"),
+                  "-P", f"python={sys.executable}", "--env-manager", "local")
+    assert proc.returncode == 1, proc.stderr
+    assert "allocating" in proc.stdout
+    assert "the job exceeded its memory limit and was killed (--mem=50M)" in proc.stderr
+    assert store.only_run().info.status == "FAILED"
+
+
+def test_preempted_job_fails_with_preempted(cli_env, project, store, slurm_config, tmp_path, no_jobs_left):
+    """The test cluster's `urgent` partition preempts (cancels) jobs of `debug` on the same node."""
+    proj = project(PROJECT)
+    proc = subprocess.Popen([*MLEXEC, "run", str(proj), "-b", "slurm", "-c", str(slurm_config()), "-e", "sleep",
+                             "--env-manager", "local"],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    urgent = None
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        urgent = slurm_cmd("sbatch", "--parsable", "-p", "urgent", "--exclusive", "--output=/dev/null",
+                           "--wrap", "sleep 1").stdout.strip()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if urgent:
+            slurm_cmd("scancel", urgent, check=False)
+    assert proc.returncode == 1, err
+    assert "the job was preempted by a higher-priority job (PREEMPTED)" in err
+    run = store.only_run()
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlexec.slurm.state"] == "PREEMPTED"
+
+
+@pytest.fixture
+def node_down():
+    """Take the test node down (its jobs fail or are requeued); slurmd brings it back (ReturnToService=2)."""
+    node = slurm_cmd("sinfo", "-h", "-p", "debug", "-o", "%n").stdout.split()[0]
+
+    def down():
+        slurm_cmd("scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=mlexec-test")
+
+    yield down
+    for _ in range(100):
+        if slurm_cmd("sinfo", "-h", "-n", node, "-o", "%t").stdout.strip() in ("idle", "mix", "alloc"):
+            return
+        slurm_cmd("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
+        time.sleep(0.2)
+
+
+def test_node_failure_fails_the_run_with_node_fail(cli_env, project, store, slurm_config, tmp_path, no_jobs_left,
+                                                   node_down):
+    proj = project(PROJECT)
+    proc = subprocess.Popen([*MLEXEC, "run", str(proj), "-b", "slurm", "-e", "sleep", "--env-manager", "local",
+                             "-c", str(slurm_config("sbatch-args: ['--no-requeue']\n"))],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        node_down()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "a node running the job failed (NODE_FAIL" in err
+    assert store.only_run().info.status == "FAILED"
