@@ -158,6 +158,9 @@ class ClientStore:
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
+    def set_status(self, run_id: str, status: str) -> None:
+        self.client.update_run(run_id, status=status)
+
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
 
@@ -243,6 +246,15 @@ def mlexec_run_tags(run: RunRecord, tags: Mapping[str, str]) -> None:
 
 
 @hookimpl
+def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
+    """SCHEDULED while a batch scheduler queues the job, RUNNING once it starts (as MLflow's statuses)."""
+    if run.tracker == "mlflow":
+        store = open_store(run.tracking_uri)
+        if store.status(run.run_id) in (RunStatus.RUNNING.value, RunStatus.SCHEDULED.value):
+            store.set_status(run.run_id, status.value)
+
+
+@hookimpl
 def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
     if run.tracker != "mlflow":
         return
@@ -264,7 +276,8 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
 def _end(store: Any, run: RunRecord, status: RunStatus, reason: str | None) -> None:
     # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
     # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
-    if status is not RunStatus.KILLED and store.status(run.run_id) != RunStatus.RUNNING.value:
+    if status is not RunStatus.KILLED and store.status(run.run_id) not in (RunStatus.RUNNING.value,
+                                                                           RunStatus.SCHEDULED.value):
         return
     if reason:
         store.set_tags(run.run_id, {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]})

@@ -81,6 +81,11 @@ class SubmittedRun:
         """What the job printed (:class:`~mlexec_core.pipeline.output.RunOutput`)."""
         return self.run.output
 
+    def _report_status(self, status: RunStatus) -> None:
+        """A queued job started, or a started one was queued again (SubmittedJob.report_status)."""
+        if self._status is None:
+            self.plugins.broadcast("mlexec_run_status", run=self.run, plan=self.plan, status=status)
+
     def _finish(self, status: RunStatus, reason: str | None) -> None:
         with self._lock:
             if self._status is not None:
@@ -171,6 +176,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
         raise
     submitted = SubmittedRun(plugins, plan, run, job, environment)
     plugins.broadcast("mlexec_run_started", run=run, plan=plan)
+    job.status_listener = lambda status: submitted._report_status(status)
     return submitted
 
 

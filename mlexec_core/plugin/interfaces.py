@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol
 
 import attrs
 from attrs import frozen
@@ -254,6 +254,16 @@ class SubmittedJob(abc.ABC):
     #: While :meth:`get_status` is SCHEDULED (a batch scheduler has queued the job),
     #: the scheduler's reason in its own words (``Priority``, ``Resources`` ...).
     pending_reason: str | None = None
+    #: Set by mlexec once the job is submitted; call :meth:`report_status`, not this.
+    status_listener: Callable[[RunStatus], None] | None = None
+
+    def report_status(self, status: RunStatus) -> None:
+        """Tell mlexec the job is now SCHEDULED (queued) or RUNNING (started), so that
+        trackers show a queued job as queued (:func:`mlexec_run_status`).  Terminal
+        statuses are what :meth:`wait` returns, not reported here."""
+        listener = self.status_listener
+        if listener is not None and status in (RunStatus.SCHEDULED, RunStatus.RUNNING):
+            listener(status)
 
 
 class Backend(abc.ABC):

@@ -129,6 +129,7 @@ class SlurmJob(SubmittedJob):
         self._output_lock = threading.Lock()
         self._errors_since: float | None = None
         self._following = False
+        self._reported_pending = False
         self._follow_lock = threading.Lock()
         self._done = threading.Event()
 
@@ -249,8 +250,15 @@ class SlurmJob(SubmittedJob):
                 self.pending_reason = reason
                 meaning = PENDING_REASONS.get(reason)
                 self.reporter.info(f"Slurm job {self.job_id} is pending: {reason}" + (f" ({meaning})" if meaning else ""))
-            if self._status is RunStatus.RUNNING:  # requeued
-                self._status = RunStatus.SCHEDULED
+            with self._lock:
+                requeued = self._status is RunStatus.RUNNING
+                if requeued:
+                    self._status = RunStatus.SCHEDULED
+            # Left by an attempt that Slurm requeued (a node failure): this attempt has not ended.
+            self.job_dir.exit_status.unlink(missing_ok=True)
+            if requeued or not self._reported_pending:
+                self._reported_pending = True
+                self.report_status(RunStatus.SCHEDULED)  # the tracker shows the run as queued
             return
         if entry.state in ("RUNNING", "COMPLETING", "CONFIGURING"):
             self._started(entry.nodes)
@@ -265,6 +273,8 @@ class SlurmJob(SubmittedJob):
         if nodes:
             self.tags[TAG_NODES] = nodes
         self.reporter.info(f"Slurm job {self.job_id} is running" + (f" on {nodes}" if nodes else ""))
+        if self._reported_pending:
+            self.report_status(RunStatus.RUNNING)
 
     def _pump_output(self) -> None:
         with self._output_lock:

@@ -152,6 +152,9 @@ def test_pending_job_shows_slurms_reason_then_runs(cli_env, project, store, slur
             time.sleep(0.1)
         assert any("is pending: Resources" in line for line in lines), lines
         assert proc.poll() is None
+        while store.only_run().info.status != "SCHEDULED" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store.only_run().info.status == "SCHEDULED"  # the MLflow run shows the job queued
         slurm_cmd("scancel", blocking)  # the node becomes free: the job starts
         out = proc.stdout.read()  # (stderr is the reader thread's)
         proc.wait(60)
