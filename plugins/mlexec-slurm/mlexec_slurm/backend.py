@@ -95,8 +95,10 @@ class SlurmBackend(Backend):
             script = Path(tmp) / "test.sh"
             script.write_text("#!/bin/bash\ntrue\n")
             forecast = client.test_only(config.sbatch_options(self._job_name(plan)), script)
-        if forecast:
-            self.context.reporter.info(f"Slurm: {forecast}")
+        if forecast:  # "Job 12 to start at ... in partition debug": the 12 is a test id, not the job's
+            import re
+
+            self.context.reporter.info("Slurm accepts the job: " + re.sub(r"^Job \d+ ", "", forecast))
 
     def prepare(self, plan: RunPlan, environment: PreparedEnvironment | None) -> Prepared:
         self._refuse_docker(plan)
