@@ -198,6 +198,10 @@ class SqliteStore:
             row = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
         return row[0] if row else "RUNNING"
 
+    def set_status(self, run_id: str, status: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE runs SET status = ? WHERE run_uuid = ?", (status, run_id))
+
     def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
         with self._db() as db:
             db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",

@@ -210,6 +210,10 @@ class ClientStore:
         return self.client.get_run(run_id).info.status
 
     @_bounded
+    def set_status(self, run_id: str, status: str) -> None:
+        self.client.update_run(run_id, status=status)
+
+    @_bounded
     def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
         self.client.set_terminated(run_id, status, end_time=end_time)
         with contextlib.suppress(Exception):
@@ -377,6 +381,15 @@ FINAL_ATTEMPTS = 3
 
 
 @hookimpl
+def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
+    """SCHEDULED while a batch scheduler queues the job, RUNNING once it starts (as MLflow's statuses)."""
+    if run.tracker == "mlflow":
+        store = open_store(run.tracking_uri)
+        if store.status(run.run_id) in (RunStatus.RUNNING.value, RunStatus.SCHEDULED.value):
+            store.set_status(run.run_id, status.value)
+
+
+@hookimpl
 def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
     if run.tracker != "mlflow":
         return
@@ -420,7 +433,8 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
 def _end(store: Any, run: RunRecord, status: RunStatus, reason: str | None, end_time: int | None = None) -> None:
     # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
     # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
-    if status is not RunStatus.KILLED and store.status(run.run_id) != RunStatus.RUNNING.value:
+    if status is not RunStatus.KILLED and store.status(run.run_id) not in (RunStatus.RUNNING.value,
+                                                                           RunStatus.SCHEDULED.value):
         store.clear_live(run.run_id)
         return
     if reason:

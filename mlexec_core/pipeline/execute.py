@@ -8,9 +8,12 @@ bugs, ends it with FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import attrs
 from attrs import frozen
@@ -111,9 +114,19 @@ class SubmittedRun:
         return self.job.exit_code
 
     @property
+    def pending_reason(self) -> str | None:
+        """Why a queued job is not running yet (a scheduler's reason), while ``get_status()`` is SCHEDULED."""
+        return None if self._status is not None else getattr(self.job, "pending_reason", None)
+
+    @property
     def output(self) -> RunOutput:
         """What the job printed (:class:`~mlexec_core.pipeline.output.RunOutput`)."""
         return self.run.output
+
+    def _report_status(self, status: RunStatus) -> None:
+        """A queued job started, or a started one was queued again (SubmittedJob.report_status)."""
+        if self._status is None:
+            self.plugins.broadcast("mlexec_run_status", run=self.run, plan=self.plan, status=status)
 
     def _finish(self, status: RunStatus, reason: str | None) -> None:
         with self._lock:
@@ -167,10 +180,31 @@ def prepare(plugins: Plugins, plan: RunPlan) -> Prepared:
     Nothing exists in the tracking store yet: an error or Ctrl-C here leaves no run.
     """
     backend = plugins.backend(plan.backend)
+    backend.check(plan)
     environment = None
     if backend.uses_local_environment(plan):
-        environment = plugins.environment_manager(plan.env_manager).prepare(plan)
+        with _environment_root(backend.environment_root(plan)):
+            environment = plugins.environment_manager(plan.env_manager).prepare(plan)
     return Prepared(environment, backend.prepare(plan, environment))
+
+
+@contextlib.contextmanager
+def _environment_root(root: Path | None) -> Iterator[None]:
+    """``$MLEXEC_ENV_ROOT`` set to ``root`` (a backend's shared folder) while the environment is prepared."""
+    if root is None:
+        yield
+        return
+    from mlexec_core.envcache import ENV_ROOT_VAR
+
+    old = os.environ.get(ENV_ROOT_VAR)
+    os.environ[ENV_ROOT_VAR] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_ROOT_VAR, None)
+        else:
+            os.environ[ENV_ROOT_VAR] = old
 
 
 def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOutput | None = None) -> SubmittedRun:
@@ -208,6 +242,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
         raise
     submitted = SubmittedRun(plugins, plan, run, job, environment)
     plugins.broadcast("mlexec_run_started", run=run, plan=plan)
+    job.status_listener = lambda status: submitted._report_status(status)
     return submitted
 
 

@@ -84,6 +84,22 @@ def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
 
 
 @hookspec
+def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
+    """The job moved between queued and running before it ended: SCHEDULED while a
+    batch scheduler holds it in its queue, RUNNING once it starts (again, after a requeue).
+
+    Only backends whose jobs can wait in a queue report it (through
+    :meth:`~mlexec_core.plugin.interfaces.SubmittedJob.report_status`); for the
+    others a run is RUNNING from :func:`mlexec_run_started` to
+    :func:`mlexec_run_finished`.  Called from the thread that follows the job.
+
+    :param run: the record from :func:`mlexec_run_create`.
+    :param plan: the resolved run.
+    :param status: SCHEDULED or RUNNING.
+    """
+
+
+@hookspec
 def mlexec_run_tags(run: RunRecord, tags: Mapping[str, str]) -> None:
     """Tags to record on the run, reported by the environment or backend
     (``mlflow.project.env``, ``mlflow.docker.image.id``, a Job name ...).

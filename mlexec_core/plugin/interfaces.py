@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol
 
 import attrs
 from attrs import frozen
@@ -251,6 +251,19 @@ class SubmittedJob(abc.ABC):
     failure_reason: str | None = None
     #: The exit code of the job's command, when there is one.
     exit_code: int | None = None
+    #: While :meth:`get_status` is SCHEDULED (a batch scheduler has queued the job),
+    #: the scheduler's reason in its own words (``Priority``, ``Resources`` ...).
+    pending_reason: str | None = None
+    #: Set by mlexec once the job is submitted; call :meth:`report_status`, not this.
+    status_listener: Callable[[RunStatus], None] | None = None
+
+    def report_status(self, status: RunStatus) -> None:
+        """Tell mlexec the job is now SCHEDULED (queued) or RUNNING (started), so that
+        trackers show a queued job as queued (:func:`mlexec_run_status`).  Terminal
+        statuses are what :meth:`wait` returns, not reported here."""
+        listener = self.status_listener
+        if listener is not None and status in (RunStatus.SCHEDULED, RunStatus.RUNNING):
+            listener(status)
 
 
 class Backend(abc.ABC):
@@ -293,6 +306,24 @@ class Backend(abc.ABC):
                 hint="remove --backend-config",
             )
         return {}
+
+    def check(self, plan: RunPlan) -> None:
+        """Fast checks before anything is prepared or any run exists (a client on
+        PATH, a controller that answers, options the cluster accepts).
+
+        Called by :func:`mlexec_core.pipeline.execute.prepare` before the
+        environment is built; not called for ``--dry-run``.  Raise
+        :class:`~mlexec_core.errors.MlexecError` to stop the run.
+        """
+
+    def environment_root(self, plan: RunPlan) -> Path | None:
+        """Where environment managers must build the environment, when the machines
+        that run the job need to see it (a cluster's shared filesystem).
+
+        ``None`` (the default): the usual cache (``$MLEXEC_ENV_ROOT``).  Managers
+        built on :class:`mlexec_core.envcache.EnvironmentCache` follow it.
+        """
+        return None
 
     def uses_local_environment(self, plan: RunPlan) -> bool:
         """Whether mlexec should prepare the environment with the selected

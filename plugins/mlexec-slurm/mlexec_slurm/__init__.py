@@ -1,0 +1,1 @@
+"""mlexec-slurm: the ``slurm`` backend (see ``mlexec_slurm.backend``)."""

@@ -1,0 +1,198 @@
+"""The ``slurm`` backend: the entry point's command as a batch job on a Slurm cluster.
+
+Before any run exists (:meth:`SlurmBackend.check`, then :meth:`prepare`): the
+client commands are on PATH, the controller answers, the cluster accepts the
+job's options (``sbatch --test-only``), the environment is built by the chosen
+environment manager under ``<shared-dir>/envs`` and the project is copied to a
+job folder under ``<shared-dir>/jobs``.  :meth:`submit` writes the batch
+script and calls ``sbatch``; :class:`~mlexec_slurm.job.SlurmJob` follows it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from attrs import frozen
+
+from mlexec_core.errors import BackendError, UsageError
+from mlexec_core.pipeline.plan import RunPlan, RunRecord
+from mlexec_core.plugin.interfaces import Backend, PreparedEnvironment, SubmittedJob
+from mlexec_core.project.model import EnvKind
+
+from mlexec_slurm.cluster import SlurmClient
+from mlexec_slurm.config import SlurmConfig, parse_config
+from mlexec_slurm.job import TAG_CLUSTER, TAG_JOB_ID, TAG_PARTITION, SlurmJob, output_writer
+from mlexec_slurm.script import JobDir, batch_script, environment_lines
+
+#: Set to keep job folders (working copy, script, output) after the run, for debugging.
+KEEP_VAR = "MLEXEC_SLURM_KEEP_JOB_DIR"
+
+
+@frozen
+class Prepared:
+    """What :meth:`SlurmBackend.prepare` made ready before the run exists."""
+
+    client: SlurmClient
+    cluster: str
+    job_dir: JobDir
+    environment: PreparedEnvironment | None
+
+
+def job_tracking_uri(uri: str | None, cwd: Path | None = None) -> str | None:
+    """The run's tracking URI as the job must see it: relative store paths made absolute
+    (the job runs in its own folder)."""
+    if not uri:
+        return uri
+    cwd = cwd or Path.cwd()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((cwd / uri[len("sqlite:///"):]).resolve())
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return "file:" + str((cwd / uri[len("file:"):]).resolve())
+    if "://" not in uri and ":" not in uri.split("/", 1)[0]:
+        return str((cwd / uri).resolve())
+    return uri
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    description = "submits the project as a Slurm batch job; output streamed, Slurm's own status and reasons"
+
+    def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
+        return parse_config(config, base_dir)
+
+    def _config(self, plan: RunPlan) -> SlurmConfig:
+        config = plan.backend_config
+        if not isinstance(config, SlurmConfig):  # a plan made by hand (Python API, tests)
+            config = parse_config(config or {}, Path.cwd())
+        return config
+
+    def environment_root(self, plan: RunPlan) -> Path | None:
+        return self._config(plan).env_root
+
+    # -- before the run -----------------------------------------------------------------
+
+    def _refuse_docker(self, plan: RunPlan) -> None:
+        if plan.project.environment.kind is EnvKind.DOCKER:
+            raise UsageError(
+                "the slurm backend cannot run a docker_env project: Slurm clusters run containers through "
+                "their own runtime (Apptainer/Singularity, Pyxis/enroot), not Docker",
+                context=str(plan.project.mlproject or plan.work_dir),
+                hint="use a python_env or conda_env for this project on Slurm, or run it with -b local/-b docker; "
+                     "a container runtime for Slurm can be added as an environment manager whose launcher "
+                     "wraps the command (see the mlexec-slurm README, 'Containers')")
+
+    def check(self, plan: RunPlan) -> None:
+        """Fast checks before anything is built or any run exists."""
+        self._refuse_docker(plan)
+        config = self._config(plan)
+        client = SlurmClient()
+        client.tool("sbatch")
+        client.ping()
+        with tempfile.TemporaryDirectory(prefix="mlexec-slurm-") as tmp:
+            script = Path(tmp) / "test.sh"
+            script.write_text("#!/bin/bash\ntrue\n")
+            forecast = client.test_only(config.sbatch_options(self._job_name(plan)), script)
+        if forecast:  # "Job 12 to start at ... in partition debug": the 12 is a test id, not the job's
+            import re
+
+            self.context.reporter.info("Slurm accepts the job: " + re.sub(r"^Job \d+ ", "", forecast))
+
+    def prepare(self, plan: RunPlan, environment: PreparedEnvironment | None) -> Prepared:
+        self._refuse_docker(plan)
+        if environment is not None and environment.launcher is not None:
+            raise BackendError(
+                f"the {environment.name} environment starts commands through its own launcher, which a Slurm "
+                "job cannot use", hint="use --env-manager local, virtualenv/uv or conda with the slurm backend")
+        config = self._config(plan)
+        client = SlurmClient()
+        cluster = client.cluster_name()
+        job_dir = JobDir.new(config.jobs_dir, plan.project.display_name)
+        try:
+            with self.context.reporter.status(f"Copying the project to {job_dir.project}"):
+                job_dir.copy_project(plan.work_dir, config.shared_dir)
+        except OSError as exc:
+            job_dir.remove()
+            raise BackendError(f"cannot copy the project to the shared folder {job_dir.path}: {exc}",
+                               hint="set shared-dir in the backend config to a writable folder the compute "
+                                    "nodes see at the same path") from None
+        return Prepared(client, cluster, job_dir, environment)
+
+    # -- the job ------------------------------------------------------------------------
+
+    def _job_name(self, plan: RunPlan) -> str:
+        return f"mlexec-{plan.project.display_name}"[:64].replace(" ", "-")
+
+    def _job_env(self, config: SlurmConfig, run: RunRecord) -> dict[str, str]:
+        env = dict(run.env)
+        uri = config.tracking_uri or job_tracking_uri(env.get("MLFLOW_TRACKING_URI") or run.tracking_uri)
+        if uri:
+            env["MLFLOW_TRACKING_URI"] = uri
+        return env
+
+    def _script(self, plan: RunPlan, config: SlurmConfig, run: RunRecord, job_dir: JobDir,
+                environment: PreparedEnvironment | None, options: list[str]) -> str:
+        header = [
+            f"mlexec run {run.run_id}: project {plan.project.display_name}, entry point {plan.entry_point.name}",
+            f"submitted with: sbatch {' '.join(options)} {job_dir.script}",
+        ]
+        return batch_script(job_dir=job_dir, header=header,
+                            env_lines=environment_lines(environment, self._job_env(config, run), config.env),
+                            setup=config.setup, command=plan.command)
+
+    def _options(self, plan: RunPlan, config: SlurmConfig, job_dir: JobDir) -> list[str]:
+        return [*config.sbatch_options(self._job_name(plan)), f"--output={job_dir.output}",
+                f"--chdir={job_dir.project}"]
+
+    def submit(self, plan: RunPlan, run: RunRecord, prepared: Prepared) -> SubmittedJob:
+        config = self._config(plan)
+        job_dir = prepared.job_dir
+        options = self._options(plan, config, job_dir)
+        job_dir.script.write_text(self._script(plan, config, run, job_dir, prepared.environment, options))
+        job_dir.script.chmod(0o700)  # it may hold a tracking server's credentials
+        try:
+            job_id = prepared.client.submit(options, job_dir.script)
+        except BaseException:
+            job_dir.remove()
+            raise
+        partition = config.partition
+        info = prepared.client.show_job(job_id) or {}
+        partition = info.get("Partition") or partition or ""
+        tags = {TAG_JOB_ID: job_id, TAG_CLUSTER: prepared.cluster, TAG_PARTITION: partition}
+        where = f" on cluster {prepared.cluster}" if prepared.cluster else ""
+        self.context.reporter.info(f"Submitted Slurm job {job_id}{where}, partition {partition or 'default'}")
+        return SlurmJob(prepared.client, job_id, job_dir, self.context.reporter, tags, output_writer(run),
+                        time_limit=config.time, mem=config.mem or config.mem_per_cpu,
+                        keep_job_dir=bool(os.environ.get(KEEP_VAR)))
+
+    def dry_run(self, plan: RunPlan) -> dict[str, Any]:
+        """The sbatch options and the batch script, without contacting the cluster."""
+        self._refuse_docker(plan)
+        config = self._config(plan)
+        job_dir = JobDir(config.jobs_dir / "<time>-<project>-<id>")
+        from mlexec_core.builtins.mlflow_tracking import tracking_uri
+
+        placeholder = "<set when the run is created>"
+        from mlexec_core.sources.urls import redact
+
+        uri = redact(tracking_uri())
+        run = RunRecord(run_id=placeholder, tracking_uri=uri,
+                        env={"MLFLOW_RUN_ID": placeholder, "MLFLOW_EXPERIMENT_ID": placeholder,
+                             "MLFLOW_TRACKING_URI": uri})
+        options = self._options(plan, config, job_dir)
+        environment = None
+        if plan.env_manager and plan.env_manager != "local":
+            environment = PreparedEnvironment(name=plan.env_manager, path_prepend=(
+                f"{config.env_root}/<environment>/bin",))
+        script = self._script(plan, config, run, job_dir, environment, options)
+        command = f"sbatch --parsable {' '.join(options)} {job_dir.script}"
+        return {
+            "sbatch": command,
+            "sbatch_options": options,
+            "shared_dir": str(config.shared_dir),
+            "environments": str(config.env_root),
+            "batch_script": script,
+            "text": f"# {command}\n{script}",
+        }

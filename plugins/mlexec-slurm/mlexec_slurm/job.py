@@ -1,0 +1,404 @@
+"""A submitted Slurm job: its output streamed, its state followed, cancelled cleanly.
+
+How mlexec follows a job without loading the controller and without lag:
+
+- the output file (``job.out`` on the shared filesystem) is read every
+  ``OUTPUT_INTERVAL`` s and what is new goes to the run's output;
+- the batch script writes ``exit-status`` as it exits (also when Slurm stops
+  it with SIGTERM); when that file appears, mlexec asks the controller at once
+  and every ``FAST_INTERVAL`` s until the job has left the queue, so a run ends
+  within a fraction of a second of its job;
+- otherwise ``squeue`` is asked every ``QUEUE_INTERVAL`` s: for the pending
+  reason, the start, and ends the script cannot report (NODE_FAIL, SIGKILL
+  after KillWait, a pending job cancelled by someone else);
+- once the job has left the queue its final state comes from ``scontrol show
+  job`` (kept for MinJobAge), else from accounting (``sacct``), else from the
+  exit status the script wrote.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from mlexec_core.errors import MlexecError
+from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.plugin.interfaces import Reporter, SubmittedJob
+
+from mlexec_slurm.cluster import SlurmClient
+from mlexec_slurm.script import JobDir
+
+OUTPUT_INTERVAL = 0.1
+QUEUE_INTERVAL = 1.0
+FAST_INTERVAL = 0.05
+#: Seconds to wait for a cancelled job to leave the queue before saying so.
+CANCEL_WAIT = 120
+#: Seconds of controller errors in a row before the run is given up as FAILED.
+GIVE_UP_SECONDS = 300
+
+TAG_JOB_ID = "mlexec.slurm.job-id"
+TAG_CLUSTER = "mlexec.slurm.cluster"
+TAG_PARTITION = "mlexec.slurm.partition"
+TAG_NODES = "mlexec.slurm.nodes"
+TAG_STATE = "mlexec.slurm.state"
+
+#: What the common pending reasons mean, for the terminal.
+PENDING_REASONS = {
+    "None": "waiting for the scheduler's next pass",
+    "Priority": "jobs with a higher priority are ahead in the queue",
+    "Resources": "waiting for the requested resources to become free",
+    "BeginTime": "its start time has not come yet",
+    "Dependency": "waiting for the jobs it depends on",
+    "DependencyNeverSatisfied": "its dependency can never be satisfied: it will not start",
+    "JobHeldUser": "held by its user (scontrol release)",
+    "JobHeldAdmin": "held by an administrator",
+    "PartitionDown": "its partition is down",
+    "PartitionInactive": "its partition is inactive",
+    "PartitionTimeLimit": "its time limit exceeds the partition's",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "ReqNodeNotAvail": "a node it needs is not available (down, drained or reserved)",
+    "NodeDown": "a node it needs is down",
+    "BadConstraints": "no node can satisfy its constraints: it will not start",
+    "Reservation": "waiting for its advanced reservation",
+    "QOSMaxJobsPerUserLimit": "the QOS limit on your running jobs is reached",
+    "AssocMaxJobsLimit": "the account's limit on running jobs is reached",
+    "AssocGrpCpuLimit": "the account's CPU limit is reached",
+    "AssocGrpGRES": "the account's GRES (GPU) limit is reached",
+    "launch failed requeued held": "its launch failed and it was requeued held",
+}
+
+#: Why Slurm ended a job, by final state (the exit code is added where it says something).
+END_REASONS = {
+    "TIMEOUT": "Slurm stopped the job at its time limit (TIMEOUT{limit})",
+    "OUT_OF_MEMORY": "the job ran out of memory and was killed (OUT_OF_MEMORY{mem})",
+    "NODE_FAIL": "a node running the job failed (NODE_FAIL{nodes})",
+    "PREEMPTED": "the job was preempted by a higher-priority job (PREEMPTED)",
+    "BOOT_FAIL": "the node allocated to the job failed to boot (BOOT_FAIL{nodes})",
+    "DEADLINE": "the job reached its deadline before it could finish (DEADLINE)",
+    "CANCELLED": "the job was cancelled outside mlexec ({state}: scancel by its user or an administrator)",
+}
+
+
+def _write_stdout(data: bytes, stream: str = "stdout") -> None:
+    out = sys.stdout if stream == "stdout" else sys.stderr
+    buffer = getattr(out, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+    else:
+        out.write(data.decode("utf-8", "replace"))
+    out.flush()
+
+
+def output_writer(run: Any) -> Callable[[bytes], None]:
+    """Where the job's output goes: the run's output (mlexec's output contract) when the
+    core provides one, else mlexec's stdout."""
+    sink = getattr(run, "output", None)
+    if sink is not None and hasattr(sink, "write"):
+        return lambda data: sink.write(data, "stdout")
+    return _write_stdout
+
+
+class SlurmJob(SubmittedJob):
+    """One batch job, as the run sees it."""
+
+    def __init__(self, client: SlurmClient, job_id: str, job_dir: JobDir, reporter: Reporter,
+                 tags: Mapping[str, str], write: Callable[[bytes], None], *, time_limit: str | None = None,
+                 mem: str | None = None, keep_job_dir: bool = False) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.job_dir = job_dir
+        self.reporter = reporter
+        self.tags: dict[str, str] = dict(tags)
+        self.write = write
+        self.time_limit = time_limit
+        self.mem = mem
+        self.keep_job_dir = keep_job_dir
+        self.failure_reason: str | None = None
+        self.exit_code: int | None = None
+        self.cancelled = False
+        #: Slurm's reason while the job is pending (Priority, Resources ...), else ``None``.
+        self.pending_reason: str | None = None
+        self.slurm_state = "PENDING"
+        self._status = RunStatus.SCHEDULED
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._gone = threading.Event()
+        self._offset = 0
+        self._output_lock = threading.Lock()
+        self._errors_since: float | None = None
+        self._following = False
+        self._reported_pending = False
+        self._follow_lock = threading.Lock()
+        self._done = threading.Event()
+
+    # -- SubmittedJob -------------------------------------------------------------------
+
+    def wait(self) -> RunStatus:
+        if not self._follow_lock.acquire(blocking=False):  # another thread follows the job: wait for it
+            self._done.wait()
+            return self._status
+        self._following = True
+        try:
+            self._follow()
+        finally:
+            self._following = False
+            self._pump_output()
+            if not self.keep_job_dir and self._status.terminal:
+                self.job_dir.remove()
+            self._follow_lock.release()
+            self._done.set()
+        return self._status
+
+    def get_status(self) -> RunStatus:
+        if not self._following and not self._status.terminal:  # nobody in wait(): ask Slurm now
+            try:
+                entry = self.client.queue(self.job_id)
+            except MlexecError as exc:
+                self.reporter.warning(f"cannot ask Slurm about job {self.job_id}: {exc.message}")
+                return self._status
+            if entry is None:
+                self._gone.set()
+                if self.cancelled:
+                    self._settle(RunStatus.KILLED, "stopped by the user")
+                else:
+                    self._conclude()
+            else:
+                self._on_queue(entry)
+        return self._status
+
+    def cancel(self, signum: int | None = None) -> None:
+        import signal
+
+        with self._lock:
+            if self._status.terminal and not self.cancelled:
+                return
+            first = not self.cancelled
+            self.cancelled = True
+        kill = signum == signal.SIGKILL
+        if first or kill:
+            try:
+                problem = self.client.cancel(self.job_id, kill=kill)
+            except MlexecError as exc:
+                problem = exc.message
+            if problem:
+                self.reporter.warning(f"could not cancel Slurm job {self.job_id}: {problem}; "
+                                      f"cancel it with: scancel {self.job_id}")
+            elif first:
+                self.reporter.info(f"Cancelled Slurm job {self.job_id}; waiting for it to leave the queue")
+        self._wake.set()
+        # Wait (here too: the Python API's cancel() returns once the job is gone) until it left the queue.
+        deadline = time.monotonic() + CANCEL_WAIT
+        while not self._gone.is_set() and time.monotonic() < deadline:
+            try:
+                if self.client.queue(self.job_id) is None:
+                    self._gone.set()
+                    break
+            except MlexecError:
+                pass
+            time.sleep(FAST_INTERVAL * 2)
+        if not self._gone.is_set():
+            self.reporter.warning(f"Slurm job {self.job_id} is still in the queue {CANCEL_WAIT} s after scancel; "
+                                  f"check it with: squeue -j {self.job_id}")
+        self._settle(RunStatus.KILLED, "stopped by the user")
+
+    # -- following the job --------------------------------------------------------------
+
+    def _follow(self) -> None:
+        next_query = 0.0
+        while not self._status.terminal:
+            self._pump_output()
+            now = time.monotonic()
+            ending = self.cancelled or self.job_dir.exit_status.exists()
+            if now >= next_query or ending:
+                try:
+                    entry = self.client.queue(self.job_id)
+                except MlexecError as exc:
+                    self._controller_trouble(exc)
+                    entry = ...  # unknown: ask again later
+                else:
+                    self._errors_since = None
+                if entry is None:
+                    self._gone.set()
+                    self._pump_output()
+                    if self.cancelled:
+                        self._settle(RunStatus.KILLED, "stopped by the user")
+                    else:
+                        self._conclude()
+                    return
+                if entry is not ...:
+                    self._on_queue(entry)
+                next_query = now + (FAST_INTERVAL if ending else QUEUE_INTERVAL)
+            self._wake.wait(OUTPUT_INTERVAL if not ending else FAST_INTERVAL)
+            self._wake.clear()
+
+    def _controller_trouble(self, exc: MlexecError) -> None:
+        now = time.monotonic()
+        if self._errors_since is None:
+            self._errors_since = now
+            self.reporter.warning(f"cannot ask Slurm about job {self.job_id}: {exc.message}; retrying")
+        elif now - self._errors_since > GIVE_UP_SECONDS:
+            self._settle(RunStatus.FAILED, f"Slurm did not answer about job {self.job_id} for "
+                                           f"{GIVE_UP_SECONDS} s: {exc.message}")
+
+    def _on_queue(self, entry) -> None:
+        self.slurm_state = entry.state
+        if entry.state == "PENDING":
+            reason = entry.reason or "None"
+            if reason != self.pending_reason:
+                self.pending_reason = reason
+                meaning = PENDING_REASONS.get(reason)
+                self.reporter.info(f"Slurm job {self.job_id} is pending: {reason}" + (f" ({meaning})" if meaning else ""))
+            with self._lock:
+                requeued = self._status is RunStatus.RUNNING
+                if requeued:
+                    self._status = RunStatus.SCHEDULED
+            # Left by an attempt that Slurm requeued (a node failure): this attempt has not ended.
+            self.job_dir.exit_status.unlink(missing_ok=True)
+            if requeued or not self._reported_pending:
+                self._reported_pending = True
+                self.report_status(RunStatus.SCHEDULED)  # the tracker shows the run as queued
+            return
+        if entry.state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+            self._started(entry.nodes)
+
+    def _started(self, nodes: str | None) -> None:
+        """The job runs (squeue says so, or its first output arrived): say where, once."""
+        with self._lock:
+            if self._status is not RunStatus.SCHEDULED:
+                return
+            self._status = RunStatus.RUNNING
+        self.pending_reason = None
+        if nodes:
+            self.tags[TAG_NODES] = nodes
+        self.reporter.info(f"Slurm job {self.job_id} is running" + (f" on {nodes}" if nodes else ""))
+        if self._reported_pending:
+            self.report_status(RunStatus.RUNNING)
+
+    def _pump_output(self) -> None:
+        with self._output_lock:
+            try:
+                with open(self.job_dir.output, "rb") as f:
+                    f.seek(0, 2)
+                    size = f.tell()
+                    if size < self._offset:  # requeued: Slurm started the file again
+                        self._offset = 0
+                    if size == self._offset:
+                        return
+                    f.seek(self._offset)
+                    data = f.read(size - self._offset)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                self.reporter.warning(f"cannot read the job's output {self.job_dir.output}: {exc}")
+                return
+            self._offset += len(data)
+        if data:
+            self._started(None)
+            self.write(data)
+
+    # -- the end ------------------------------------------------------------------------
+
+    def _final_info(self) -> dict[str, str] | None:
+        for ask in (self.client.show_job, self.client.accounting):
+            try:
+                info = ask(self.job_id)
+            except MlexecError:
+                info = None
+            if info:
+                return info
+        return None
+
+    def _output_says_out_of_memory(self) -> bool:
+        try:
+            with open(self.job_dir.output, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 8192))
+                tail = f.read()
+        except OSError:
+            return False
+        return b"Exceeded job memory limit" in tail or b"exceeded memory limit" in tail
+
+    def _script_status(self) -> int | None:
+        try:
+            return int(self.job_dir.exit_status.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _conclude(self) -> None:
+        info = self._final_info()
+        if info is None:
+            code = self._script_status()
+            if code is None:
+                self._settle(RunStatus.FAILED, f"Slurm no longer knows job {self.job_id} and there is no "
+                                               "accounting (sacct) to ask how it ended")
+            elif code == 0:
+                self._settle(RunStatus.FINISHED, exit_code=0)
+            else:
+                self._settle(RunStatus.FAILED, f"the command exited with status {code} (Slurm job {self.job_id})",
+                             exit_code=code)
+            return
+        state_text = info.get("JobState", "")
+        state = state_text.split()[0] if state_text else "UNKNOWN"
+        self.slurm_state = state
+        self.tags[TAG_STATE] = state
+        if info.get("NodeList") and info["NodeList"] not in ("(null)", "None assigned"):
+            self.tags[TAG_NODES] = info["NodeList"]
+        code, sig = _exit_code(info.get("ExitCode", ""))
+        script = self._script_status()
+        if state == "COMPLETED":
+            self._settle(RunStatus.FINISHED, exit_code=0)
+            return
+        if state == "FAILED" and self._output_says_out_of_memory():
+            # Clusters without cgroups kill a job over --mem through job accounting (OverMemoryKill):
+            # Slurm says FAILED, SIGKILL; slurmstepd says why in the output.
+            self._settle(RunStatus.FAILED, "the job exceeded its memory limit and was killed"
+                         + (f" (--mem={self.mem})" if self.mem else "") + f" [Slurm job {self.job_id}: FAILED]",
+                         exit_code=code if code else (script or 1))
+            return
+        if state == "FAILED":
+            if sig:
+                import signal as _signal
+
+                name = _signal.Signals(sig).name if 0 < sig < _signal.NSIG else f"signal {sig}"
+                reason = f"the command was killed by {name}"
+            elif code:
+                reason = f"the command exited with status {code}"
+            else:
+                reason = f"the job failed ({info.get('Reason') or 'no reason given'})"
+            self._settle(RunStatus.FAILED, f"{reason} (Slurm job {self.job_id}: FAILED)",
+                         exit_code=code if code else (script or 1))
+            return
+        template = END_REASONS.get(state)
+        limit = info.get("TimeLimit")
+        details = {
+            "limit": f", time limit {limit}" if limit and limit not in ("UNLIMITED", "Partition_Limit") else "",
+            "mem": f", --mem={self.mem}" if self.mem else "",
+            "nodes": f" on {info['NodeList']}" if info.get("NodeList") not in (None, "", "(null)") else "",
+            "state": state_text,
+        }
+        reason = template.format(**details) if template else \
+            f"Slurm ended the job as {state}" + (f" ({info['Reason']})" if info.get("Reason") not in (None, "", "None") else "")
+        self._settle(RunStatus.FAILED, f"{reason} [Slurm job {self.job_id}]", exit_code=code or script)
+
+    def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> None:
+        with self._lock:
+            if self._status.terminal:
+                return
+            self._status = status
+            if exit_code is not None:
+                self.exit_code = exit_code
+            if status is not RunStatus.FINISHED:
+                self.failure_reason = reason
+        self.pending_reason = None
+        self._wake.set()
+
+
+def _exit_code(text: str) -> tuple[int | None, int | None]:
+    """``ExitCode=N:S`` (exit status, signal) from scontrol or sacct."""
+    code, _, sig = text.partition(":")
+    try:
+        return int(code), int(sig or 0)
+    except ValueError:
+        return None, None
