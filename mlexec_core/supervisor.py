@@ -335,6 +335,8 @@ class LiveLog:
             self._file = None
         with contextlib.suppress(OSError):
             self.path.unlink()
+        with contextlib.suppress(OSError):  # the last run of this user leaves no folder behind
+            self.path.parent.rmdir()
 
 
 _live: dict[str, LiveLog] = {}

@@ -132,7 +132,9 @@ def test_store_locked_as_the_run_ends_keeps_the_status_and_a_signal_cuts_the_ret
     store.runs()
     go = tmp_path / "go"
     pending = tmp_path / "pending"
-    proj = project(f'entry_points: {{main: {{command: "echo started; while [ ! -e {go} ]; do sleep 0.1; done"}}}}\n')
+    done = tmp_path / "done"
+    proj = project(f'entry_points: {{main: {{command: "echo started; while [ ! -e {go} ]; do sleep 0.1; done; '
+                   f'touch {done}"}}}}\n')
     env = {**cli_env, "MLEXEC_PENDING_DIR": str(pending), "MLEXEC_SQLITE_LOCK_TIMEOUT": "3"}
     out = tmp_path / "out.txt"
     with open(out, "wb") as f:
@@ -147,6 +149,9 @@ def test_store_locked_as_the_run_ends_keeps_the_status_and_a_signal_cuts_the_ret
         holder = sqlite3.connect(store.path, timeout=0, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")  # another writer holds the store as the run ends
         go.touch()
+        while not done.exists():  # the job has ended (however slow the machine): mlexec now waits for the store
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
         time.sleep(1)
         proc.send_signal(signal.SIGTERM)  # while mlexec waits for the store: it stops waiting
         code = proc.wait(60)
