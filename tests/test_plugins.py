@@ -432,3 +432,14 @@ def test_entry_points_are_found_as_importlib_metadata_finds_them(installed):
         assert ours == theirs, group
     assert ("broken", "demo_broken", "mlexec-demo-plugins", "1.2.3") in [
         (e.name, e.value, e.dist_name, e.dist_version) for e in entry_points("mlexec")]
+
+
+def test_every_installed_record_agrees_with_its_class():
+    """The built-ins and the four plugins in plugins/ register records that repeat their
+    classes' attributes; they must not drift apart."""
+    from mlexec_core.testing import registration_mismatches
+
+    plugins = build_plugins()
+    for kind in ("backend", "env-manager", "image-builder"):
+        for name in plugins.registered(kind):
+            assert registration_mismatches(plugins, kind, name) == [], (kind, name)
