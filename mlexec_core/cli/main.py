@@ -153,6 +153,9 @@ class _Stopper:
             signal.signal(sig, handler)
 
     def _on_signal(self, signum, frame) -> None:
+        from mlexec_core.supervisor import interrupted
+
+        interrupted.set()  # a tracking store that does not answer is not waited for any longer
         self.received.append(signum)
         if self.submitted is None and not self.starting:
             raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated(signum)
@@ -187,6 +190,14 @@ def _run_plan(terminal, plugins, plan, stopper: _Stopper) -> int:
     terminal.info(f"=== Run {submitted.run_id}{where}: {plan.command} ===")
     submitted.wait()
     status = submitted.status
+    from mlexec_core.builtins.mlflow_tracking import outcome_unrecorded
+
+    if outcome_unrecorded(submitted.run):  # a run whose outcome is not recorded is not a success
+        terminal.failure(f"=== Run {submitted.run_id} {status.value.lower()}, but the tracking store did not "
+                         "record it (kept locally; `mlexec runs repair` writes it) ===")
+        if status is RunStatus.KILLED:
+            return 128 + (stopper.received[0] if stopper.received else signal.SIGTERM)
+        return 1
     if status is RunStatus.FINISHED:
         terminal.success(f"=== Run {submitted.run_id} succeeded ===")
         return 0
@@ -350,6 +361,10 @@ def env_prune(older_than: str | None, all_: bool, manager: str | None, dry_run: 
 from mlexec_core.cli.cache import cache as _cache_group  # noqa: E402  (click and errors only)
 
 cli.add_command(_cache_group)
+from mlexec_core.cli import runs as _runs  # noqa: E402  (click and errors only)
+
+for _command in (_runs.runs, _runs.attach, _runs.cancel, _runs.logs):
+    cli.add_command(_command)
 
 
 def main() -> None:
