@@ -417,3 +417,29 @@ def test_a_record_whose_class_disagrees_is_an_error():
         Registration(kind="backend", name="local2", path="mlexec_core.builtins.local:LocalEnvironment")])
     with pytest.raises(PluginError, match="which is not a Backend subclass"):
         build_plugins(entry_points=False, extra=[("notabackend", module)]).backend("local2")
+
+
+def test_entry_points_are_found_as_importlib_metadata_finds_them(installed):
+    """mlexec reads entry_points.txt itself (importing importlib.metadata costs every command);
+    what it finds must be what importlib.metadata finds."""
+    from importlib import metadata
+
+    from mlexec_core.plugin.entrypoints import entry_points
+
+    for group in ("mlexec", "console_scripts", "pytest11"):
+        ours = sorted((e.name, e.value, e.dist_name, e.dist_version) for e in entry_points(group))
+        theirs = sorted((e.name, e.value, e.dist.name, e.dist.version) for e in metadata.entry_points(group=group))
+        assert ours == theirs, group
+    assert ("broken", "demo_broken", "mlexec-demo-plugins", "1.2.3") in [
+        (e.name, e.value, e.dist_name, e.dist_version) for e in entry_points("mlexec")]
+
+
+def test_every_installed_record_agrees_with_its_class():
+    """The built-ins and the four plugins in plugins/ register records that repeat their
+    classes' attributes; they must not drift apart."""
+    from mlexec_core.testing import registration_mismatches
+
+    plugins = build_plugins()
+    for kind in ("backend", "env-manager", "image-builder"):
+        for name in plugins.registered(kind):
+            assert registration_mismatches(plugins, kind, name) == [], (kind, name)

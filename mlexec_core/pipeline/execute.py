@@ -65,15 +65,19 @@ class SubmittedRun:
             try:
                 self.cancel()
             finally:
-                self._end_job()
-                self._finish(RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
-                             f"{type(exc).__name__}: {exc}".rstrip(": "))
+                try:
+                    self._end_job()
+                finally:
+                    self._finish(RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
+                                 f"{type(exc).__name__}: {exc}".rstrip(": "))
             raise
-        self._end_job()
         reason = self.job.failure_reason
-        if self._cancel_requested and status is not RunStatus.FINISHED and status is not RunStatus.KILLED:
-            status, reason = RunStatus.KILLED, reason or "stopped by the user"
-        self._finish(status, reason)
+        try:
+            self._end_job()
+        finally:  # the end is recorded even if the sweep is interrupted
+            if self._cancel_requested and status is not RunStatus.FINISHED and status is not RunStatus.KILLED:
+                status, reason = RunStatus.KILLED, reason or "stopped by the user"
+            self._finish(status, reason)
         return status is RunStatus.FINISHED
 
     def get_status(self) -> RunStatus:

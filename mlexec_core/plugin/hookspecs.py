@@ -2,9 +2,11 @@
 
 Two kinds of hook:
 
-* **Registration hooks** return the plugin's classes; mlexec collects them by
-  name (duplicates are an error naming both plugins) and instantiates them with
-  a :class:`~mlexec_core.plugin.interfaces.Context` when a run needs them.
+* **Registration hooks** return :class:`~mlexec_core.plugin.Registration`
+  records naming the plugin's classes by dotted path (or, still accepted, the
+  classes); mlexec collects them by name (duplicates are an error naming both
+  plugins), imports a class only when a run selects it, and instantiates it
+  with a :class:`~mlexec_core.plugin.interfaces.Context`.
 * **Run lifecycle hooks** fire as a run goes through its life; trackers
   implement them.  The built-in MLflow tracker is one such plugin, registered
   through the very same hooks.
@@ -35,7 +37,8 @@ hookspec = pluggy.HookspecMarker("mlexec")
 def mlexec_environment_managers() -> Iterable[type[EnvironmentManager]]:
     """Register environment managers (``--env-manager`` values).
 
-    :return: :class:`~mlexec_core.plugin.interfaces.EnvironmentManager` subclasses.
+    :return: ``Registration(kind="env-manager", ...)`` records, or
+        :class:`~mlexec_core.plugin.interfaces.EnvironmentManager` subclasses.
     """
 
 
@@ -43,7 +46,8 @@ def mlexec_environment_managers() -> Iterable[type[EnvironmentManager]]:
 def mlexec_backends() -> Iterable[type[Backend]]:
     """Register backends (``--backend`` values).
 
-    :return: :class:`~mlexec_core.plugin.interfaces.Backend` subclasses.
+    :return: ``Registration(kind="backend", ...)`` records, or
+        :class:`~mlexec_core.plugin.interfaces.Backend` subclasses.
     """
 
 
@@ -51,7 +55,8 @@ def mlexec_backends() -> Iterable[type[Backend]]:
 def mlexec_image_builders() -> Iterable[type[ImageBuilder]]:
     """Register image builders, which backends that need a container image use.
 
-    :return: :class:`~mlexec_core.plugin.interfaces.ImageBuilder` subclasses.
+    :return: ``Registration(kind="image-builder", ...)`` records, or
+        :class:`~mlexec_core.plugin.interfaces.ImageBuilder` subclasses.
     """
 
 

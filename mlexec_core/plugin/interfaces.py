@@ -1,6 +1,7 @@
 """The abstract classes plugins implement, and the small records they exchange.
 
-A plugin registers *classes* through the registration hooks in
+A plugin registers classes (by :class:`~mlexec_core.plugin.Registration`
+record, imported when selected) through the registration hooks in
 :mod:`mlexec_core.plugin.hookspecs`; mlexec instantiates them with a
 :class:`Context` when a run needs them.  Every knob a plugin needs is on these
 classes or on the frozen :class:`~mlexec_core.pipeline.plan.RunPlan`, so no

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-from importlib import metadata
 from typing import Any, Iterable, Mapping, TypeVar
 
 import attrs
@@ -357,9 +356,10 @@ def build_plugins(
             plugins.register(importlib.import_module(module_name), name, distribution=dist[0],
                              version=dist[1], builtin=True)
     if entry_points:
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            dname = ep.dist.name if ep.dist else None
-            dversion = ep.dist.version if ep.dist else None
+        from mlexec_core.plugin.entrypoints import entry_points as installed
+
+        for ep in sorted(installed(ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dname, dversion = ep.dist_name, ep.dist_version
             if ep.name in blocked:
                 plugins.record_disabled(ep.name, dname, dversion, ep.value)
                 continue
@@ -382,7 +382,6 @@ def build_plugins(
 
 
 def _own_distribution() -> tuple[str, str | None]:
-    try:
-        return "mlexec", metadata.version("mlexec")
-    except metadata.PackageNotFoundError:
-        return "mlexec", None
+    from mlexec_core import __version__
+
+    return "mlexec", __version__

@@ -254,6 +254,30 @@ def assert_processes_gone(pids, timeout: float = 10) -> None:
     assert not left, f"processes left running after mlexec exited: {left}"
 
 
+def registration_mismatches(plugins, kind: str, name: str) -> list[str]:
+    """Where the :class:`~mlexec_core.plugin.Registration` of ``name`` and the class it names
+    disagree (only attributes the class itself sets are compared); ``[]`` when they agree."""
+    record = plugins.registered(kind)[name]
+    cls = plugins.load(kind, name)
+    from mlexec_core.plugin import interfaces
+
+    bases = {interfaces.EnvironmentManager, interfaces.Backend, interfaces.ImageBuilder, object}
+    own = lambda attr: any(attr in vars(c) for c in cls.__mro__ if c not in bases)  # noqa: E731
+    as_strings = lambda values: frozenset(str(getattr(v, "value", v)) for v in values)  # noqa: E731
+    wrong = []
+    for attr in ("name", "aliases", "handles", "default_for", "priority", "description"):
+        if not own(attr):
+            continue
+        mine, theirs = getattr(record, attr), getattr(cls, attr)
+        if attr in ("handles", "default_for"):
+            theirs = as_strings(theirs)
+        elif attr == "aliases":
+            theirs = tuple(theirs)
+        if mine != theirs:
+            wrong.append(f"{attr}: the record says {mine!r}, {cls.__name__} says {theirs!r}")
+    return wrong
+
+
 def make_project(root: Path, mlproject: str | None = None, files: dict[str, str] | None = None,
                  name: str = "MLproject") -> Path:
     root.mkdir(parents=True, exist_ok=True)

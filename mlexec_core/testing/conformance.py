@@ -28,6 +28,8 @@ sqlite store, read back with ``MlflowClient``:
   the backend did that itself, not the core's safety net.
 * ``test_config_error_names_the_key_before_any_run``: a bad backend config or
   environment file is one error naming the key, exit 2, no traceback, no run.
+* ``test_registration_agrees_with_the_class``: the Registration record and the
+  class it names say the same, where the class says anything.
 * ``test_dry_run_has_no_side_effects``: ``--dry-run`` and ``--dry-run --json``
   exit 0, create no run, run nothing and leave nothing behind.
 * after every test: no run in the store is left RUNNING, and
@@ -53,6 +55,7 @@ Override the class attributes below, and these fixtures when the defaults do not
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import textwrap
@@ -251,6 +254,23 @@ class Contract:
         assert "error:" in proc.stderr and text in proc.stderr, proc.stderr
         assert "contract" not in proc.stdout  # nothing ran
         assert store.runs() == []
+
+    def test_registration_agrees_with_the_class(self, cli_env, monkeypatch, contract_env):
+        """The record a plugin registers and the class it names say the same (name, aliases,
+        handles, default_for, priority, description), where the class says anything."""
+        from mlexec_core.plugin.manager import build_plugins
+        from mlexec_core.testing import registration_mismatches
+
+        for key, value in {**cli_env, **contract_env}.items():
+            if key != "PYTHONPATH":
+                monkeypatch.setenv(key, value)
+        for path in reversed(contract_env.get("PYTHONPATH", "").split(os.pathsep)):
+            if path:
+                monkeypatch.syspath_prepend(path)
+        plugins = build_plugins()
+        checked = [("backend", self.backend)] + ([("env-manager", self.env_manager)] if self.env_manager else [])
+        for kind, name in checked:
+            assert registration_mismatches(plugins, kind, name) == [], f"{kind} {name!r}"
 
     def test_dry_run_has_no_side_effects(self, mlexec, store, contract_project, contract_env, contract_arrange):
         proj = contract_project(ENTRY_POINTS.replace("echo contract alpha", "touch ran-it; echo contract alpha"))
