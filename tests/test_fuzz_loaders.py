@@ -12,6 +12,8 @@ runs the same strategies for much longer.
 from __future__ import annotations
 
 import json
+import contextlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,8 +26,19 @@ from mlexec_core.testing import assert_no_traceback
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
-def _root() -> Path:
-    return Path(tempfile.mkdtemp(prefix="mlexec-fuzz-"))
+@contextlib.contextmanager
+def _root():
+    """A fresh folder per input, removed afterwards (FIFOs and all)."""
+    root = Path(tempfile.mkdtemp(prefix="mlexec-fuzz-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _in_root(check, *args) -> None:
+    with _root() as root:
+        check(root, *args)
 
 
 @FAST
@@ -34,7 +47,7 @@ def _root() -> Path:
        params=st.dictionaries(st.one_of(st.sampled_from(["alpha", "data", "n", "u"]), ls.option_texts),
                               ls.option_texts, max_size=3))
 def test_mlproject_and_options(content, entry_point, params):
-    ls.check_mlproject(_root(), content, entry_point, params)
+    _in_root(ls.check_mlproject, content, entry_point, params)
 
 
 @FAST
@@ -42,13 +55,13 @@ def test_mlproject_and_options(content, entry_point, params):
        requirements=st.one_of(ls.file_contents(["-r", "-c"]), st.sampled_from(
            ["-r requirements.txt\n", "-r /\n", "-c missing\n", "-r " + "x" * 300 + "\n", "six\\\n"])))
 def test_python_env_and_requirements(content, requirements):
-    ls.check_python_env(_root(), content, requirements)
+    _in_root(ls.check_python_env, content, requirements)
 
 
 @FAST
 @given(content=ls.file_contents(ls.CONDA_KEYS, ls.CONDA))
 def test_conda_yaml(content):
-    ls.check_conda(_root(), content)
+    _in_root(ls.check_conda, content)
 
 
 @FAST
@@ -57,7 +70,7 @@ def test_conda_yaml(content):
                         st.sampled_from(["[" * 5000, '{"a": "\\u0000"}', '{"a": 1, "a": 2}'])),
        template=ls.file_contents(ls.TEMPLATE_KEYS, ls.TEMPLATE))
 def test_backend_config_and_job_template(content, inline, template):
-    ls.check_backend_config(_root(), content, inline, template)
+    _in_root(ls.check_backend_config, content, inline, template)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
