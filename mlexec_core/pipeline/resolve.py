@@ -239,7 +239,7 @@ def load_project_reporting(directory: Path, reporter, entry_point: str | None = 
 def choose_environment_manager(plugins: Plugins, project: Project, requested: str | None,
                                warn) -> tuple[str, str]:
     """The canonical manager name for ``project`` and the name the user used."""
-    managers = plugins.environment_managers()
+    managers = plugins.registered("env-manager")  # records: nothing is imported to choose
     kind = project.environment.kind
     described = _describe_env(project)
     if requested:

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from mlexec_core.installer import run_installer
 from mlexec_core.errors import EnvironmentBuildError
 
 from mlexec_conda.spec import CondaSpec
@@ -152,8 +153,7 @@ class ExecutableEngine(Engine):
             file.write_text(yaml.safe_dump(data, sort_keys=False))
             cmd = self.command(prefix, file)
             try:
-                proc = subprocess.run(cmd, cwd=spec.file.parent, env=env, stdin=subprocess.DEVNULL,
-                                      capture_output=True, text=True)
+                proc = run_installer(cmd, cwd=spec.file.parent, env=env, separate_stderr=True)
             except OSError as exc:
                 raise EnvironmentBuildError(f"cannot run {self.executable}: {exc.strerror}",
                                             hint=f"check the executable, or set {EXE_VAR}=rattler") from None
@@ -323,8 +323,7 @@ def install_pip(spec: CondaSpec, prefix: Path, reporter) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
     env["UV_PYTHON_DOWNLOADS"] = "never"
     with reporter.status(f"conda: installing {len(spec.pip)} pip requirement(s) with uv"):
-        proc = subprocess.run(cmd, cwd=spec.file.parent, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True)
+        proc = run_installer(cmd, cwd=spec.file.parent, env=env, separate_stderr=True)
     if proc.returncode != 0:
         raise EnvironmentBuildError(
             f"dependencies.pip: uv could not install the pip requirements:\n{_tail(proc.stderr + proc.stdout)}",
