@@ -28,6 +28,7 @@ in ``--backend-config`` a :class:`~mlexec_core.errors.UsageError`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -53,6 +54,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 class FileWarning(UserWarning):
     """Something in a user's file that mlexec tolerates, with where it is (duplicate keys ...)."""
+
+
+@contextlib.contextmanager
+def quiet_file_warnings() -> Iterator[None]:
+    """Read a file again without saying its :class:`FileWarning` again (they were said the first time)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FileWarning)
+        yield
 
 
 def shorten(value: Any, limit: int = MAX_SHOWN) -> str:

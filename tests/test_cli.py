@@ -208,3 +208,15 @@ def test_env_list_and_prune(mlexec, project, tmp_path, cli_env):
     assert "removed demoenv-" in pruned.stdout and "1 environment removed" in pruned.stderr
     assert json.loads(mlexec("env", "list", "--json", "--manager", "demoenv", env=env, check=0).stdout) == []
     assert not any(p.name.startswith("demoenv-") for p in (tmp_path / "envs").iterdir())
+
+
+def test_env_file_that_is_not_text_is_one_error(mlexec, tmp_path):
+    fifo = tmp_path / "fifo.env"
+    os.mkfifo(fifo)
+    (tmp_path / "nul.env").write_bytes(b"A=\x00b\n")
+    (tmp_path / "bin.env").write_bytes(b"A=\xff\n")
+    for name, message in (("fifo.env", "is a FIFO, not a regular env file"), ("nul.env", "contains a NUL character"),
+                          ("bin.env", "is not UTF-8 text")):
+        proc = mlexec("--env-file", tmp_path / name, "plugins")
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert_no_traceback(proc)

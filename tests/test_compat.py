@@ -159,3 +159,28 @@ def test_same_argv_and_params_as_mlflow_run(mlexec, fixtures, tmp_path, store):
     assert json.loads(out.read_text()) == ours
     mine, theirs = sorted(store.runs(), key=lambda r: r.info.start_time)
     assert mine.data.params == theirs.data.params
+    for tag in ("mlflow.source.name", "mlflow.source.type", "mlflow.project.entryPoint"):
+        assert mine.data.tags[tag] == theirs.data.tags[tag], tag
+
+
+@pytest.mark.slow
+def test_git_work_tree_source_tags_as_mlflow_run(mlexec, fixtures, tmp_path, store):
+    """A project in a subdirectory of a git work tree with a file:// remote: the same source tags as mlflow run."""
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    work = tmp_path / "work"
+    shutil.copytree(fixtures / "yaml-values", work / "projects" / "yaml-values")
+    shutil.copy(fixtures / "argv.py", work / "projects" / "argv.py")
+    _git("init", "-q", cwd=work)
+    _git("remote", "add", "origin", origin.as_uri(), cwd=work)
+    _git("add", ".", cwd=work)
+    _git("commit", "-qm", "x", cwd=work)
+    project = work / "projects" / "yaml-values"
+    env = {**os.environ, "OUT": str(tmp_path / "argv.json"), "MLFLOW_TRACKING_URI": store.uri}
+    mlexec("run", project, "--env-manager", "local", env={"OUT": env["OUT"]}, check=0)
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    mine, theirs = sorted(store.runs(), key=lambda r: r.info.start_time)
+    for tag in ("mlflow.source.name", "mlflow.source.git.repoURL", "mlflow.source.git.commit"):
+        assert mine.data.tags[tag] == theirs.data.tags[tag], tag

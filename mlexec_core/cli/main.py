@@ -25,17 +25,18 @@ class _Terminated(BaseException):
 
 
 def _load_env_file(path: str) -> None:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MlexecError(f"cannot read it: {exc}", context=path, hint="--env-file takes a text file of NAME=VALUE lines") from None
+    from mlexec_core.yamlfile import read_text, shorten
+
+    text = read_text(path, error=MlexecError, what="env file", hint="--env-file takes a text file of NAME=VALUE lines")
     for number, line in enumerate(text.splitlines(), 1):
+        if "\x00" in line:
+            raise MlexecError(f"line {number}: contains a NUL character", context=shorten(path))
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         line = line.removeprefix("export ").strip()
-        if "=" not in line:
-            raise MlexecError(f"line {number}: expected NAME=VALUE", context=path)
+        if "=" not in line or not line.split("=", 1)[0].strip():
+            raise MlexecError(f"line {number}: expected NAME=VALUE", context=shorten(path))
         key, value = line.split("=", 1)
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":

@@ -300,6 +300,11 @@ def resolve_plan(
     reporter = plugins.context.reporter
     if experiment_name is not None and experiment_id is not None:
         raise UsageError("give --experiment-name or --experiment-id, not both")
+    for option, text in (("--experiment-name", experiment_name), ("--experiment-id", experiment_id),
+                         ("--run-id", run_id), ("--run-name", run_name), ("--env-manager", env_manager),
+                         ("-b", backend), ("--storage-dir", None if storage_dir is None else os.fspath(storage_dir))):
+        if isinstance(text, str):
+            check_text(option, text)
     if isinstance(parameters, Mapping):
         given = {str(k): _param_str(v) for k, v in parameters.items()}
         for key, text in given.items():

@@ -22,6 +22,7 @@ from mlexec_core.plugin.interfaces import (
     ProcessLauncher,
 )
 from mlexec_core.project.model import EnvKind, Project
+from mlexec_core.yamlfile import quiet_file_warnings
 
 from mlexec_conda.engines import Engine, find_engine, install_pip
 from mlexec_conda.spec import CondaSpec, parse_conda_yaml
@@ -63,11 +64,14 @@ class CondaEnvironment(EnvironmentManager):
     description = ("conda.yaml environments, built with conda/mamba/micromamba when installed, else with the "
                    "built-in rattler engine; cached by content")
 
-    def _spec(self, project: Project) -> CondaSpec:
+    def _spec(self, project: Project, quiet: bool = False) -> CondaSpec:
         file = project.environment.file
         if file is None:  # the core only hands CONDA projects here, and those have a file
             raise EnvironmentBuildError("the project declares no conda environment file",
                                         hint="add a conda.yaml, or declare conda_env: <file> in the MLproject")
+        if quiet:  # read again after check(): a duplicate key was already said
+            with quiet_file_warnings():
+                return parse_conda_yaml(file)
         return parse_conda_yaml(file)
 
     def cache(self) -> EnvironmentCache:
@@ -81,7 +85,7 @@ class CondaEnvironment(EnvironmentManager):
 
     def describe(self, project: Project) -> str:
         try:
-            spec = self._spec(project)
+            spec = self._spec(project, quiet=True)
             engine = find_engine()
         except EnvironmentBuildError as exc:
             return f"conda: {exc.message}"
@@ -92,7 +96,7 @@ class CondaEnvironment(EnvironmentManager):
 
     def prepare(self, plan: RunPlan) -> PreparedEnvironment:
         reporter = self.context.reporter
-        spec = self._spec(plan.project)
+        spec = self._spec(plan.project, quiet=True)
         for key in spec.unknown_keys:
             reporter.warning(f"{spec.file.name}: unknown key {key!r} is ignored")
         engine = find_engine()

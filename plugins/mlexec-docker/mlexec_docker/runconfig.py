@@ -27,6 +27,7 @@ PASSTHROUGH_VARS = (
     "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY",
 )
 
+_INT64 = 2**63 - 1
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -34,7 +35,10 @@ def parse_bytes(value: str, option: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", value.lower())
     if not m:
         raise UsageError(f"-A {option}={value}: expected a size such as 512m or 2g")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    size = int(float(m.group(1)) * _UNITS[m.group(2)])
+    if size > _INT64:
+        raise UsageError(f"-A {option}={value}: more than the engine accepts (8 EiB)")
+    return size
 
 
 def _gpus(value: str | None, option: str) -> list[dict[str, Any]]:
@@ -124,16 +128,22 @@ def _mount_apply(cfg: dict, host: dict, value: str | None, option: str) -> None:
 
 def _cpus(value: str, option: str) -> int:
     try:
-        return int(float(value) * 1e9)
-    except ValueError:
+        nano = int(float(value) * 1e9)
+    except (ValueError, OverflowError):  # "x", "inf", "1e400", "nan"
         raise UsageError(f"-A {option}={value}: expected a number of CPUs such as 1.5") from None
+    if not 0 < nano <= _INT64:
+        raise UsageError(f"-A {option}={value}: expected a number of CPUs such as 1.5")
+    return nano
 
 
 def _int(value: str, option: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise UsageError(f"-A {option}={value}: expected an integer") from None
+    if abs(number) > _INT64:
+        raise UsageError(f"-A {option}={value}: more than the engine accepts")
+    return number
 
 
 def _bytes(value: str, option: str) -> int:

@@ -54,6 +54,8 @@ def test_missing_volume_host_path(mlexec, docker_project, store):
     ("frobnicate=1", "-A frobnicate: not a `docker run` option"),
     ("memory=lots", "expected a size"),
     ("name=x", "mlexec manages the container itself"),
+    ("cpus=1e400", "-A cpus=1e400: expected a number of CPUs"),
+    ("shm-size=99999999999999999999999g", "more than the engine accepts"),
 ])
 def test_bad_docker_args(mlexec, docker_project, store, busybox_image, arg, needle):
     proj = docker_project(BB, MAIN)

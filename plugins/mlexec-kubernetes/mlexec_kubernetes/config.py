@@ -16,7 +16,7 @@ import attrs
 from attrs import frozen
 
 from mlexec_core.errors import UsageError
-from mlexec_core.yamlfile import FileWarning, is_file, load_yaml, shorten, text_problem
+from mlexec_core.yamlfile import FileWarning, exists, is_file, load_yaml, shorten, text_problem
 
 #: Kubernetes quantities ("500m", "2Gi", "1.5", "1e3").
 _QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
@@ -215,7 +215,7 @@ def template_path(value: str, base_dir: Path, cwd: Path | None = None) -> Path:
 
 def load_template(path: Path) -> dict[str, Any]:
     """Read a Job template and check that it is one; any other YAML is an error naming the file."""
-    if not is_file(path):
+    if not exists(path):
         raise UsageError(f"{_where('kube-job-template-path')}: no such file {shorten(str(path), 300)}",
                          hint="the path is relative to the backend config file, then to the current directory; "
                               "remove the key to use mlexec's default Job")
