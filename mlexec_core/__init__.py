@@ -78,4 +78,12 @@ def run(
     return submitted
 
 
-__all__ = ["run", "__version__"]
+def __getattr__(name: str) -> Any:
+    if name == "sweep":  # the package mlexec_core.sweep, callable: mlexec_core.sweep(uri, parameters=...)
+        import importlib
+
+        return importlib.import_module("mlexec_core.sweep")
+    raise AttributeError(f"module 'mlexec_core' has no attribute {name!r}")
+
+
+__all__ = ["run", "sweep", "__version__"]

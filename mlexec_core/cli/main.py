@@ -343,6 +343,9 @@ def env_prune(older_than: str | None, all_: bool, manager: str | None, dry_run: 
 from mlexec_core.cli.cache import cache as _cache_group  # noqa: E402  (click and errors only)
 
 cli.add_command(_cache_group)
+from mlexec_core.cli.sweep import sweep as _sweep_command  # noqa: E402  (click and errors only)
+
+cli.add_command(_sweep_command)
 
 
 def main() -> None:

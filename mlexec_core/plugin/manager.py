@@ -35,6 +35,7 @@ DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
 BUILTINS: tuple[tuple[str, str], ...] = (
     ("local", "mlexec_core.builtins.local"),
     ("mlflow", "mlexec_core.builtins.mlflow_tracking"),
+    ("sweep", "mlexec_core.sweep.strategy"),
 )
 
 T = TypeVar("T")
