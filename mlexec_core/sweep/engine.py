@@ -197,7 +197,8 @@ def _compare_specs(stored: SweepSpec, given: SweepSpec) -> None:
         not_given = b[key] in (None, {}) or (key, b[key]) in (("goal", "minimize"), ("entry_point", "main"))
         if a[key] != b[key] and not not_given:
             if key == "parameters":
-                for name in sorted(set(a[key]) | set(b[key])):
+                both = sorted(set(a[key]) & set(b[key]))
+                for name in both + sorted((set(a[key]) | set(b[key])) - set(both)):
                     if a[key].get(name) != b[key].get(name):
                         was = stored.parameters[name].text if name in stored.parameters else "(not swept)"
                         now = given.parameters[name].text if name in given.parameters else "(not swept)"
