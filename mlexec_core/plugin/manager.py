@@ -205,6 +205,7 @@ class Plugins:
             ("mlexec_backends", "backend", Backend),
             ("mlexec_environment_managers", "env-manager", EnvironmentManager),
             ("mlexec_image_builders", "image-builder", ImageBuilder),
+            ("mlexec_search_strategies", "sweep-strategy", None),
         ):
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 pname = self.pm.get_name(impl.plugin)
