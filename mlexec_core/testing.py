@@ -72,6 +72,13 @@ def store(tmp_path, template_db, mlflow_client_cls) -> Store:
     path = tmp_path / "store" / "mlflow.db"
     path.parent.mkdir()
     shutil.copy(template_db, path)
+    # Artifacts of the Default experiment stay inside the test's directory (MLflow put
+    # them under ./mlruns of the directory the template was made in).
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   (str(path.parent / "artifacts" / "0"),))
     return Store(path, mlflow_client_cls)
 
 

@@ -120,7 +120,9 @@ def test_example_project_end_to_end(mlexec, store, tmp_path):
     assert run.data.params["alpha"] == "0.3" and run.data.params["l1_ratio"] == "0.1"
     assert 0 < run.data.metrics["rmse"] < 2 and "r2" in run.data.metrics
     artifacts = [a.path for a in store.client.list_artifacts(run.info.run_id)]
-    assert artifacts == ["coefficients.json"]
+    assert artifacts == ["coefficients.json", "mlexec"]
+    log = Path(store.client.download_artifacts(run.info.run_id, "mlexec/output.log", str(tmp_path)))
+    assert "ElasticNet(alpha=0.3" in log.read_text()
 
 
 DEMO_ENV_PLUGIN = '''

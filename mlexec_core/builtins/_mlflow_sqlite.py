@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
+import shutil
 import sqlite3
 import time
 import uuid
@@ -164,6 +165,34 @@ class SqliteStore:
     def end_run(self, run_id: str, status: str) -> None:
         with self._db() as db:
             db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?", (status, _now(), run_id))
+
+    def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
+        """Copy ``local_path`` into the run's artifacts when they are on this machine; else through MLflow."""
+        with self._db() as db:
+            row = db.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+        root = _local_path(row[0]) if row and row[0] else None
+        if root is None:
+            from mlexec_core.builtins.mlflow_tracking import ClientStore
+
+            ClientStore(self.uri).log_artifact(run_id, local_path, artifact_path)
+            return
+        target = root / artifact_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local_path, target)
+
+
+def _local_path(uri: str) -> Path | None:
+    """The directory an artifact URI names on this machine, or ``None`` (a remote store)."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            return None
+        return Path(unquote(parsed.path))
+    if uri.startswith("/"):
+        return Path(uri)
+    return None
 
 
 def _now() -> int:

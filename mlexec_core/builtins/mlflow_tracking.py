@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlexec_core.errors import TrackingError
+from mlexec_core.pipeline.output import ARTIFACT_PATH as OUTPUT_ARTIFACT
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.plugin import hookimpl
 from mlexec_core.plugin.interfaces import Context
@@ -160,6 +161,17 @@ class ClientStore:
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
 
+    def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
+        """Store ``local_path`` as the artifact ``artifact_path`` (a path with its file name)."""
+        import shutil
+        import tempfile
+
+        folder, _, name = artifact_path.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="mlexec-artifact-") as tmp:
+            staged = Path(tmp, name)
+            shutil.copyfile(local_path, staged)
+            self.client.log_artifact(run_id, str(staged), folder or None)
+
 
 def _tracking_error(uri: str, exc: BaseException) -> TrackingError:
     if isinstance(exc, TrackingError):
@@ -235,6 +247,21 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
     if run.tracker != "mlflow":
         return
     store = open_store(run.tracking_uri)
+    # The output first, whatever the status: a run that ends has its log beside it.
+    problem = None
+    log = run.output.log_path
+    if log is not None:
+        try:
+            store.log_artifact(run.run_id, log, OUTPUT_ARTIFACT)
+        except Exception as exc:
+            problem = TrackingError(f"the run's output could not be stored as {OUTPUT_ARTIFACT}: "
+                                    f"{scrub(str(exc), secrets_of(run.tracking_uri or ''))}")
+    _end(store, run, status, reason)
+    if problem is not None:
+        raise problem
+
+
+def _end(store: Any, run: RunRecord, status: RunStatus, reason: str | None) -> None:
     # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
     # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
     if status is not RunStatus.KILLED and store.status(run.run_id) != RunStatus.RUNNING.value:

@@ -12,8 +12,10 @@ import threading
 import uuid
 from typing import Any
 
+import attrs
 from attrs import frozen
 
+from mlexec_core.pipeline.output import RunOutput
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.plugin.interfaces import PreparedEnvironment, SubmittedJob
 from mlexec_core.plugin.manager import Plugins
@@ -66,6 +68,11 @@ class SubmittedRun:
     def exit_code(self) -> int | None:
         return self.job.exit_code
 
+    @property
+    def output(self) -> RunOutput:
+        """What the job printed (:class:`~mlexec_core.pipeline.output.RunOutput`)."""
+        return self.run.output
+
     def _finish(self, status: RunStatus, reason: str | None) -> None:
         with self._lock:
             if self._status is not None:
@@ -74,7 +81,16 @@ class SubmittedRun:
             self.failure_reason = reason
         if self.job.tags:
             self.plugins.broadcast("mlexec_run_tags", run=self.run, tags=dict(self.job.tags))
-        self.plugins.broadcast("mlexec_run_finished", run=self.run, plan=self.plan, status=status, reason=reason)
+        _finish_run(self.plugins, self.run, self.plan, status, reason)
+
+
+def _finish_run(plugins: Plugins, run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
+    """End the run: close its output (the tracker stores the log), then tell every plugin."""
+    run.output.close()
+    try:
+        plugins.broadcast("mlexec_run_finished", run=run, plan=plan, status=status, reason=reason)
+    finally:
+        run.output.discard()
 
 
 @frozen
@@ -97,15 +113,20 @@ def prepare(plugins: Plugins, plan: RunPlan) -> Prepared:
     return Prepared(environment, backend.prepare(plan, environment))
 
 
-def start(plugins: Plugins, plan: RunPlan, prepared: Prepared) -> SubmittedRun:
+def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOutput | None = None) -> SubmittedRun:
     """Create the run and start the job; return without waiting.
 
     From the moment the run exists, every way out ends it (FAILED, or KILLED for
     an interrupt).
+
+    :param output: where the job's output goes (``run.output``); by default a
+        :class:`~mlexec_core.pipeline.output.RunOutput` that shows it on mlexec's
+        stdout and stderr.  Either way it is kept with the run.
     """
     backend = plugins.backend(plan.backend)
     environment = prepared.environment
     run = plugins.hook.mlexec_run_create(plan=plan, context=plugins.context) or RunRecord(run_id=uuid.uuid4().hex)
+    run = attrs.evolve(run, output=output if output is not None else RunOutput())
     try:
         tags = {"mlflow.project.backend": backend.name}
         if environment is not None:
@@ -117,14 +138,13 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared) -> SubmittedRun:
             plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
     except BaseException as exc:
         status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
-        plugins.broadcast("mlexec_run_finished", run=run, plan=plan, status=status,
-                          reason=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        _finish_run(plugins, run, plan, status, f"{type(exc).__name__}: {exc}".rstrip(": "))
         raise
     submitted = SubmittedRun(plugins, plan, run, job, environment)
     plugins.broadcast("mlexec_run_started", run=run, plan=plan)
     return submitted
 
 
-def submit(plugins: Plugins, plan: RunPlan) -> SubmittedRun:
+def submit(plugins: Plugins, plan: RunPlan, *, output: RunOutput | None = None) -> SubmittedRun:
     """:func:`prepare`, then :func:`start`."""
-    return start(plugins, plan, prepare(plugins, plan))
+    return start(plugins, plan, prepare(plugins, plan), output=output)

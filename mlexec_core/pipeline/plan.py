@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import attrs
 from attrs import frozen
 
+from mlexec_core.pipeline.output import RunOutput
 from mlexec_core.project.model import EntryPoint, ParamType, Project
 
 
@@ -116,3 +117,6 @@ class RunRecord:
     #: Name of the tracker that created it; ``None`` when no tracker answered.
     tracker: str | None = None
     run_name: str | None = None
+    #: Where the job's output goes: backends write it here (``run.output.write(data, stream)``).
+    #: The core sets it once the run exists; it shows the output and keeps it with the run.
+    output: RunOutput = attrs.field(factory=RunOutput, eq=False, repr=False)

@@ -21,7 +21,20 @@ from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.project.model import EnvKind, Project
 
 if TYPE_CHECKING:
+    from mlexec_core.pipeline.output import RunOutput
     from mlexec_core.plugin.manager import Plugins
+
+#: Public names that live in :mod:`mlexec_core.plugin.process` (imported when first used).
+_PROCESS_NAMES = frozenset({"ProcessLauncher", "ProcessExecution", "ExecutionJob", "stop_timeout", "shell",
+                            "group_members"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PROCESS_NAMES:
+        from mlexec_core.plugin import process
+
+        return getattr(process, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Reporter(Protocol):
@@ -62,7 +75,7 @@ class Context:
 
 @frozen
 class CommandSpec:
-    """A process to start: a shell command, where, and with what environment."""
+    """A process to start: a shell command, where, with what environment, and where its output goes."""
 
     command: str
     cwd: Path
@@ -71,6 +84,11 @@ class CommandSpec:
     #: Only what the prepared environment and the run set on top of the inherited
     #: environment (``MLFLOW_RUN_ID`` ..., ``VIRTUAL_ENV``): what a container needs.
     added: Mapping[str, str] = attrs.field(factory=dict)
+    #: The run's output (:class:`~mlexec_core.pipeline.output.RunOutput`): a launcher writes
+    #: everything the command prints to it (``output.write(data, "stdout"|"stderr")``, or
+    #: ``output.pump(pipe, stream)`` for a pipe).  ``None``: the command inherits mlexec's
+    #: own stdout and stderr, and nothing is kept.
+    output: RunOutput | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class Execution(abc.ABC):

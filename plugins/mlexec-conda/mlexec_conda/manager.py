@@ -10,7 +10,6 @@ from typing import Iterable
 
 import attrs
 
-from mlexec_core.builtins.local import ProcessLauncher
 from mlexec_core.envcache import EnvironmentCache, spec_key
 from mlexec_core.errors import EnvironmentBuildError
 from mlexec_core.pipeline.plan import RunPlan
@@ -20,6 +19,7 @@ from mlexec_core.plugin.interfaces import (
     EnvironmentManager,
     Execution,
     PreparedEnvironment,
+    ProcessLauncher,
 )
 from mlexec_core.project.model import EnvKind, Project
 

@@ -18,14 +18,17 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from mlexec_core.errors import BackendError
-from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher
+from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, stop_timeout
 
 from mlexec_docker.engine import Engine, EngineError
 from mlexec_docker.images import CODE_DIR
 from mlexec_docker.runconfig import PASSTHROUGH_VARS, tracking_for_container
+
+if TYPE_CHECKING:
+    from mlexec_core.pipeline.output import RunOutput
 
 #: Label on every container mlexec starts, with the run id as value.
 RUN_LABEL = "mlexec.run-id"
@@ -40,8 +43,10 @@ HOST_ONLY = frozenset({"PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_", "TERM", "U
 class ContainerExecution(Execution):
     """A started container, followed until it stops, then removed."""
 
-    def __init__(self, engine: Engine, container: str, name: str, tty: bool, attached: tuple[Any, Any]) -> None:
+    def __init__(self, engine: Engine, container: str, name: str, tty: bool, attached: tuple[Any, Any],
+                 output: RunOutput | None = None) -> None:
         self.engine = engine
+        self.output = output
         self.container = container
         self.name = name
         self._stopping = threading.Event()
@@ -56,6 +61,9 @@ class ContainerExecution(Execution):
         outs = {1: sys.stdout, 2: sys.stderr}
         try:
             for stream, data in self.engine.frames(resp, tty=tty):
+                if self.output is not None:  # shown and kept by the run's output
+                    self.output.write(data, "stderr" if stream == 2 else "stdout")
+                    continue
                 out = outs.get(stream, sys.stdout)
                 try:
                     out.flush()
@@ -118,8 +126,6 @@ class ContainerExecution(Execution):
             try:
                 state = ((self.engine.inspect(self.container) or {}).get("State") or {})
                 if state.get("Running"):
-                    from mlexec_core.builtins.local import stop_timeout
-
                     self.stop(signals.SIGTERM, stop_timeout())
             except EngineError:
                 pass
@@ -204,7 +210,8 @@ class ContainerLauncher(Launcher):
             container = self.engine.create(body, name=name)
             attached = self.engine.attach(container)
             self.engine.start(container)
-            return ContainerExecution(self.engine, container, name, tty=bool(body.get("Tty")), attached=attached)
+            return ContainerExecution(self.engine, container, name, tty=bool(body.get("Tty")), attached=attached,
+                                      output=spec.output)
         except BaseException as exc:
             if attached is not None:
                 attached[0].close()

@@ -51,13 +51,16 @@ def test_image_project_runs_in_the_container_with_only_what_belongs_there(
     assert_no_traceback(proc)
 
 
-def test_exit_status_decides_the_run(mlexec, docker_project, store, busybox_image):
-    proj = docker_project(BB, 'main: {command: "echo to-stderr >&2; exit 3"}')
+def test_exit_status_decides_the_run(mlexec, docker_project, store, busybox_image, tmp_path):
+    proj = docker_project(BB, 'main: {command: "echo to-stdout; echo to-stderr >&2; exit 3"}')
     proc = mlexec("run", proj)
     assert proc.returncode != 0
-    assert "to-stderr" in proc.stderr
+    assert "to-stderr" in proc.stderr and "to-stdout" in proc.stdout
     assert "exited with status 3" in proc.stderr
-    assert store.only_run().info.status == "FAILED"
+    run = store.only_run()
+    assert run.info.status == "FAILED"
+    kept = store.client.download_artifacts(run.info.run_id, "mlexec/output.log", str(tmp_path))
+    assert sorted(open(kept).read().splitlines()) == ["to-stderr", "to-stdout"]  # kept with the run
     assert_no_traceback(proc)
 
 

@@ -132,7 +132,7 @@ class KubernetesBackend(Backend):
         if prepared.cluster.context:
             tags[TAG_CONTEXT] = prepared.cluster.context
         return KubernetesJob(prepared.cluster, prepared.namespace, name, prepared.pinned_image, container,
-                             self.context.reporter, tags)
+                             self.context.reporter, tags, output=run.output)
 
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         """The Job manifest, without contacting the cluster or building anything."""

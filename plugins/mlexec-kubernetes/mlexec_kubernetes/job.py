@@ -58,7 +58,8 @@ class KubernetesJob(SubmittedJob):
     """One Job in one namespace, as the run sees it."""
 
     def __init__(self, cluster: Cluster, namespace: str, name: str, image: str, container: str,
-                 reporter: Reporter, tags: Mapping[str, str], out: TextIO | None = None) -> None:
+                 reporter: Reporter, tags: Mapping[str, str], out: TextIO | None = None,
+                 output: Any = None) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.name = name
@@ -66,6 +67,8 @@ class KubernetesJob(SubmittedJob):
         self.container = container
         self.reporter = reporter
         self.out = out
+        #: The run's output (``run.output``): the pod's log goes there when set, else to ``out``.
+        self.output = output
         self.tags: dict[str, str] = dict(tags)
         self.failure_reason: str | None = None
         self.exit_code: int | None = None
@@ -374,6 +377,9 @@ class KubernetesJob(SubmittedJob):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
         def write(data: bytes) -> None:
+            if self.output is not None:
+                self.output.write(data, "stdout")
+                return
             text = decoder.decode(data)
             if text:
                 with self._out_lock:

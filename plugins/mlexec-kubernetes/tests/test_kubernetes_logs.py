@@ -40,7 +40,7 @@ def test_times_compare_by_value_not_text():
     assert parse_time(b"not a time") is None
 
 
-def test_dropped_log_stream_resumes_without_repeats(in_process, k8s_project, fake_cluster, store, capsys):
+def test_dropped_log_stream_resumes_without_repeats(in_process, k8s_project, fake_cluster, store, capsys, tmp_path):
     fake_cluster.drop_logs = 1  # the first log stream breaks after its first line
 
     def scenario(c, ns, job):
@@ -59,4 +59,7 @@ def test_dropped_log_stream_resumes_without_repeats(in_process, k8s_project, fak
     first, second = fake_cluster.log_requests()[:2]
     assert first["timestamps"] == ["true"] and "sinceSeconds" not in first
     assert "sinceSeconds" in second
-    assert store.only_run().info.status == "FINISHED"
+    run = store.only_run()
+    assert run.info.status == "FINISHED"
+    kept = store.client.download_artifacts(run.info.run_id, "mlexec/output.log", str(tmp_path))
+    assert open(kept).read() == "line 1\nline 2\n"  # the pod's log is kept with the run

@@ -1,0 +1,209 @@
+"""Running a job as a process group on this machine: the pieces the built-in
+``local`` backend is made of, public for plugins.
+
+:class:`ProcessLauncher` starts a command under bash (else sh) in its own
+session, so the whole process group can be stopped; its output is piped into
+the run's :class:`~mlexec_core.pipeline.output.RunOutput` when the
+:class:`~mlexec_core.plugin.interfaces.CommandSpec` carries one.
+:class:`ProcessExecution` supervises that group, and :class:`ExecutionJob`
+turns any :class:`~mlexec_core.plugin.interfaces.Execution` into a
+:class:`~mlexec_core.plugin.interfaces.SubmittedJob`.
+
+Plugins import these from :mod:`mlexec_core.plugin.interfaces`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, SubmittedJob
+
+#: Seconds between asking a job to stop and killing it.
+STOP_TIMEOUT_VAR = "MLEXEC_STOP_TIMEOUT"
+
+
+def stop_timeout() -> float:
+    try:
+        return max(0.0, float(os.environ.get(STOP_TIMEOUT_VAR, "10")))
+    except ValueError:
+        return 10.0
+
+
+def shell() -> list[str]:
+    """The shell that runs commands: bash as in MLflow, else sh."""
+    return [shutil.which("bash") or "/bin/sh", "-c"]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs: ask the kernel whether anything is left at all
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+class ProcessExecution(Execution):
+    """A local process leading its own session and process group."""
+
+    #: Seconds to wait, once the leader has exited, for the rest of its output (a
+    #: background child that still holds the pipe does not hold up the run's end).
+    OUTPUT_DRAIN_TIMEOUT = 2.0
+
+    def __init__(self, proc: subprocess.Popen[Any], pumps: tuple[threading.Thread, ...] = ()) -> None:
+        self.proc = proc
+        self.pumps = pumps
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        deadline = time.monotonic() + self.OUTPUT_DRAIN_TIMEOUT
+        for pump in self.pumps:  # the last lines before the run's status
+            pump.join(max(0.0, deadline - time.monotonic()))
+        return 128 - code if code < 0 else code
+
+    def _signal(self, signum: int) -> bool:
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _wait_group(self, until: float, leader_only: bool = False) -> bool:
+        """Wait until the group (or just its leader) is gone; ``True`` if it is."""
+        while time.monotonic() < until:
+            leader_done = self.proc.poll() is not None
+            if leader_done and (leader_only or not group_members(self.proc.pid)):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, signum: int, grace: float) -> None:
+        """``signum`` to the group; SIGTERM to what is left once the leader is gone; SIGKILL at the deadline."""
+        self._stopping.set()
+        try:
+            deadline = time.monotonic() + grace
+            if not self._signal(signum):
+                return
+            if signum != signal.SIGKILL and self._wait_group(deadline, leader_only=True):
+                if not group_members(self.proc.pid):
+                    return
+                if signum != signal.SIGTERM:  # e.g. background jobs of a shell ignore SIGINT
+                    self._signal(signal.SIGTERM)
+                if self._wait_group(deadline):
+                    return
+            self._signal(signal.SIGKILL)
+            self._wait_group(time.monotonic() + 5)
+        finally:
+            self._stopped.set()
+
+    def cleanup(self) -> None:
+        if self._stopping.is_set():
+            self._stopped.wait()
+        elif self.proc.poll() is None:
+            self.stop(signal.SIGTERM, stop_timeout())
+
+
+class ProcessLauncher(Launcher):
+    """Starts a command with the shell, on this machine, in its own session.
+
+    With ``spec.output`` set, stdout and stderr are pipes copied into it (and
+    ``PYTHONUNBUFFERED=1`` is set unless the environment says otherwise, so a
+    Python job's prints show as they happen); without, the command inherits
+    mlexec's stdout and stderr.  Subclass it and override :meth:`start` to
+    change the command (mlexec-conda sources ``activate.d`` scripts first).
+    """
+
+    def start(self, spec: CommandSpec) -> Execution:
+        env = dict(spec.env)
+        piped = spec.output is not None
+        if piped:
+            env.setdefault("PYTHONUNBUFFERED", "1")
+        proc = subprocess.Popen(
+            [*shell(), spec.command],
+            cwd=spec.cwd,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE if piped else None,
+            stderr=subprocess.PIPE if piped else None,
+        )
+        pumps: tuple[threading.Thread, ...] = ()
+        if piped:
+            pumps = (spec.output.pump(proc.stdout, "stdout"), spec.output.pump(proc.stderr, "stderr"))
+        return ProcessExecution(proc, pumps)
+
+
+class ExecutionJob(SubmittedJob):
+    """A :class:`SubmittedJob` over one :class:`Execution`."""
+
+    def __init__(self, execution: Execution) -> None:
+        self.execution = execution
+        self.cancelled = False
+        self.exit_code: int | None = None
+        self.failure_reason: str | None = None
+        self._status = RunStatus.RUNNING
+
+    def _settle(self, code: int) -> RunStatus:
+        self.exit_code = code
+        if self.cancelled:
+            self._status = RunStatus.KILLED
+            self.failure_reason = "stopped by the user"
+        elif code == 0:
+            self._status = RunStatus.FINISHED
+        else:
+            self._status = RunStatus.FAILED
+            if code > 128 and code - 128 < signal.NSIG:
+                self.failure_reason = f"the command was killed by {signal.Signals(code - 128).name}"
+            else:
+                self.failure_reason = f"the command exited with status {code}"
+        return self._status
+
+    def wait(self) -> RunStatus:
+        if self._status.terminal:
+            return self._status
+        try:
+            code = self.execution.wait()
+        finally:
+            self.execution.cleanup()
+        return self._settle(code if code is not None else 1)
+
+    def get_status(self) -> RunStatus:
+        if not self._status.terminal:
+            code = self.execution.wait(timeout=0)
+            if code is not None:
+                self.execution.cleanup()
+                return self._settle(code)
+        return self._status
+
+    def cancel(self, signum: int | None = None) -> None:
+        if self._status.terminal:
+            return
+        self.cancelled = True
+        self.execution.stop(signum or signal.SIGTERM, stop_timeout())
