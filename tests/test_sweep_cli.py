@@ -175,6 +175,24 @@ def test_failure_is_reported_when_it_happens_and_the_parent_fails(mlexec, swept,
     statuses = {c.data.params["lr"]: c.info.status for c in children_of(store, parent.info.run_id)}
     assert statuses == {"0.1": "FINISHED", "0.2": "FAILED", "0.3": "FINISHED"}
     assert "1 finished" not in proc.stderr and "2 finished, 1 failed" in proc.stderr
+    # the failure's last lines are in the report; children's output never goes to the terminal raw
+    assert "    | training lr=0.2 epochs=1\n" in proc.stderr and "    | diverged at lr=0.2\n" in proc.stderr
+    assert "training" not in proc.stdout and "\ntraining lr=0.1" not in proc.stderr
+
+
+def test_each_childs_output_is_kept_with_its_run(mlexec, swept, store, tmp_path):
+    from mlexec_core.pipeline.output import ARTIFACT_PATH
+
+    proj, env, _ = swept
+    proc = mlexec("sweep", proj, "--env-manager", "local", "-P", "lr=0.1,0.2", "-P", "fail_on=0.2", env=env)
+    assert proc.returncode == 1
+    for child in children_of(store, parent_of(store).info.run_id):
+        dest = tmp_path / child.info.run_id
+        dest.mkdir()
+        log = Path(store.client.download_artifacts(child.info.run_id, ARTIFACT_PATH, str(dest))).read_text()
+        lr = child.data.params["lr"]
+        assert f"training lr={lr} epochs=1\n" in log
+        assert ("diverged at lr=0.2" in log) == (lr == "0.2")
 
 
 def test_max_failures_starts_no_new_children(mlexec, swept, store):

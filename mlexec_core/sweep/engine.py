@@ -12,7 +12,6 @@ FAILED or KILLED, whatever happens.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import queue
@@ -277,17 +276,10 @@ class Events:
     def ended(self, sweep: "Sweep") -> None: ...
 
 
-def _start_accepts_output() -> bool:
-    from mlexec_core.pipeline.execute import start
-
-    return "output" in inspect.signature(start).parameters
-
-
 def _new_output():
-    try:
-        from mlexec_core.pipeline.output import RunOutput
-    except ImportError:
-        return None
+    """A child's output: kept with its run, shown only through the sweep's own view."""
+    from mlexec_core.pipeline.output import RunOutput
+
     return RunOutput(echo=None)
 
 
@@ -313,7 +305,6 @@ class Sweep:
         self._events: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._with_output = _start_accepts_output()
         self.prepared = None
 
     # -- counts for views --------------------------------------------------------------
@@ -555,13 +546,9 @@ class Sweep:
         with self._lock:
             self.children.append(child)
             self.running[id(child)] = child
-        kwargs = {}
-        if self._with_output:
-            child.output = _new_output()
-            if child.output is not None:
-                kwargs["output"] = child.output
+        child.output = _new_output()
         try:
-            submitted = start(self.plugins, child.plan, self.prepared, **kwargs)
+            submitted = start(self.plugins, child.plan, self.prepared, output=child.output)
         except MlexecError as exc:  # the backend refused this one (its run, if any, ended FAILED)
             child.ended = time.monotonic()
             child.status, child.reason = "FAILED", str(exc).splitlines()[0]
@@ -593,13 +580,9 @@ class Sweep:
             child.status = status.value
             child.exit_code = submitted.exit_code
             child.reason = child.reason or submitted.failure_reason
-        out = child.output
-        if out is not None:
-            if child.status != "FINISHED":
-                try:
-                    child.tail = list(out.tail(FAILURE_TAIL))
-                except Exception:
-                    child.tail = []
+        out, child.output = child.output, None  # the run keeps its log; a sweep keeps only failures' last lines
+        if out is not None and child.status != "FINISHED":
+            child.tail = list(out.tail(FAILURE_TAIL))
         if self.spec.metric and child.status == "FINISHED" and submitted is not None:
             try:
                 child.value = T.latest_metric(submitted.run, self.spec.metric)
