@@ -113,3 +113,35 @@ def test_terminal_shows_a_live_view_and_failures(cli_env, project, store):
     assert "#0 n=3 nap=1" in screen and "step n=3" in screen  # a line per running child, with its latest output
     assert "child 1 failed (n=4 nap=1), exit code 1" in screen
     assert "Traceback" not in screen
+
+
+def test_the_direct_sqlite_store_is_safe_from_many_threads(store):
+    import threading
+
+    from mlexec_core.builtins.mlflow_tracking import forget_store, open_store
+
+    forget_store(store.uri)
+    stores, errors, ids = [], [], []
+
+    def work():
+        try:
+            s = open_store(store.uri)
+            stores.append(s)
+            for _ in range(10):
+                run_id, _ = s.create_run("0", None, {"mlflow.user": "t"}, {"p": "1"})
+                s.set_tags(run_id, {"k": "v"})
+                s.end_run(run_id, "FINISHED")
+                ids.append(run_id)
+        except Exception as exc:  # collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len({id(s) for s in stores}) == 1 and stores[0].kind == "sqlite"
+    runs = store.runs()
+    assert sorted(r.info.run_id for r in runs) == sorted(ids) and len(ids) == 80
+    assert {(r.info.status, r.data.tags["k"], r.data.params["p"]) for r in runs} == {("FINISHED", "v", "1")}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +33,8 @@ FAILURE_REASON_TAG = "mlexec.failureReason"
 MAX_TAG_VALUE = 8000
 
 _stores: dict[str, Any] = {}
+#: ``open_store`` and the lazy MlflowClient are reached from many threads at once (a sweep's children).
+_stores_lock = threading.RLock()
 
 
 def tracking_uri(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
@@ -59,8 +62,11 @@ def open_store(uri: str):
     if store is None:
         from mlexec_core.builtins import _mlflow_sqlite
 
-        store = _mlflow_sqlite.SqliteStore.open(uri) or ClientStore(uri)
-        _stores[uri] = store
+        with _stores_lock:
+            store = _stores.get(uri)
+            if store is None:
+                store = _mlflow_sqlite.SqliteStore.open(uri) or ClientStore(uri)
+                _stores[uri] = store
     return store
 
 
@@ -80,17 +86,19 @@ class ClientStore:
     @property
     def client(self):
         if self._client is None:
-            import logging
+            with _stores_lock:  # one MlflowClient, however many threads (a sweep's children) ask at once
+                if self._client is None:
+                    import logging
 
-            try:
-                from mlflow.tracking import MlflowClient
+                    try:
+                        from mlflow.tracking import MlflowClient
 
-                for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's own levels
-                    logging.getLogger(name).setLevel(logging.WARNING)
-                self._client = MlflowClient(self.uri)
-                self._client._tracking_client.store  # noqa: B018  (open the store now, errors here)
-            except Exception as exc:
-                raise _tracking_error(self.uri, exc) from None
+                        for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's own levels
+                            logging.getLogger(name).setLevel(logging.WARNING)
+                        self._client = MlflowClient(self.uri)
+                        self._client._tracking_client.store  # noqa: B018  (open the store now, errors here)
+                    except Exception as exc:
+                        raise _tracking_error(self.uri, exc) from None
         return self._client
 
     def experiment_id(self, name: str | None, experiment_id: str | None) -> str:

@@ -115,7 +115,8 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
                             max_failures=spec.max_failures if spec.max_failures is not None else stored.max_failures,
                             fail_fast=spec.fail_fast or stored.fail_fast, retries=spec.retries or stored.retries)
         opts = earlier.options
-        if uri is not None and opts.get("uri") and os.path.abspath(uri) != opts["uri"] and uri != opts["uri"]:
+        if uri is not None and opts.get("uri") and uri != opts["uri"] \
+                and os.path.abspath(os.path.join(cwd, uri)) != opts["uri"]:
             raise UsageError(f"--resume {resume}: the sweep ran {opts['uri']}, not {uri}",
                              hint="leave out the URI to resume the same project")
         uri = opts.get("uri") if uri is None else uri
@@ -180,10 +181,16 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
         while (params := strat.ask()) is not None:
             children.append((dict(params), child_plan(base, params, cwd)))
     parallel = spec.max_parallel or default_parallelism(plugins.backend(base.backend))
-    options = {"uri": os.path.abspath(uri) if os.path.isdir(os.path.join(cwd, uri)) else uri,
-               "version": version, "backend": base.backend,
-               "backend_config": backend_config if isinstance(backend_config, (str, dict, type(None))) else
-               dict(backend_config), "env_manager": env_manager, "docker_args": list(docker_args or ()),
+    local = os.path.join(cwd, uri)
+    if isinstance(backend_config, str) and os.path.isfile(os.path.join(cwd, backend_config)):
+        recorded_config: Any = os.path.abspath(os.path.join(cwd, backend_config))  # --resume from anywhere
+    elif backend_config is None or isinstance(backend_config, str):
+        recorded_config = backend_config
+    else:
+        recorded_config = dict(backend_config)
+    options = {"uri": os.path.abspath(local) if os.path.isdir(local) else uri,
+               "version": version, "backend": base.backend, "backend_config": recorded_config,
+               "env_manager": env_manager, "docker_args": list(docker_args or ()),
                "build_image": bool(build_image), "run_name": run_name}
     return SweepPlan(spec, cls.name, base, parallel, tuple(children) if children is not None else None,
                      options, cwd, earlier)
