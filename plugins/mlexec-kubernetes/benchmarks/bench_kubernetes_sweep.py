@@ -54,7 +54,12 @@ def main() -> None:
 
     cluster.scenario = scenario
     handler = type("Handler", (_Handler,), {"cluster": cluster})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    class QuietServer(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):  # a client closing a watch is not news
+            if not isinstance(sys.exc_info()[1], ConnectionError):
+                super().handle_error(request, client_address)
+
+    server = QuietServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
