@@ -62,11 +62,13 @@ def run(
     if experiment_name is None and experiment_id is None:  # as mlflow.projects.run
         experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
         experiment_id = None if experiment_name else os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+    parent = None if run_id else _active_mlflow_run_id()
     plan = resolve_plan(
         plugins, uri, entry_point=entry_point, version=version, parameters=parameters or {},
         docker_args=docker_args, experiment_name=experiment_name, experiment_id=experiment_id,
         backend=backend, backend_config=backend_config, env_manager=env_manager, storage_dir=storage_dir,
         run_id=run_id, run_name=run_name, build_image=build_image,
+        tags={"mlflow.parentRunId": parent} if parent else None,
         options={"docker_auth": dict(docker_auth)} if docker_auth else None,
     )
     submitted = submit(plugins, plan)
@@ -76,6 +78,21 @@ def run(
     else:
         threading.Thread(target=submitted.wait, name=f"mlexec-run-{submitted.run_id}").start()
     return submitted
+
+
+def _active_mlflow_run_id() -> str | None:
+    """The caller's active MLflow run (``with mlflow.start_run():``), which the new run becomes a child of,
+    as with ``mlflow.projects.run``.  Without mlflow imported there can be none (and no import is paid)."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return None
+    try:
+        active = mlflow.active_run()
+    except Exception:
+        return None
+    return active.info.run_id if active is not None else None
 
 
 def __getattr__(name: str) -> Any:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mlexec_core.cachefs import dir_size, exclusive, hold_shared, in_use, unused
+from mlexec_core.errors import EnvironmentBuildError, MlexecError
 from mlexec_core.plugin.interfaces import EnvironmentInfo
 
 ENV_ROOT_VAR = "MLEXEC_ENV_ROOT"
@@ -114,8 +115,21 @@ class EnvironmentCache:
             (target / READY).write_text(json.dumps(meta, indent=2, default=str))
             if relocatable:
                 os.rename(target, final)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(target, ignore_errors=True)
+            from mlexec_core.installer import disk_full
+
+            if isinstance(exc, (OSError, MlexecError)) and disk_full(exc):
+                raise EnvironmentBuildError(
+                    f"no space left on the device under {ENV_ROOT_VAR} ({self.root}) while building the "
+                    f"{self.manager} environment; nothing half-built was kept",
+                    hint=f"free some space (`mlexec env prune` removes unused environments), or point "
+                         f"{ENV_ROOT_VAR} at a larger disk") from None
+            if isinstance(exc, OSError):
+                raise EnvironmentBuildError(
+                    f"cannot write the {self.manager} environment under {ENV_ROOT_VAR} ({self.root}): "
+                    f"{exc.strerror or exc}", hint=f"check the permissions of {self.root}, or point "
+                                                   f"{ENV_ROOT_VAR} elsewhere") from None
             raise
 
     def use(self, key: str) -> None:

@@ -66,3 +66,20 @@ def test_asynchronous_run_finishes_by_itself(api_env, project, store):
     while store.only_run().info.status == "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert store.only_run().info.status == "FINISHED"
+
+
+def test_run_under_an_active_mlflow_run_is_its_child(api_env, project, store):
+    """As mlflow.projects.run: the caller's active run becomes mlflow.parentRunId of the new run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        with mlflow.start_run() as parent:
+            submitted = mlexec_core.run(str(project(PROJECT)), env_manager="local", plugins=api_env)
+        child = store.client.get_run(submitted.run_id)
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        # outside an active run: no parent
+        alone = mlexec_core.run(str(project(PROJECT)), env_manager="local", plugins=api_env)
+        assert "mlflow.parentRunId" not in store.client.get_run(alone.run_id).data.tags
+    finally:
+        mlflow.set_tracking_uri(None)

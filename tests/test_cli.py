@@ -48,10 +48,19 @@ def test_describe_plain_table(mlexec, project):
 
 
 def test_describe_bad_project_is_one_error(mlexec, project):
-    proj = project("entry_points: {main: {command: x, parameters: {a: {type: flaot}}}}\n")
+    proj = project("entry_points: {main: {parameters: {a: float}}}\n")
     proc = mlexec("describe", proj)
-    assert proc.returncode == 2 and "entry_points.main.parameters.a.type: unknown type 'flaot'" in proc.stderr
+    assert proc.returncode == 2 and "entry_points.main.command: required key is missing" in proc.stderr
     assert_no_traceback(proc)
+
+
+def test_describe_unknown_type_is_a_warning(mlexec, project):
+    proj = project("entry_points: {main: {command: x, parameters: {a: {type: flaot}}}}\n")
+    proc = mlexec("describe", proj, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert ("entry_points.main.parameters.a.type: unknown type 'flaot': the parameter is a string, as in MLflow "
+            "(did you mean 'float'?") in proc.stderr
+    assert json.loads(proc.stdout)["entry_points"][0]["parameters"][0]["type"] == "string"
 
 
 def test_env_file(mlexec, project, tmp_path, store):

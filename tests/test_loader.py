@@ -52,7 +52,7 @@ def test_full_project(tmp_path):
     assert params["l1_ratio"].default == "0.1" and not params["l1_ratio"].required
     assert params["epochs"].default == "5"
     assert params["data"].type is ParamType.PATH and params["data"].default == "data"
-    assert params["verbose"].default == "true"
+    assert params["verbose"].default == "True"  # str() of the YAML value, as MLflow renders it
     assert params["label"].type is ParamType.STRING and params["label"].default == "wine"
 
 
@@ -119,19 +119,24 @@ def test_docker_env_dockerfile_extension(tmp_path):
         ("name: x\npython_env: missing.yaml\n", None, "python_env: the file 'missing.yaml' does not exist"),
         ("name: x\nconda_env: c.yaml\npython_env: p.yaml\n", {"c.yaml": "", "p.yaml": ""},
          "one environment, but this one has conda_env, python_env"),
-        ("name: x\nentry_points:\n  main:\n    parameters:\n      alpha: {type: flaot}\n    command: x\n", None,
-         "entry_points.main.parameters.alpha.type: unknown type 'flaot'"),
-        ("name: x\nentry_points:\n  main:\n    parameters:\n      n: {type: int, default: 2.5}\n    command: x\n",
-         None, "entry_points.main.parameters.n.default: 2.5 is not an int"),
-        ("name: x\nentry_points:\n  main:\n    parameters:\n      n: {type: int, defualt: 2}\n    command: x\n",
-         None, "entry_points.main.parameters.n: unknown key 'defualt' (did you mean 'default'?)"),
-        ("name: x\nentry_points:\n  main:\n    paramters: {}\n    command: x\n", None,
-         "entry_points.main: unknown key 'paramters' (did you mean 'parameters'?)"),
+        ("name: x\nentry_points:\n  main:\n    parameters: [a]\n    command: x\n", None,
+         "entry_points.main.parameters: expected a mapping of parameter names to types, got a list"),
+        ("name: x\nentry_points:\n  main:\n    parameters: {a: 5}\n    command: x\n", None,
+         "entry_points.main.parameters.a: expected a type name or a mapping with type and default, got int"),
+        ("name: x\ndocker_env: {image: a, volumes: a}\n", None, "docker_env.volumes: expected a list of strings"),
+        ("name: x\ndocker_env: [a]\n", None, "docker_env: expected a mapping with image"),
+        ("name: [x]\n", None, "name: expected a string, got a list"),
+        ("name: x\npython_env: [a]\n", None, "python_env: expected the name of a file in the project"),
         ("name: x\nentry_points:\n  main: {}\n", None, "entry_points.main.command: required key is missing"),
         ("name: x\nentry_points:\n  main: {command: [a, b]}\n", None,
          "entry_points.main.command: expected a string, got a list"),
         ("name: x\nentry_points: [main]\n", None, "entry_points: "),
         ("name: [x\n", None, "MLproject:2:1: invalid YAML"),
+        ("!!int 08\n", None, "MLproject:1:1: invalid YAML: 08 is not a valid !!int value"),
+        ("name: !!bool maybe\n", None, "MLproject:1:7: invalid YAML: maybe is not a valid !!bool value"),
+        ("a: " + "[" * 400 + "]" * 400 + "\n", None, "nested more than 64 levels deep"),
+        ('name: "a\\0b"\n', None, "name: the value contains a NUL character"),
+        ('name: "\\ud800"\n', None, "a lone surrogate"),
         ("- a\n- b\n", None, "expected a mapping at the top level"),
     ],
 )

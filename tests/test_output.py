@@ -53,7 +53,7 @@ def test_output_is_shown_and_kept_for_a_finished_run(mlexec, project, store, tmp
 
 
 def test_output_is_kept_for_a_failed_run(mlexec, project, store, tmp_path):
-    mlexec("run", project(PROJECT), "-e", "fail", "--env-manager", "local", check=1)
+    mlexec("run", project(PROJECT), "-e", "fail", "--env-manager", "local", check=4)  # the command's own status
     run = store.only_run()
     assert run.info.status == "FAILED"
     assert sorted(output_log(store, run, tmp_path).splitlines()) == ["before-failing", "why"]

@@ -17,19 +17,21 @@ from mlexec_core.project.params import check_value, render_command
     [
         (ParamType.INT, "3", "3"), (ParamType.INT, 3, "3"), (ParamType.INT, "-7", "-7"),
         (ParamType.FLOAT, "0.5", "0.5"), (ParamType.FLOAT, "1e-3", "1e-3"), (ParamType.FLOAT, 2, "2"),
-        (ParamType.BOOL, "True", "true"), (ParamType.BOOL, "no", "false"), (ParamType.BOOL, False, "false"),
+        (ParamType.BOOL, "True", "True"), (ParamType.BOOL, "no", "no"), (ParamType.BOOL, False, "False"),
+        (ParamType.INT, " 4", " 4"), (ParamType.FLOAT, 1e-05, "1e-05"), (ParamType.FLOAT, "1E3", "1E3"),
         (ParamType.URI, "s3://b/k", "s3://b/k"), (ParamType.URI, "file:///x", "file:///x"),
         (ParamType.STRING, "x; rm -rf /", "x; rm -rf /"), (ParamType.STRING, 1.5, "1.5"),
     ],
 )
 def test_valid_values(ptype, raw, expected):
+    """Checking never changes a value: the text is what the command receives (MLflow's str() for non-strings)."""
     assert check_value(ptype, raw) == expected
 
 
 @pytest.mark.parametrize(
     "ptype, raw, reason",
     [
-        (ParamType.INT, "2.5", "'2.5' is not an int"), (ParamType.INT, 2.5, "2.5 is not an int"),
+        (ParamType.INT, "2.5", "'2.5' is not an int"), (ParamType.INT, 2.5, "2.5. is not an int"),
         (ParamType.INT, "abc", "is not an int"), (ParamType.INT, True, "is not an int"),
         (ParamType.FLOAT, "abc", "'abc' is not a float"), (ParamType.FLOAT, "nan", "is not a number"),
         (ParamType.BOOL, "maybe", "is not a bool"),

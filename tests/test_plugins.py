@@ -294,3 +294,126 @@ def test_command_env_order():
         RunRecord(run_id="r1", env={"MLFLOW_RUN_ID": "r1"}),
     )
     assert env == {"PATH": "/env/bin:/usr/bin", "KEEP": "1", "A": "b", "MLFLOW_RUN_ID": "r1"}
+
+
+# -- records: classes imported only when selected ---------------------------------------
+
+
+@pytest.fixture
+def lazy_installed(tmp_path, monkeypatch):
+    """An installed plugin whose hooks return records: one class imports (and says so
+    in a file when it does), one class's module is broken."""
+    site = tmp_path / "lazysite"
+    dist = site / "mlexec_lazy-0.3.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-lazy\nVersion: 0.3\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\nlazy = lazy_hooks\n")
+    (site / "lazy_hooks.py").write_text(textwrap.dedent("""
+        from mlexec_core.plugin import Registration, hookimpl
+
+        @hookimpl
+        def mlexec_backends():
+            return [Registration(kind="backend", name="lazy", path="lazy_impl:LazyBackend",
+                                 description="local, imported late"),
+                    Registration(kind="backend", name="lazy-broken", path="lazy_broken_impl:Nope")]
+
+        @hookimpl
+        def mlexec_environment_managers():
+            return [Registration(kind="env-manager", name="lazyenv", path="lazy_impl:LazyEnv",
+                                 handles={"none"}, default_for={"none"}, priority=-5)]
+    """))
+    marker = tmp_path / "imported.txt"
+    (site / "lazy_impl.py").write_text(textwrap.dedent(f"""
+        import pathlib
+        pathlib.Path({str(marker)!r}).open("a").write("imported\\n")
+        from mlexec_core.builtins.local import LocalBackend, LocalEnvironment
+
+        class LazyBackend(LocalBackend):
+            name = "lazy"
+
+        class LazyEnv(LocalEnvironment):
+            name = "lazyenv"
+    """))
+    (site / "lazy_broken_impl.py").write_text("import no_such_module_for_lazy\n")
+    monkeypatch.syspath_prepend(str(site))
+    for name in ("lazy_hooks", "lazy_impl", "lazy_broken_impl"):
+        sys.modules.pop(name, None)
+    return site, marker
+
+
+def test_records_are_listed_without_importing_the_classes(lazy_installed):
+    site, marker = lazy_installed
+    plugins = build_plugins()
+    records = plugins.registered("backend")
+    assert records["lazy"].description == "local, imported late" and "lazy-broken" in records
+    assert records["local"].path == "mlexec_core.builtins.local:LocalBackend"
+    assert plugins.registered("env-manager")["uv"].name == "virtualenv"  # an installed plugin's alias
+    assert "lazy_impl" not in sys.modules and not marker.exists()
+    assert type(plugins.backend("lazy")).__name__ == "LazyBackend"
+    assert marker.read_text() == "imported\n"
+    with pytest.raises(PluginError, match=r"plugin 'lazy' registers the backend 'lazy-broken' as "
+                                          r"lazy_broken_impl:Nope, which does not import: ModuleNotFoundError"):
+        plugins.backend("lazy-broken")
+
+
+def test_cli_run_imports_only_what_it_uses(mlexec, lazy_installed, cli_env, project, store):
+    site, marker = lazy_installed
+    env = {"PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}"}
+    proj = project("entry_points: {main: {command: 'echo ok'}}\n")
+    proc = mlexec("run", proj, "--env-manager", "local", env=env, check=0)
+    assert proc.stdout.strip() == "ok" and "did not load" not in proc.stderr
+    assert not marker.exists()  # neither lazy class was imported, nor the broken module
+    proc = mlexec("run", proj, "-b", "lazy", "--env-manager", "lazyenv", env=env, check=0)
+    assert marker.read_text() == "imported\n"
+    assert store.runs()[0].data.tags["mlflow.project.backend"] == "lazy"
+
+
+def test_cli_selecting_a_class_that_does_not_import_is_one_error(mlexec, lazy_installed, cli_env, project, store):
+    site, _ = lazy_installed
+    env = {"PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}"}
+    proj = project("entry_points: {main: {command: 'echo ok'}}\n")
+    proc = mlexec("run", proj, "-b", "lazy-broken", "--env-manager", "local", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "backend 'lazy-broken' as lazy_broken_impl:Nope, which does not import" in proc.stderr
+    assert "MLEXEC_DISABLE_PLUGINS=lazy" in proc.stderr
+    assert_no_traceback(proc)
+    assert store.runs() == []
+
+
+def test_cli_plugins_reports_a_class_that_does_not_import(mlexec, lazy_installed, cli_env):
+    site, _ = lazy_installed
+    env = {"PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}"}
+    by_name = {p["name"]: p for p in json.loads(mlexec("plugins", "--json", env=env, check=0).stdout)}
+    lazy = by_name["lazy"]
+    assert lazy["state"] == "error" and "lazy_broken_impl:Nope, which does not import" in lazy["error"]
+    assert lazy["provides"] == ["backend: lazy", "backend: lazy-broken", "env-manager: lazyenv"]
+    assert by_name["local"]["provides"] == ["backend: local", "env-manager: local"]
+    assert by_name["docker"]["state"] == "loaded"
+
+
+def test_a_bad_record_is_an_error_naming_the_plugin():
+    from mlexec_core.plugin import Registration
+
+    wrong_kind = plugin_module("wrong", mlexec_backends=lambda: [
+        Registration(kind="env-manager", name="w", path="x:Y")])
+    plugins = build_plugins(entry_points=False, extra=[("wrong", wrong_kind)])
+    with pytest.raises(PluginError, match="plugin 'wrong' returned a bad Registration from mlexec_backends "
+                                          r"\('w'\): its kind is 'env-manager', but mlexec_backends registers"):
+        plugins.registered("backend")
+    no_path = plugin_module("nopath", mlexec_backends=lambda: [Registration(kind="backend", name="n", path="x")])
+    with pytest.raises(PluginError, match="path 'x' is not 'package.module:ClassName'"):
+        build_plugins(entry_points=False, extra=[("nopath", no_path)]).registered("backend")
+
+
+def test_a_record_whose_class_disagrees_is_an_error():
+    from mlexec_core.plugin import Registration
+
+    module = plugin_module("mismatch", mlexec_backends=lambda: [
+        Registration(kind="backend", name="other", path="mlexec_core.builtins.local:LocalBackend")])
+    plugins = build_plugins(entry_points=False, extra=[("mismatch", module)])
+    with pytest.raises(PluginError, match="whose own name is 'local'"):
+        plugins.backend("other")
+    module = plugin_module("notabackend", mlexec_backends=lambda: [
+        Registration(kind="backend", name="local2", path="mlexec_core.builtins.local:LocalEnvironment")])
+    with pytest.raises(PluginError, match="which is not a Backend subclass"):
+        build_plugins(entry_points=False, extra=[("notabackend", module)]).backend("local2")

@@ -49,7 +49,7 @@ def test_successful_run_is_tracked(mlexec, demo, store, tmp_path):
                   "--env-manager", "local", env={"OUT": str(out)}, check=0)
     assert_no_traceback(proc)
     seen = read_out(tmp_path)
-    assert seen["argv"] == ["0.5", "3", "x; rm -rf /", "false", "--extra", "1 2"]
+    assert seen["argv"] == ["0.5", "3", "x; rm -rf /", "False", "--extra", "1 2"]  # str() of YAML false, as MLflow
     assert seen["cwd"] == str(demo)
     run = store.only_run()
     assert run.info.status == "FINISHED"
@@ -57,7 +57,7 @@ def test_successful_run_is_tracked(mlexec, demo, store, tmp_path):
     assert seen["env"]["MLFLOW_TRACKING_URI"] == store.uri
     assert seen["env"]["MLFLOW_EXPERIMENT_ID"] == run.info.experiment_id == "0"
     # plain values, not their shell-quoted form (MLflow logs "'x; rm -rf /'")
-    assert run.data.params == {"alpha": "0.5", "epochs": "3", "name": "x; rm -rf /", "flag": "false",
+    assert run.data.params == {"alpha": "0.5", "epochs": "3", "name": "x; rm -rf /", "flag": "False",
                                "extra": "1 2"}
     tags = run.data.tags
     assert tags["mlflow.source.type"] == "PROJECT"
@@ -72,7 +72,7 @@ def test_successful_run_is_tracked(mlexec, demo, store, tmp_path):
 
 def test_failing_command_fails_the_run(mlexec, demo, store):
     proc = mlexec("run", demo, "-e", "fail", "--env-manager", "local")
-    assert proc.returncode == 1  # as mlflow run; the command's own status is in the message
+    assert proc.returncode == 3  # the command's own status (mlflow run exits 1)
     assert "failing" in proc.stderr and "exited with status 3" in proc.stderr
     assert_no_traceback(proc)
     assert store.only_run().info.status == "FAILED"
@@ -94,7 +94,8 @@ def test_failing_command_fails_the_run(mlexec, demo, store):
         (["-P", "alpha=1", "-b", "nosuch"], "unknown backend 'nosuch'"),
         (["-P", "alpha=1", "--env-manager", "lcoal"], "unknown environment manager 'lcoal' (--env-manager)"),
         (["-P", "alpha=1", "--experiment-name", "a", "--experiment-id", "1"], "not both"),
-        (["-P", "alpha=1", "-c", "{not json"], "neither a file nor inline JSON"),
+        (["-P", "alpha=1", "-c", "{not json"], "--backend-config (inline JSON): not valid JSON"),
+        (["-P", "alpha=1", "-c", "not json"], "neither a file nor inline JSON"),
         (["-P", "alpha=1", "-c", '{"a": 1}'], "backend 'local' takes no configuration"),
         (["-P", "alpha=1", "-v", "main"], "--version 'main' needs a git project"),
         (["-P", "alpha=1", "--experiment-id", "999"], "no experiment with id '999'"),
@@ -235,7 +236,7 @@ def test_git_commit_is_tagged(mlexec, demo, store, tmp_path):
     tags = store.only_run().data.tags
     assert tags["mlflow.source.git.commit"] == commit
     assert tags["mlflow.source.git.repoURL"] == "https://example.invalid/org/demo.git"
-    assert tags["mlflow.source.name"] == "https://example.invalid/org/demo.git"
+    assert tags["mlflow.source.name"] == f"file://{demo.resolve()}"  # the work tree root, as mlflow run records it
     assert "ghp_TOKEN123" not in json.dumps(tags)
 
 
@@ -243,9 +244,9 @@ def test_dry_run_creates_nothing(mlexec, demo, store):
     proc = mlexec("run", demo, "-P", "alpha=0.5", "--env-manager", "local", "--dry-run", "--json", check=0)
     plan = json.loads(proc.stdout)
     assert plan["entry_point"] == "main" and plan["env_manager"] == "local" and plan["backend"] == "local"
-    assert plan["command"].endswith("0.5 3 'a b' false")
+    assert plan["command"].endswith("0.5 3 'a b' False")
     assert {p["name"]: p["value"] for p in plan["parameters"]} == {"alpha": "0.5", "epochs": "3", "name": "a b",
-                                                                   "flag": "false"}
+                                                                   "flag": "False"}
     text = mlexec("run", demo, "-P", "alpha=0.5", "--env-manager", "local", "--dry-run", check=0)
     assert "dry run" in text.stdout and "alpha" in text.stdout
     assert store.runs() == []

@@ -10,7 +10,9 @@ The rows are the ones ``SqlAlchemyStore.create_run``, ``log_batch``,
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import random
 import re
 import shutil
@@ -18,12 +20,22 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from mlexec_core.errors import TrackingError
+from mlexec_core.supervisor import LIVE_TAG
 
 _REV = re.compile(r"^(down_)?revision\s*(?::[^=]*)?=\s*['\"]([0-9a-f]+)['\"]", re.M)
 _head_cache: list[str | None] = []
+#: Seconds to wait for a sqlite store another process holds locked (default 10).
+LOCK_TIMEOUT_VAR = "MLEXEC_SQLITE_LOCK_TIMEOUT"
+
+
+def lock_timeout() -> float:
+    try:
+        return max(0.0, float(os.environ.get(LOCK_TIMEOUT_VAR, "10")))
+    except ValueError:
+        return 10.0
 
 _ADJECTIVES = ("amazing", "bold", "brave", "bright", "calm", "clever", "crisp", "eager", "gentle", "honest",
                "jolly", "keen", "lively", "merry", "nimble", "polite", "quiet", "rare", "shy", "smiling",
@@ -73,10 +85,19 @@ class SqliteStore:
             return None
         head = installed_head_revision()
         try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=lock_timeout())
+            try:
                 (rev,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
                 cols = {r[1] for r in db.execute("PRAGMA table_info(experiments)")}
                 run_cols = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            finally:
+                db.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise TrackingError(f"the sqlite store {path} stayed locked by another writer for "
+                                    f"{lock_timeout():g} s",
+                                    hint=f"another process is writing to it; retry, or raise {LOCK_TIMEOUT_VAR}") from None
+            return None
         except (sqlite3.Error, TypeError, ValueError):
             return None
         needed = {"run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",
@@ -86,10 +107,25 @@ class SqliteStore:
             return None
         return cls(uri, path, "workspace" in cols)
 
-    def _db(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA foreign_keys = ON")
-        return db
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a store locked by another writer is waited for ``lock_timeout()`` s."""
+        wait = lock_timeout()
+        try:
+            db = sqlite3.connect(self.path, timeout=wait)
+            try:
+                db.execute("PRAGMA foreign_keys = ON")
+                with db:
+                    yield db
+            finally:
+                db.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise TrackingError(f"the sqlite store {self.path} stayed locked by another writer for {wait:g} s",
+                                    hint=f"another process is writing to it; retry, or raise {LOCK_TIMEOUT_VAR}") from None
+            raise TrackingError(f"tracking store {self.uri} refused: {exc}") from None
+        except sqlite3.Error as exc:
+            raise TrackingError(f"tracking store {self.uri} refused: {exc}") from None
 
     def experiment_id(self, name: str | None, experiment_id: str | None) -> str:
         with self._db() as db:
@@ -162,9 +198,58 @@ class SqliteStore:
             row = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
         return row[0] if row else "RUNNING"
 
-    def end_run(self, run_id: str, status: str) -> None:
+    def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
         with self._db() as db:
-            db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?", (status, _now(), run_id))
+            db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                       (status, end_time or _now(), run_id))
+            db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
+
+    def live_runs(self) -> list[tuple[str, str, dict[str, str]]]:
+        """Runs still carrying a supervisor record: one lookup on the tags' primary key."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT t.run_uuid, r.status, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid"
+                " WHERE t.key = ?", (LIVE_TAG,)).fetchall()
+            found = []
+            for run_id, status, live in rows:
+                tags = {LIVE_TAG: live}
+                if status == "RUNNING":
+                    tags.update(db.execute(
+                        "SELECT key, value FROM tags WHERE run_uuid = ? AND key LIKE 'mlexec.%'",
+                        (run_id,)).fetchall())
+                found.append((run_id, status, tags))
+        return found
+
+    def run_info(self, run_id: str) -> tuple[str, dict[str, str], dict[str, str]]:
+        """``(status, tags, {"artifact_uri": ...})`` of a run; :class:`TrackingError` if there is none."""
+        with self._db() as db:
+            row = db.execute("SELECT status, artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            if row is None:
+                raise TrackingError(f"no run with id {run_id!r} in {self.uri}",
+                                    hint="check the id (the `=== Run ID ... ===` line of mlexec run)")
+            tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall())
+        return row[0], tags, {"artifact_uri": row[1] or ""}
+
+    def download_output(self, run_id: str) -> bytes | None:
+        """The ``mlexec/output.log`` artifact, read in place when the artifacts are local files."""
+        _, _, info = self.run_info(run_id)
+        location = info["artifact_uri"]
+        if location.startswith("file://"):
+            location = location[len("file://"):]
+        if location.startswith("/"):
+            try:
+                return Path(location, "mlexec", "output.log").read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise TrackingError(f"cannot read the output of run {run_id}: {exc}") from None
+        from mlexec_core.builtins.mlflow_tracking import ClientStore
+
+        return ClientStore(self.uri).download_output(run_id)
+
+    def clear_live(self, run_id: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
 
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
         """Copy ``local_path`` into the run's artifacts when they are on this machine; else through MLflow."""

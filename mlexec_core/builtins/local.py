@@ -4,7 +4,8 @@ The backend runs the command on this machine in its own session (so its
 process group can be stopped as a whole), with its output piped through the
 run's output (shown live, kept with the run).  The environment manager uses
 the environment mlexec itself runs in, as ``mlflow run --env-manager local`` does.
-The process pieces are in :mod:`mlexec_core.plugin.process`.
+The process pieces are in :mod:`mlexec_core.plugin.process`; the hooks that
+register these classes (as records) are in :mod:`mlexec_core.builtins.local_plugin`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 from typing import Any
 
 from mlexec_core.pipeline.plan import RunPlan, RunRecord
-from mlexec_core.plugin import hookimpl
 from mlexec_core.plugin.interfaces import (
     Backend,
     CommandSpec,
@@ -57,13 +57,3 @@ class LocalBackend(Backend):
 
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         return {"cwd": str(plan.work_dir), "shell": shell()[0]}
-
-
-@hookimpl
-def mlexec_backends():
-    return [LocalBackend]
-
-
-@hookimpl
-def mlexec_environment_managers():
-    return [LocalEnvironment]

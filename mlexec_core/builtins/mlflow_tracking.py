@@ -17,8 +17,9 @@ import contextlib
 import getpass
 import os
 import threading
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mlexec_core.errors import TrackingError
 from mlexec_core.pipeline.output import ARTIFACT_PATH as OUTPUT_ARTIFACT
@@ -26,6 +27,7 @@ from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.plugin import hookimpl
 from mlexec_core.plugin.interfaces import Context
 from mlexec_core.sources.urls import redact, scrub, secrets_of
+from mlexec_core.supervisor import LIVE_TAG
 
 DEFAULT_DB = "mlflow.db"
 #: Why a run failed or was killed, in one line (set by mlexec when it ends the run).
@@ -74,6 +76,44 @@ def forget_store(uri: str) -> None:
     _stores.pop(uri, None)
 
 
+#: What mlexec's own calls to an MLflow server use unless these variables are set:
+#: about 10 s to give up on an unreachable server, not MLflow's minutes of retries.
+#: The job keeps MLflow's defaults (these values are set only around mlexec's calls).
+CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "6"}
+_limits_lock = threading.Lock()
+_limits_depth = [0]
+
+
+@contextlib.contextmanager
+def bounded_client() -> Iterator[None]:
+    """MLflow's HTTP retries bounded (:data:`CLIENT_LIMITS`) for the calls inside."""
+    with _limits_lock:
+        if _limits_depth[0] == 0:
+            _limits_depth.append([k for k in CLIENT_LIMITS if k not in os.environ])
+            for key in _limits_depth[-1]:
+                os.environ[key] = CLIENT_LIMITS[key]
+        _limits_depth[0] += 1
+    try:
+        yield
+    finally:
+        with _limits_lock:
+            _limits_depth[0] -= 1
+            if _limits_depth[0] == 0:
+                for key in _limits_depth.pop():
+                    os.environ.pop(key, None)
+
+
+def _bounded(method):
+    def call(self, *args, **kwargs):
+        with bounded_client():
+            return method(self, *args, **kwargs)
+
+    call.__name__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
+
+
 class ClientStore:
     """Tracking through ``mlflow.tracking.MlflowClient`` (any store MLflow supports)."""
 
@@ -95,12 +135,17 @@ class ClientStore:
 
                         for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's own levels
                             logging.getLogger(name).setLevel(logging.WARNING)
-                        self._client = MlflowClient(self.uri)
-                        self._client._tracking_client.store  # noqa: B018  (open the store now, errors here)
+                        client = MlflowClient(self.uri)
+                        with bounded_client():
+                            client._tracking_client.store  # noqa: B018  (open the store now, errors here)
+                            if self.uri.startswith(("http:", "https:")):  # is anyone there? (fails in seconds)
+                                client.search_experiments(max_results=1)
+                        self._client = client
                     except Exception as exc:
                         raise _tracking_error(self.uri, exc) from None
         return self._client
 
+    @_bounded
     def experiment_id(self, name: str | None, experiment_id: str | None) -> str:
         try:
             if experiment_id is not None:
@@ -121,6 +166,7 @@ class ClientStore:
                                 hint="restore it with `mlflow experiments restore`, or pick another")
         return exp.experiment_id
 
+    @_bounded
     def create_run(self, experiment_id: str, run_name: str | None, tags: Mapping[str, str],
                    params: Mapping[str, str]) -> tuple[str, str]:
         from mlflow.entities import Param
@@ -138,6 +184,7 @@ class ClientStore:
             raise _tracking_error(self.uri, exc) from None
         return run.info.run_id, run.info.run_name
 
+    @_bounded
     def attach(self, run_id: str, params: Mapping[str, str]) -> tuple[str, str]:
         from mlflow.entities import Param
 
@@ -159,16 +206,63 @@ class ClientStore:
             raise _tracking_error(self.uri, exc) from None
         return run.info.experiment_id, run.info.run_name
 
+    @_bounded
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+        from mlflow.entities import RunTag
 
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    @_bounded
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
-    def end_run(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status)
+    @_bounded
+    def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
+        self.client.set_terminated(run_id, status, end_time=end_time)
+        with contextlib.suppress(Exception):
+            self.client.delete_tag(run_id, LIVE_TAG)
 
+    @_bounded
+    def live_runs(self) -> list[tuple[str, str, dict[str, str]]]:
+        """RUNNING runs with a supervisor record (a search; servers have no faster way)."""
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        if not exps:
+            return []
+        runs = self.client.search_runs(exps, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        return [(r.info.run_id, r.info.status, {k: v for k, v in r.data.tags.items() if k.startswith("mlexec.")})
+                for r in runs if LIVE_TAG in r.data.tags]
+
+    @_bounded
+    def run_info(self, run_id: str) -> tuple[str, dict[str, str], dict[str, str]]:
+        """``(status, tags, {"artifact_uri": ...})`` of a run; :class:`TrackingError` if there is none."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc):
+                raise TrackingError(f"no run with id {run_id!r} in {redact(self.uri)}",
+                                    hint="check the id (the `=== Run ID ... ===` line of mlexec run)") from None
+            raise _tracking_error(self.uri, exc) from None
+        return run.info.status, dict(run.data.tags), {"artifact_uri": run.info.artifact_uri or ""}
+
+    @_bounded
+    def download_output(self, run_id: str) -> bytes | None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="mlexec-logs-") as tmp:
+            try:
+                path = self.client.download_artifacts(run_id, "mlexec/output.log", tmp)
+            except Exception as exc:
+                if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "No such file" in str(exc) or "not found" in str(exc):
+                    return None
+                raise _tracking_error(self.uri, exc) from None
+            return Path(path).read_bytes()
+
+    @_bounded
+    def clear_live(self, run_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.delete_tag(run_id, LIVE_TAG)
+
+    @_bounded
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
         """Store ``local_path`` as the artifact ``artifact_path`` (a path with its file name)."""
         import shutil
@@ -189,6 +283,11 @@ def _tracking_error(uri: str, exc: BaseException) -> TrackingError:
     hint = None
     if "out-of-date database schema" in str(exc):
         hint = f"upgrade it with: mlflow db upgrade {redact(uri)}"
+    elif any(word in str(exc) for word in ("Max retries exceeded", "Connection refused", "timed out",
+                                           "Failed to establish", "Name or service not known")):
+        message = "cannot reach the tracking server"
+        hint = ("is the server running and MLFLOW_TRACKING_URI right? mlexec gives up after about 10 s "
+                "(MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT change that)")
     return TrackingError(f"tracking store {redact(uri)} refused: {message}", hint=hint)
 
 
@@ -196,9 +295,9 @@ def _run_tags(plan: RunPlan) -> dict[str, str]:
     source = plan.source
     tags = {
         "mlflow.user": _user(),
-        # the URI as the user gave it (credentials removed); for a directory used in
-        # place, its git remote when it has one, as mlflow run does
-        "mlflow.source.name": source.uri if source.kind != "local" else (source.git_repo_url or source.uri),
+        # the URI as the user gave it (credentials removed); for a directory used in place
+        # inside a git work tree, file://<root>#<subdirectory>, as mlflow run does
+        "mlflow.source.name": source.name or source.uri,
         "mlflow.source.type": "PROJECT",
         "mlflow.project.entryPoint": plan.entry_point.name,
         "mlflow.project.backend": plan.backend,
@@ -213,6 +312,9 @@ def _run_tags(plan: RunPlan) -> dict[str, str]:
     if parent and not plan.tracking.run_id:
         tags["mlflow.parentRunId"] = parent
     tags.update(plan.tracking.tags)
+    from mlexec_core import supervisor
+
+    tags.update(supervisor.record())
     return {k: v[:MAX_TAG_VALUE] for k, v in tags.items()}
 
 
@@ -231,6 +333,7 @@ def mlexec_run_create(plan: RunPlan, context: Context) -> RunRecord:
         with context.reporter.status(f"Opening the MLflow tracking store {redact(uri)} "
                                      "(through MLflow: a few seconds)"):
             store.client  # noqa: B018
+    repair_store(store, context.reporter)
     params = plan.logged_params()
     if plan.tracking.run_id:
         experiment_id, run_name = store.attach(plan.tracking.run_id, params)
@@ -250,30 +353,96 @@ def mlexec_run_tags(run: RunRecord, tags: Mapping[str, str]) -> None:
         open_store(run.tracking_uri).set_tags(run.run_id, {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()})
 
 
+def repair_store(store, reporter=None, job_status=None) -> list:
+    """Repair runs of ``store`` whose mlexec is gone (:func:`mlexec_core.supervisor.repair`);
+    say so in one line.  Never fails a command: a store that cannot be repaired now is left."""
+    from mlexec_core import supervisor
+
+    try:
+        changed = supervisor.repair(store, job_status)
+    except Exception:  # noqa: BLE001  (repair is a courtesy; the command goes on)
+        return []
+    if changed and reporter is not None:
+        reporter.warning(supervisor.summary(changed))
+    return changed
+
+
+_live: dict[str, Any] = {}
+
+
+@hookimpl
+def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
+    """Keep a live copy of the output for ``mlexec logs -f``, and say where it is."""
+    if run.tracker != "mlflow" or run.output is None:
+        return
+    from mlexec_core import supervisor
+
+    live = supervisor.start_live_log(run.run_id, run.output)
+    if live is not None:
+        _live[run.run_id] = live
+        open_store(run.tracking_uri).set_tags(run.run_id, {supervisor.LOG_TAG: str(live.path)})
+
+
+#: Attempts at writing a run's final status before it is kept locally.
+FINAL_ATTEMPTS = 3
+
+
 @hookimpl
 def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
     if run.tracker != "mlflow":
         return
-    store = open_store(run.tracking_uri)
-    # The output first, whatever the status: a run that ends has its log beside it.
-    problem = None
+    from mlexec_core import supervisor
+
+    live = _live.pop(run.run_id, None)
+    if live is not None:
+        live.close()
+    end_time = int(time.time() * 1000)
     log = run.output.log_path
-    if log is not None:
+    logged = log is None
+    problem: TrackingError | None = None
+    error: BaseException | None = None
+    for attempt in range(FINAL_ATTEMPTS):
+        if attempt and supervisor.interrupted.wait(2 ** (attempt - 1)):
+            break  # the user wants out: keep the status locally now
         try:
-            store.log_artifact(run.run_id, log, OUTPUT_ARTIFACT)
-        except Exception as exc:
-            problem = TrackingError(f"the run's output could not be stored as {OUTPUT_ARTIFACT}: "
-                                    f"{scrub(str(exc), secrets_of(run.tracking_uri or ''))}")
-    _end(store, run, status, reason)
-    if problem is not None:
-        raise problem
+            store = open_store(run.tracking_uri)
+            # The output first, whatever the status: a run that ends has its log beside it.
+            if not logged:
+                try:
+                    store.log_artifact(run.run_id, log, OUTPUT_ARTIFACT)
+                    logged = True
+                except Exception as exc:
+                    problem = TrackingError(f"the run's output could not be stored as {OUTPUT_ARTIFACT}: "
+                                            f"{scrub(str(exc), secrets_of(run.tracking_uri or ''))}")
+            _end(store, run, status, reason, end_time)
+        except Exception as exc:  # noqa: BLE001  (the store is down: try again, then keep it locally)
+            error = exc
+            continue
+        if problem is not None and not logged:
+            raise problem
+        return
+    tags = {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]} if reason else {}
+    kept = supervisor.save_pending(run.tracking_uri, run.run_id, status.value, None, end_time, tags,
+                                   log=None if logged else log)
+    why = _tracking_error(run.tracking_uri, error).message if error else "interrupted"
+    where = (f"kept in {kept}; the next mlexec command on this store (or `mlexec runs repair`) records it"
+             if kept else "it could not be kept locally either")
+    raise TrackingError(f"run {run.run_id} ended {status.value} but the store did not record it ({why}); {where}")
 
 
-def _end(store: Any, run: RunRecord, status: RunStatus, reason: str | None) -> None:
+def _end(store: Any, run: RunRecord, status: RunStatus, reason: str | None, end_time: int | None = None) -> None:
     # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
     # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
     if status is not RunStatus.KILLED and store.status(run.run_id) != RunStatus.RUNNING.value:
+        store.clear_live(run.run_id)
         return
     if reason:
         store.set_tags(run.run_id, {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]})
-    store.end_run(run.run_id, status.value)
+    store.end_run(run.run_id, status.value, end_time=end_time)
+
+
+def outcome_unrecorded(run: RunRecord) -> bool:
+    """Whether the final status of ``run`` is waiting locally for the store."""
+    from mlexec_core import supervisor
+
+    return run.tracker == "mlflow" and supervisor.has_pending(run.tracking_uri, run.run_id)

@@ -153,6 +153,9 @@ class _Stopper:
             signal.signal(sig, handler)
 
     def _on_signal(self, signum, frame) -> None:
+        from mlexec_core.supervisor import interrupted
+
+        interrupted.set()  # a tracking store that does not answer is not waited for any longer
         self.received.append(signum)
         if self.submitted is None and not self.starting:
             raise KeyboardInterrupt() if signum == signal.SIGINT else _Terminated(signum)
@@ -187,6 +190,14 @@ def _run_plan(terminal, plugins, plan, stopper: _Stopper) -> int:
     terminal.info(f"=== Run {submitted.run_id}{where}: {plan.command} ===")
     submitted.wait()
     status = submitted.status
+    from mlexec_core.builtins.mlflow_tracking import outcome_unrecorded
+
+    if outcome_unrecorded(submitted.run):  # a run whose outcome is not recorded is not a success
+        terminal.failure(f"=== Run {submitted.run_id} {status.value.lower()}, but the tracking store did not "
+                         "record it (kept locally; `mlexec runs repair` writes it) ===")
+        if status is RunStatus.KILLED:
+            return 128 + (stopper.received[0] if stopper.received else signal.SIGTERM)
+        return 1
     if status is RunStatus.FINISHED:
         terminal.success(f"=== Run {submitted.run_id} succeeded ===")
         return 0
@@ -194,7 +205,14 @@ def _run_plan(terminal, plugins, plan, stopper: _Stopper) -> int:
     terminal.failure(f"=== Run {submitted.run_id} {status.value.lower()}{reason} ===")
     if status is RunStatus.KILLED:
         return 128 + (stopper.received[0] if stopper.received else signal.SIGTERM)
-    return 1
+    return failed_exit_status(submitted.exit_code)
+
+
+def failed_exit_status(code: int | None) -> int:
+    """What `mlexec run` exits with for a FAILED run: the command's own status when
+    the backend knows it and it is from 1 to 125, else 1 (126 and up are the shell's
+    "cannot run" codes and 128 + N a signal, which would read as mlexec's own)."""
+    return code if isinstance(code, int) and 1 <= code <= 125 else 1
 
 
 def _fail(terminal, exc: MlexecError) -> None:
@@ -259,7 +277,7 @@ def plugins_cmd(as_json: bool) -> None:
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
-    infos = _plugins(terminal, warn=False).infos()
+    infos = _plugins(terminal, warn=False).infos(import_classes=True)  # a class that does not import is shown
     if as_json:
         import attrs
 
@@ -343,6 +361,10 @@ def env_prune(older_than: str | None, all_: bool, manager: str | None, dry_run: 
 from mlexec_core.cli.cache import cache as _cache_group  # noqa: E402  (click and errors only)
 
 cli.add_command(_cache_group)
+from mlexec_core.cli import runs as _runs  # noqa: E402  (click and errors only)
+
+for _command in (_runs.runs, _runs.attach, _runs.cancel, _runs.logs):
+    cli.add_command(_command)
 from mlexec_core.cli.sweep import sweep as _sweep_command  # noqa: E402  (click and errors only)
 
 cli.add_command(_sweep_command)

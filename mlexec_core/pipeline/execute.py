@@ -35,29 +35,71 @@ class SubmittedRun:
         self._lock = threading.Lock()
         self._status: RunStatus | None = None
         self.failure_reason: str | None = None
+        self._cancel_requested = False
+        self._cancels = 0  # cancel() calls still running
+        self._cancels_done = threading.Event()
+        self._cancels_done.set()
+        #: Pids of the job's processes that were still running on this machine when the job
+        #: ended, and that mlexec stopped (the stop contract, :mod:`mlexec_core.pipeline.stopping`).
+        self.left_behind: list[int] = []
 
     @property
     def run_id(self) -> str:
         return self.run.run_id
 
     def wait(self) -> bool:
-        """Block until the run ends; ``True`` if it succeeded."""
+        """Block until the run ends; ``True`` if it succeeded.
+
+        Before the end is recorded: a ``cancel()`` still running (on another thread)
+        is waited for, up to :func:`~mlexec_core.pipeline.stopping.cancel_timeout`;
+        and whatever of the job is still running on this machine is stopped, with
+        its process groups (SIGTERM, the stop timeout, SIGKILL).  A cancelled job
+        that did not finish is recorded KILLED, whatever the backend said.
+        """
         try:
             status = self.job.wait()
         except BaseException as exc:  # interrupted while waiting, or a backend bug
-            self.job.cancel()
-            self._finish(RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
-                         f"{type(exc).__name__}: {exc}".rstrip(": "))
+            try:
+                self.cancel()
+            finally:
+                self._end_job()
+                self._finish(RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED,
+                             f"{type(exc).__name__}: {exc}".rstrip(": "))
             raise
-        self._finish(status, self.job.failure_reason)
+        self._end_job()
+        reason = self.job.failure_reason
+        if self._cancel_requested and status is not RunStatus.FINISHED and status is not RunStatus.KILLED:
+            status, reason = RunStatus.KILLED, reason or "stopped by the user"
+        self._finish(status, reason)
         return status is RunStatus.FINISHED
 
     def get_status(self) -> RunStatus:
         return self._status or self.job.get_status()
 
     def cancel(self, signum: int | None = None) -> None:
-        """Stop the job and all it started; the run ends KILLED."""
-        self.job.cancel(signum)
+        """Stop the job and all it started; the run ends KILLED.  May be called from
+        another thread while :meth:`wait` blocks, and more than once."""
+        with self._lock:
+            self._cancel_requested = True
+            self._cancels += 1
+            self._cancels_done.clear()
+        try:
+            self.job.cancel(signum)
+        finally:
+            with self._lock:
+                self._cancels -= 1
+                if self._cancels == 0:
+                    self._cancels_done.set()
+
+    def _end_job(self) -> None:
+        """The stop contract's core side, once the job's wait() is over."""
+        from mlexec_core.pipeline.stopping import cancel_timeout
+
+        reporter = self.plugins.context.reporter
+        if self._cancel_requested and not self._cancels_done.wait(cancel_timeout()):
+            reporter.warning(f"backend {self.plan.backend!r}: cancel() did not return within "
+                             f"{cancel_timeout():.0f} s; the job may still be running where it was submitted")
+        self.left_behind = _end_job_processes(self.run, self.plan, reporter)
 
     @property
     def status(self) -> RunStatus | None:
@@ -82,6 +124,24 @@ class SubmittedRun:
         if self.job.tags:
             self.plugins.broadcast("mlexec_run_tags", run=self.run, tags=dict(self.job.tags))
         _finish_run(self.plugins, self.run, self.plan, status, reason)
+
+
+def _end_job_processes(run: RunRecord, plan: RunPlan, reporter) -> list[int]:
+    """Stop what of the job still runs on this machine (marked with the run's mark)."""
+    from mlexec_core.pipeline.stopping import MARK_VAR, end_marked_processes
+    from mlexec_core.plugin.process import stop_timeout
+
+    mark = run.env.get(MARK_VAR)
+    if not mark:
+        return []
+    left = end_marked_processes(mark, stop_timeout())
+    if left:
+        shown = ", ".join(map(str, left[:5])) + (" ..." if len(left) > 5 else "")
+        reporter.warning(f"the job left {len(left)} process{'es' if len(left) > 1 else ''} running on this "
+                         f"machine after it ended (pid {shown}); mlexec stopped "
+                         f"{'them' if len(left) > 1 else 'it'} with {'their' if len(left) > 1 else 'its'} "
+                         f"process group (backend {plan.backend!r})")
+    return left
 
 
 def _finish_run(plugins: Plugins, run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
@@ -126,7 +186,10 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
     backend = plugins.backend(plan.backend)
     environment = prepared.environment
     run = plugins.hook.mlexec_run_create(plan=plan, context=plugins.context) or RunRecord(run_id=uuid.uuid4().hex)
-    run = attrs.evolve(run, output=output if output is not None else RunOutput())
+    from mlexec_core.pipeline.stopping import MARK_VAR, new_mark
+
+    run = attrs.evolve(run, output=output if output is not None else RunOutput(),
+                       env={**run.env, MARK_VAR: new_mark()})
     try:
         tags = {"mlflow.project.backend": backend.name}
         if environment is not None:
@@ -138,7 +201,10 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
             plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
     except BaseException as exc:
         status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
-        _finish_run(plugins, run, plan, status, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        try:
+            _end_job_processes(run, plan, plugins.context.reporter)  # what submit() started before failing
+        finally:
+            _finish_run(plugins, run, plan, status, f"{type(exc).__name__}: {exc}".rstrip(": "))
         raise
     submitted = SubmittedRun(plugins, plan, run, job, environment)
     plugins.broadcast("mlexec_run_started", run=run, plan=plan)

@@ -55,6 +55,9 @@ class Source:
     git_repo_url: str | None = None
     git_branch: str | None = None
     version: str | None = None
+    #: What MLflow records as ``mlflow.source.name`` when it is not ``uri``: for a directory
+    #: inside a git work tree, ``file://<work tree root>#<subdirectory>``.
+    name: str | None = None
 
 
 @frozen

@@ -7,7 +7,8 @@ unknown backend) is reported before any run exists.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import os
 import posixpath
 import re
@@ -17,15 +18,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
-
-
 from mlexec_core.errors import MlexecError, ParameterError, PluginError, UsageError
 from mlexec_core.pipeline.plan import ResolvedParameter, RunPlan, TrackingOptions
 from mlexec_core.pipeline.source import fetch
 from mlexec_core.plugin.manager import Plugins
-from mlexec_core.project.loader import ProjectWarning, load_project
+from mlexec_core.project.loader import load_project
 from mlexec_core.project.model import EntryPoint, EnvKind, ParamType, Project
-from mlexec_core.project.params import check_value, placeholders, render_command
+from mlexec_core.project.params import check_value, mlflow_str, placeholders, render_command
+from mlexec_core.yamlfile import FileWarning, exists, is_file, parse_json, parse_yaml, read_text, shorten, text_problem
 
 #: MLflow's limits and rules for param names and values.
 MAX_PARAM_VALUE = 6000
@@ -40,24 +40,36 @@ def parse_pairs(items: Iterable[str], option: str) -> dict[str, str]:
     result: dict[str, str] = {}
     for item in items:
         if "=" not in item:
-            raise UsageError(f"{option} {item!r} must be NAME=VALUE", hint=f"for example {option} alpha=0.5")
+            raise UsageError(f"{option} {shorten(item)!r} must be NAME=VALUE", hint=f"for example {option} alpha=0.5")
         key, value = item.split("=", 1)
         key = key.strip()
         if not key:
-            raise UsageError(f"{option} {item!r} has no name before '='")
+            raise UsageError(f"{option} {shorten(item)!r} has no name before '='")
+        check_text(f"{option} {key}", key, "name")
+        check_text(f"{option} {key}", value)
         if key in result:
-            raise UsageError(f"{option} {key} is given twice ({result[key]!r} and {value!r})")
+            raise UsageError(f"{option} {shorten(key)} is given twice ({shorten(result[key])!r} and {shorten(value)!r})")
         result[key] = value
     return result
+
+
+def check_text(where: str, text: str, what: str = "value") -> None:
+    """A :class:`UsageError` when ``text`` (an option's value) holds NUL or is not valid text (a lone surrogate)."""
+    problem = text_problem(text)
+    if problem:
+        raise UsageError(f"{shorten(where)}: the {what} {problem}",
+                         hint="give text that can go on a command line (a terminal's bytes that are not UTF-8 "
+                              "arrive as lone surrogates)")
 
 
 def parse_docker_args(items: Iterable[str]) -> tuple[tuple[str, str | None], ...]:
     """``-A name=value`` / ``-A flag`` items, as MLflow reads them."""
     out = []
     for item in items:
+        check_text(f"-A {item}", item)
         name, sep, value = item.partition("=")
         if not name:
-            raise UsageError(f"-A {item!r} needs a name, as in -A memory=2g or -A privileged")
+            raise UsageError(f"-A {shorten(item)!r} needs a name, as in -A memory=2g or -A privileged")
         out.append((name, value if sep else None))
     return tuple(out)
 
@@ -68,31 +80,29 @@ def load_backend_config(value: str | Mapping[str, Any] | None, cwd: Path) -> tup
         return {}, cwd
     if isinstance(value, Mapping):
         return dict(value), cwd
+    check_text("--backend-config", value)
     path = cwd / value
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except (ValueError, Exception) as exc:  # json.JSONDecodeError, yaml.YAMLError
-            raise UsageError(f"--backend-config {value}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                             f"{str(exc).splitlines()[0]}") from None
+    shown = f"--backend-config {shorten(value, 300)}"
+    if len(value) < 4096 and exists(path) and not value.lstrip().startswith(("{", "[")):
+        text = read_text(path, error=UsageError, what="backend config file")
+        if path.suffix.lower() == ".json":
+            data = parse_json(text, shown, error=UsageError)
+        else:
+            data = parse_yaml(text, shown, error=UsageError, duplicates="error")
         base = path.resolve().parent
     else:
-        try:
-            data = json.loads(value)
-        except ValueError:
-            raise UsageError(f"--backend-config {value!r} is neither a file nor inline JSON",
-                             hint="pass a .json/.yaml file or a JSON object such as '{\"key\": \"value\"}'") from None
+        if not value.lstrip().startswith(("{", "[")) and path.suffix.lower() in (".json", ".yaml", ".yml"):
+            raise UsageError(f"{shown}: no such file ({shorten(str(path), 300)})",
+                             hint="pass an existing .json/.yaml file or a JSON object such as '{\"key\": \"value\"}'")
+        if not value.lstrip().startswith(("{", "[")):
+            raise UsageError(f"--backend-config {shorten(value)!r} is neither a file nor inline JSON",
+                             hint="pass a .json/.yaml file or a JSON object such as '{\"key\": \"value\"}'")
+        data = parse_json(value, "--backend-config (inline JSON)", error=UsageError)
         base = cwd
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UsageError(f"--backend-config {value}: expected a mapping of keys to values")
+        raise UsageError(f"--backend-config {shorten(value)}: expected a mapping of keys to values")
     return data, base
 
 
@@ -100,11 +110,14 @@ def entry_point_for(project: Project, name: str) -> EntryPoint:
     """The declared entry point ``name``, or a script in the project run as one."""
     if name in project.entry_points:
         return project.entry_points[name]
+    if name in project.invalid_entry_points:
+        raise project.invalid_entry_points[name]
+    check_text("-e", name, "entry point name")
     suffix = Path(name).suffix.lower()
     if suffix in _SCRIPT_RUNNERS:
         script = (project.directory / name)
-        if not script.is_file():
-            raise UsageError(f"entry point {name!r}: no such script in {project.directory}")
+        if not is_file(script):
+            raise UsageError(f"entry point {shorten(name)!r}: no such script in {project.directory}")
         quoted = shlex.quote(name)
         if suffix == ".py":
             command = f"python {quoted}"
@@ -116,7 +129,7 @@ def entry_point_for(project: Project, name: str) -> EntryPoint:
     known = ", ".join(sorted(project.entry_points)) or "none declared"
     where = f" in {project.mlproject}" if project.mlproject else f" (no MLproject in {project.directory})"
     raise UsageError(
-        f"unknown entry point {name!r}{where}",
+        f"unknown entry point {shorten(name)!r}{where}",
         hint=f"entry points: {known}; a .py, .sh or .R file in the project also runs as one",
     )
 
@@ -138,7 +151,10 @@ def resolve_parameters(
         from_user = name in given
         raw = given[name] if from_user else param.default
         try:
-            value = check_value(param.type, raw)
+            if from_user:  # a default was checked (and warned about) when the MLproject was read
+                value = check_value(param.type, raw)
+            else:
+                value = mlflow_str(raw)
             if param.type is ParamType.PATH:
                 value = _resolve_path(value, cwd if from_user else project_dir)
         except ValueError as exc:
@@ -176,27 +192,54 @@ def _resolve_path(value: str, base: Path) -> str:
     elif parsed.scheme and len(parsed.scheme) > 1:
         raise ValueError(f"{value!r} is a remote location; mlexec reads path parameters from this machine only "
                          "(declare the parameter as uri to pass it through)")
-    path = (base / os.path.expanduser(value)).resolve()
-    if not path.exists():
-        raise ValueError(f"no such file or directory: {path}")
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(f"the path {problem}")
+    try:
+        path = (base / os.path.expanduser(value)).resolve()
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"cannot use {shorten(value)!r} as a path: {getattr(exc, 'strerror', None) or exc}") from None
+    if not exists(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise ValueError(f"{shorten(value)!r}: the name is too long for the file system") from None
+        except ValueError:
+            pass
+        raise ValueError(f"no such file or directory: {shorten(str(path), 300)}")
     return str(path)
 
 
-def load_project_reporting(directory: Path, reporter) -> Project:
-    """:func:`load_project`, with its warnings (ignored keys ...) said through ``reporter``."""
+@contextlib.contextmanager
+def reporting_file_warnings(reporter):
+    """Say every :class:`~mlexec_core.yamlfile.FileWarning` raised inside (by the core's or a plugin's
+    loader: a duplicate key, a file found elsewhere ...) through ``reporter``, in order."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ProjectWarning)
-        project = load_project(directory)
-    for w in caught:
-        if issubclass(w.category, ProjectWarning):
-            reporter.warning(str(w.message))
-    return project
+        warnings.simplefilter("always", FileWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, FileWarning):
+                    reporter.warning(str(w.message))
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def load_project_reporting(directory: Path, reporter, entry_point: str | None = None) -> Project:
+    """:func:`load_project`, with its warnings (ignored keys ...) said through ``reporter``.
+
+    With ``entry_point``, only that entry point is checked (see :func:`load_project`).
+    """
+    with reporting_file_warnings(reporter):
+        return load_project(directory, entry_point)
 
 
 def choose_environment_manager(plugins: Plugins, project: Project, requested: str | None,
                                warn) -> tuple[str, str]:
     """The canonical manager name for ``project`` and the name the user used."""
-    managers = plugins.environment_managers()
+    managers = plugins.registered("env-manager")  # records: nothing is imported to choose
     kind = project.environment.kind
     described = _describe_env(project)
     if requested:
@@ -259,6 +302,9 @@ def resolve_plan(
         raise UsageError("give --experiment-name or --experiment-id, not both")
     if isinstance(parameters, Mapping):
         given = {str(k): _param_str(v) for k, v in parameters.items()}
+        for key, text in given.items():
+            check_text(f"parameter {key}", key, "name")
+            check_text(f"parameter {key}", text)
     else:
         given = parse_pairs(parameters or (), "-P")
     if isinstance(docker_args, Mapping):
@@ -267,7 +313,7 @@ def resolve_plan(
         dargs = parse_docker_args(docker_args or ())
 
     fetched = fetch(uri, version, cwd, reporter=reporter)
-    project = load_project_reporting(fetched.directory, reporter)
+    project = load_project_reporting(fetched.directory, reporter, entry_point)
 
     ep = entry_point_for(project, entry_point)
     values, extra = resolve_parameters(ep, given, project.directory, cwd)
@@ -284,8 +330,9 @@ def resolve_plan(
         manager, requested = choose_environment_manager(plugins, project, env_manager, reporter.warning)
     except MlexecError as exc:  # only an error if the backend runs the command in a local environment
         manager, requested, env_error = "", env_manager or "", exc
-    config, config_base = load_backend_config(backend_config, cwd)
-    parsed_config = backend_obj.parse_config(config, config_base)
+    with reporting_file_warnings(reporter):
+        config, config_base = load_backend_config(backend_config, cwd)
+        parsed_config = backend_obj.parse_config(config, config_base)
     command = render_command(ep.command, {n: p.value for n, p in values.items()}, extra)
     plan = RunPlan(
         project=project,
@@ -308,13 +355,13 @@ def resolve_plan(
     if backend_obj.uses_local_environment(plan):
         if env_error is not None:
             raise env_error
-        plugins.environment_manager(manager).check(project, requested)
+        with reporting_file_warnings(reporter):
+            plugins.environment_manager(manager).check(project, requested)
     return plan
 
 
 def _param_str(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """A Python API parameter value as ``mlflow.projects.run`` passes it: ``str(value)`` (``True``, ``0.1``)."""
+    return mlflow_str(value)
 
 

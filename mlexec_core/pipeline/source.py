@@ -9,6 +9,7 @@ missing subdirectory, a corrupt or malicious archive) is one
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,6 +20,7 @@ from attrs import frozen
 from mlexec_core.errors import UsageError
 from mlexec_core.pipeline.plan import Source
 from mlexec_core.sources.urls import GIT_SCHEMES, is_archive, is_scp_like, redact
+from mlexec_core.yamlfile import exists, shorten, text_problem
 
 
 @frozen
@@ -51,6 +53,13 @@ def fetch(uri: str, version: str | None, cwd: Path, *, reporter: Any = None) -> 
 
     ``reporter`` (optional) shows progress of slow steps (``status`` / ``info``).
     """
+    for where, text in (("project URI", uri), ("--version", version)):
+        problem = text_problem(text) if text is not None else None
+        if problem:
+            raise UsageError(f"the {where} {problem}", hint="pass a directory, a git URL or an archive")
+    if len(uri) > 8192:
+        raise UsageError(f"the project URI is {len(uri)} characters long: {shorten(uri)!r}",
+                         hint="pass a directory, a git URL or an archive")
     base, sub = split_subdirectory(uri)
     shown = redact(uri.strip().strip("'\""))
     parsed = urlsplit(base)
@@ -59,7 +68,7 @@ def fetch(uri: str, version: str | None, cwd: Path, *, reporter: Any = None) -> 
         return _fetch_path(Path(unquote(parsed.path)), uri, shown, sub, version, reporter)
     if scheme in ("http", "https") and is_archive(unquote(parsed.path)):
         return _fetch_archive(base, shown, sub, version, reporter)
-    if scheme in GIT_SCHEMES or scheme == "file" or (is_scp_like(base) and not (cwd / base).exists()):
+    if scheme in GIT_SCHEMES or scheme == "file" or (is_scp_like(base) and not exists(cwd / base)):
         url = base[4:] if scheme in ("git+https", "git+http") else base  # pip's spelling; git knows git+ssh
         return _fetch_git(url, shown, sub, version, reporter, local=False)
     if scheme and len(scheme) > 1:
@@ -73,11 +82,18 @@ def _fetch_path(path: Path, uri: str, shown: str, sub: str | None, version: str 
                 reporter: Any) -> FetchedProject:
     from mlexec_core.sources.git import is_bare_repository, local_repository
 
-    if path.is_file() and is_archive(path.name):
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except (OSError, ValueError) as exc:
+        reason = "the name is too long for the file system" if getattr(exc, "errno", None) == errno.ENAMETOOLONG \
+            else getattr(exc, "strerror", None) or str(exc)
+        raise UsageError(f"project {shorten(shown)!r}: {reason}",
+                         hint="pass the directory that holds the MLproject file, a git URL or an archive") from None
+    if is_file and is_archive(path.name):
         return _fetch_archive(str(path.resolve()), shown, sub, version, reporter)
-    if not path.is_dir():
-        what = "file, not a directory or archive" if path.exists() else "no such directory"
-        raise UsageError(f"project {shown!r}: {what} ({path.resolve()})",
+    if not is_dir:
+        what = "file, not a directory or archive" if exists(path) else "no such directory"
+        raise UsageError(f"project {shorten(shown)!r}: {what} ({shorten(str(path.resolve()), 300)})",
                          hint="pass the directory that holds the MLproject file, a git URL or an archive")
     path = path.resolve()
     if is_bare_repository(path):
@@ -96,9 +112,9 @@ def _fetch_path(path: Path, uri: str, shown: str, sub: str | None, version: str 
     directory = path
     if sub:
         directory = _subdirectory(path, sub, shown)
-    commit, repo_url = git_info(directory)
+    commit, repo_url, name = git_info(directory)
     return FetchedProject(directory, Source(uri=str(directory), kind="local", git_commit=commit,
-                                            git_repo_url=redact(repo_url) if repo_url else None))
+                                            git_repo_url=redact(repo_url) if repo_url else None, name=name))
 
 
 def _status(reporter: Any):
@@ -170,17 +186,27 @@ def _origin(top: Path) -> str | None:
     return url or None
 
 
-def git_info(directory: Path) -> tuple[str | None, str | None]:
-    """The commit checked out in ``directory`` and its ``origin`` URL, when it is in git."""
+def git_info(directory: Path) -> tuple[str | None, str | None, str | None]:
+    """The commit checked out in ``directory``, its ``origin`` URL, and MLflow's source name for it.
+
+    The source name is what ``mlflow run`` records as ``mlflow.source.name`` for a
+    directory inside a git work tree: ``file://<work tree root>``, with
+    ``#<subdirectory>`` when the project is below the root.  All three are
+    ``None`` outside git.
+    """
     try:
         out = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            ["git", "-C", str(directory), "rev-parse", "--show-toplevel", "--show-prefix", "HEAD"],
             capture_output=True, text=True, timeout=10,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return None, None
-    if out.returncode != 0:
-        return None, None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None, None, None
+    lines = out.stdout.splitlines()
+    if len(lines) < 2 or not lines[0].strip():
+        return None, None, None
+    top, prefix = lines[0].strip(), lines[1].strip().strip("/")
+    name = f"file://{top}" + (f"#{prefix}" if prefix else "")
+    commit = lines[2].strip() if out.returncode == 0 and len(lines) > 2 else None  # None: no commit yet
     try:
         url = subprocess.run(
             ["git", "-C", str(directory), "config", "--get", "remote.origin.url"],
@@ -188,4 +214,4 @@ def git_info(directory: Path) -> tuple[str | None, str | None]:
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         url = ""
-    return out.stdout.strip() or None, url or None
+    return commit or None, url or None, name

@@ -27,18 +27,24 @@ from mlexec_core.plugin.interfaces import (
     Reporter,
     SilentReporter,
 )
+from mlexec_core.plugin.registration import KINDS, Registration
 
 ENTRY_POINT_GROUP = "mlexec"
 DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
 
 #: Built-in plugins: (name, module), registered exactly like installed ones.
 BUILTINS: tuple[tuple[str, str], ...] = (
-    ("local", "mlexec_core.builtins.local"),
+    ("local", "mlexec_core.builtins.local_plugin"),
     ("mlflow", "mlexec_core.builtins.mlflow_tracking"),
     ("sweep", "mlexec_core.sweep.strategy"),
 )
 
 T = TypeVar("T")
+
+_KIND_WORDS = {"env-manager": "environment manager", "backend": "backend", "image-builder": "image builder"}
+
+#: The interface each kind's classes implement.
+_BASES: dict[str, type] = {"env-manager": EnvironmentManager, "backend": Backend, "image-builder": ImageBuilder}
 
 
 @frozen
@@ -122,67 +128,88 @@ class Plugins:
                     self.context.reporter.warning(f"plugin {name!r} failed in {hook_name}: {_reason(exc)}")
 
     # -- what is registered --------------------------------------------------------------
+    #
+    # Registration hooks return Registration records (or, the older way, classes).
+    # Records are collected and checked without importing anything; a class is
+    # imported only when it is asked for by name (environment_manager(), backend(),
+    # image_builder(), load()) or when a whole table of classes is.
 
-    def _collect(self, hook_name: str, kind: str, base: type[T]) -> dict[str, type[T]]:
-        if hook_name in self._cache:
-            return self._cache[hook_name]
-        found: dict[str, tuple[type[T], str]] = {}
+    def _collect(self, kind: str) -> dict[str, _Entry]:
+        if kind in self._cache:
+            return self._cache[kind]
+        hook_name = KINDS[kind]
+        base = _BASES[kind]
+        found: dict[str, _Entry] = {}
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():  # registration order
             plugin_name = self.pm.get_name(impl.plugin) or "?"
             try:
-                classes = list(impl.function() or ())
+                items = list(impl.function() or ())
             except Exception as exc:  # a plugin bug: say whose
                 raise PluginError(f"plugin {plugin_name!r} failed in {hook_name}: {_reason(exc)}") from exc
-            for cls in classes:
-                if not (isinstance(cls, type) and issubclass(cls, base)):
-                    raise PluginError(
-                        f"plugin {plugin_name!r} registered {cls!r} from {hook_name}, "
-                        f"which is not a {base.__name__} subclass"
-                    )
-                if not isinstance(getattr(cls, "name", None), str) or not cls.name:
-                    raise PluginError(f"plugin {plugin_name!r} registered {cls.__name__} from {hook_name} "
-                                      "without a name (set the class attribute `name`)")
-                names = [cls.name, *getattr(cls, "aliases", ())]
-                for name in names:
-                    if name in found and found[name][0] is not cls:
+            for item in items:
+                entry = _entry(item, kind, base, plugin_name, hook_name)
+                for name in (entry.record.name, *entry.record.aliases):
+                    if name in found and found[name].record.path != entry.record.path:
                         raise PluginError(
-                            f"two plugins register the {kind} {name!r}: {found[name][1]!r} and {plugin_name!r}",
+                            f"two plugins register the {_KIND_WORDS[kind]} {name!r}: "
+                            f"{found[name].plugin!r} and {plugin_name!r}",
                             hint=f"uninstall one, or block one with {DISABLE_VAR}={plugin_name}",
                         )
-                    found[name] = (cls, plugin_name)
-        result = {name: cls for name, (cls, _) in found.items()}
-        self._cache[hook_name] = result
-        return result
+                    found.setdefault(name, entry)
+        self._cache[kind] = found
+        return found
+
+    def registered(self, kind: str) -> dict[str, Registration]:
+        """Every name (and alias) of ``kind`` ("env-manager", "backend", "image-builder")
+        to its :class:`~mlexec_core.plugin.registration.Registration`; imports no class."""
+        return {name: entry.record for name, entry in self._collect(kind).items()}
+
+    def load(self, kind: str, name: str) -> type:
+        """The class registered as ``name`` for ``kind``, imported now if it was not yet.
+
+        An unknown name, or a class that does not import, is a :class:`PluginError`
+        naming the plugin.
+        """
+        option = {"env-manager": "--env-manager", "backend": "--backend", "image-builder": "image builder"}[kind]
+        entries = self._collect(kind)
+        self._lookup(entries, name, _KIND_WORDS[kind], option)
+        return entries[name].load(base=_BASES[kind])
+
+    def _classes(self, kind: str) -> dict[str, type]:
+        return {name: self.load(kind, name) for name in self._collect(kind)}
 
     def environment_managers(self) -> dict[str, type[EnvironmentManager]]:
-        """Every ``--env-manager`` value (names and aliases) to its class."""
-        return self._collect("mlexec_environment_managers", "environment manager", EnvironmentManager)
+        """Every ``--env-manager`` value (names and aliases) to its class (imports them all:
+        use :meth:`registered` to choose without importing)."""
+        return self._classes("env-manager")
 
     def backends(self) -> dict[str, type[Backend]]:
-        return self._collect("mlexec_backends", "backend", Backend)
+        """Every ``--backend`` value to its class (imports them all)."""
+        return self._classes("backend")
 
     def image_builders(self) -> dict[str, type[ImageBuilder]]:
-        return self._collect("mlexec_image_builders", "image builder", ImageBuilder)
+        """Every image builder name to its class (imports them all)."""
+        return self._classes("image-builder")
 
     def environment_manager(self, name: str) -> EnvironmentManager:
-        return self._lookup(self.environment_managers(), name, "environment manager", "--env-manager")(self.context)
+        return self.load("env-manager", name)(self.context)
 
     def backend(self, name: str) -> Backend:
-        return self._lookup(self.backends(), name, "backend", "--backend")(self.context)
+        return self.load("backend", name)(self.context)
 
     def image_builder(self, name: str | None = None) -> ImageBuilder:
-        builders = self.image_builders()
         if name is None:
+            builders = self._collect("image-builder")
             if not builders:
                 raise PluginError(
                     "no image builder is installed", hint="install one, for example: pip install mlexec-docker"
                 )
             name = sorted(builders)[0]
-        return self._lookup(builders, name, "image builder", "image builder")(self.context)
+        return self.load("image-builder", name)(self.context)
 
     @staticmethod
-    def _lookup(table: Mapping[str, type[T]], name: str, kind: str, option: str) -> type[T]:
+    def _lookup(table: Mapping[str, T], name: str, kind: str, option: str) -> T:
         if name in table:
             return table[name]
         close = difflib.get_close_matches(name, list(table), n=1)
@@ -199,31 +226,104 @@ class Plugins:
         """Plugins that failed to load (import error, bad hook)."""
         return [info for info in self._infos.values() if info.state == "error"]
 
-    def infos(self) -> list[PluginInfo]:
+    def infos(self, *, import_classes: bool = False) -> list[PluginInfo]:
+        """What ``mlexec plugins`` shows.  With ``import_classes``, every registered
+        class is imported too, and a plugin whose class does not import is shown
+        with state ``error`` (its plugin module alone imported fine)."""
         provides: dict[str, list[str]] = {}
-        for hook_name, kind, base in (
-            ("mlexec_backends", "backend", Backend),
-            ("mlexec_environment_managers", "env-manager", EnvironmentManager),
-            ("mlexec_image_builders", "image-builder", ImageBuilder),
-            ("mlexec_search_strategies", "sweep-strategy", None),
-        ):
+        broken: dict[str, str] = {}
+        for kind, hook_name in KINDS.items():
+            base = _BASES[kind]
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 pname = self.pm.get_name(impl.plugin)
                 try:
-                    classes = list(impl.function() or ())
+                    items = list(impl.function() or ())
                 except Exception as exc:  # shown, not raised, here
                     provides.setdefault(pname, []).append(f"{kind}: error: {_reason(exc)}")
                     continue
-                for cls in classes:
-                    aliases = getattr(cls, "aliases", ())
-                    label = f"{kind}: {getattr(cls, 'name', None) or '(no name)'}" + (f" ({', '.join(aliases)})" if aliases else "")
+                for item in items:
+                    try:
+                        entry = _entry(item, kind, base, pname, hook_name)
+                    except PluginError as exc:
+                        provides.setdefault(pname, []).append(f"{kind}: error: {exc.message}")
+                        broken.setdefault(pname, exc.message)
+                        continue
+                    aliases = entry.record.aliases
+                    label = f"{kind}: {entry.record.name}" + (f" ({', '.join(aliases)})" if aliases else "")
                     provides.setdefault(pname, []).append(label)
+                    if import_classes:
+                        try:
+                            entry.load(base)
+                        except PluginError as exc:
+                            broken.setdefault(pname, exc.message)
+        for impl in self.pm.hook.mlexec_search_strategies.get_hookimpls():  # classes, listed by name
+            pname = self.pm.get_name(impl.plugin)
+            try:
+                names = [getattr(cls, "name", None) or repr(cls) for cls in impl.function() or ()]
+            except Exception as exc:  # shown, not raised, here
+                names = [f"error: {_reason(exc)}"]
+            provides.setdefault(pname, []).extend(f"sweep-strategy: {name}" for name in names)
         for plugin in self.pm.get_plugins():
             pname = self.pm.get_name(plugin)
             for caller in self.pm.get_hookcallers(plugin) or ():
                 if caller.name.startswith("mlexec_run_"):
                     provides.setdefault(pname, []).append(f"hook: {caller.name}")
-        return [attrs.evolve(info, provides=tuple(provides.get(info.name, ()))) for info in self._infos.values()]
+        out = []
+        for info in self._infos.values():
+            info = attrs.evolve(info, provides=tuple(provides.get(info.name, ())))
+            if info.state == "loaded" and info.name in broken:
+                info = attrs.evolve(info, state="error", error=broken[info.name])
+            out.append(info)
+        return out
+
+
+@attrs.define
+class _Entry:
+    """A registered record, and its class once imported."""
+
+    record: Registration
+    plugin: str
+    cls: type | None = None
+    error: str | None = None
+
+    def load(self, base: type) -> type:
+        if self.cls is not None:
+            return self.cls
+        rec = self.record
+        what = f"plugin {self.plugin!r} registers the {_KIND_WORDS[rec.kind]} {rec.name!r} as {rec.path}"
+        hint = f"reinstall the plugin, or block it with {DISABLE_VAR}={self.plugin}"
+        try:
+            cls = rec.load()
+        except Exception as exc:
+            raise PluginError(f"{what}, which does not import: {_reason(exc)}", hint=hint) from exc
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"{what}, which is not a {base.__name__} subclass", hint=hint)
+        own = getattr(cls, "name", None)
+        if own is not None and own != rec.name:
+            raise PluginError(f"{what}, whose own name is {own!r}", hint="make the record's name and the class's agree")
+        self.cls = cls
+        return cls
+
+
+def _entry(item: Any, kind: str, base: type, plugin_name: str, hook_name: str) -> _Entry:
+    """Check one thing a registration hook returned: a Registration or a class."""
+    if isinstance(item, Registration):
+        problem = item.problem()
+        if problem is None and item.kind != kind:
+            problem = f"its kind is {item.kind!r}, but {hook_name} registers {kind!r}"
+        if problem:
+            raise PluginError(f"plugin {plugin_name!r} returned a bad Registration from {hook_name} "
+                              f"({item.name or item.path!r}): {problem}")
+        return _Entry(item, plugin_name)
+    if not (isinstance(item, type) and issubclass(item, base)):
+        raise PluginError(
+            f"plugin {plugin_name!r} registered {item!r} from {hook_name}, "
+            f"which is not a {base.__name__} subclass or a Registration"
+        )
+    if not isinstance(getattr(item, "name", None), str) or not item.name:
+        raise PluginError(f"plugin {plugin_name!r} registered {item.__name__} from {hook_name} "
+                          "without a name (set the class attribute `name`)")
+    return _Entry(Registration.of(kind, item), plugin_name, cls=item)
 
 
 def _module_name(obj: Any) -> str | None:

@@ -129,6 +129,10 @@ class ProcessExecution(Execution):
             self._stopped.wait()
         elif self.proc.poll() is None:
             self.stop(signal.SIGTERM, stop_timeout())
+        if not group_members(self.proc.pid):  # what is left (a background child) stays the reaper's
+            from mlexec_core import reaper
+
+            reaper.forget_group(self.proc.pid)
 
 
 class ProcessLauncher(Launcher):
@@ -154,6 +158,9 @@ class ProcessLauncher(Launcher):
             stdout=subprocess.PIPE if piped else None,
             stderr=subprocess.PIPE if piped else None,
         )
+        from mlexec_core import reaper
+
+        reaper.watch_group(proc.pid)  # stopped even if mlexec itself is killed (kill -9, OOM)
         pumps: tuple[threading.Thread, ...] = ()
         if piped:
             pumps = (spec.output.pump(proc.stdout, "stdout"), spec.output.pump(proc.stderr, "stderr"))

@@ -1,25 +1,34 @@
 """Finding and reading an MLproject into :class:`~mlexec_core.project.model.Project`.
 
-The YAML is structured by one private cattrs converter into "raw" classes that
-mirror the file, with unknown keys forbidden below the top level (a misspelt
-``defualt:`` is an error, not a silently required parameter); then the raw
-form is checked and turned into the model.  Every problem comes out as one
-:class:`~mlexec_core.errors.ProjectError` naming the file and the key path,
-such as ``entry_points.main.parameters.alpha.type``.
+The file is read with :mod:`mlexec_core.yamlfile` (any content gives one
+:class:`~mlexec_core.errors.ProjectError` naming the file and the place, never a
+traceback) and then checked key by key, as leniently as MLflow loads it:
+
+* an unknown key at any level (top level, entry point, parameter spec,
+  ``docker_env``) is a :class:`ProjectWarning` naming the key path, with a
+  did-you-mean, and is ignored, as MLflow ignores it;
+* a parameter with no ``type``, or a type mlexec does not know (``list[str]``,
+  ``dict``), is a string, as in MLflow (an unknown type is warned about);
+* a default that is not a valid value of its type is warned about and passed
+  as MLflow passes it: Python's ``str()`` of the YAML value.  Defaults are
+  always that ``str()`` (``True``, ``0.1``, ``1e-05``); checking never changes them;
+* only the entry point being run is checked: :func:`load_project` with
+  ``entry_point=`` keeps any other entry point's problems in
+  :attr:`~mlexec_core.project.model.Project.invalid_entry_points` and says nothing about them.
+
+What would make a run wrong or cannot be run at all (an entry point without a
+command, a declared environment file that is missing, two environments) is
+still an error.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 import warnings
 from pathlib import Path
-from typing import Any, Union
-
-import attrs
-import cattrs
-import yaml
-from attrs import frozen
+from typing import Any, Callable
 
 from mlexec_core.errors import ProjectError
 from mlexec_core.project.model import (
@@ -33,106 +42,57 @@ from mlexec_core.project.model import (
     ParamType,
     Project,
 )
-from mlexec_core.project.params import check_value
+from mlexec_core.project.params import check_value, mlflow_str
+from mlexec_core.yamlfile import FileWarning, exists, is_file, load_yaml, shorten
 
 PYTHON_ENV_FILE = "python_env.yaml"
 CONDA_ENV_FILE = "conda.yaml"
 KNOWN_TOP_LEVEL = ("name", "entry_points", "conda_env", "python_env", "docker_env", "databricks_spark_job")
+ENTRY_POINT_KEYS = ("command", "parameters", "description")
+PARAMETER_KEYS = ("type", "default", "description")
+#: ``image``, ``volumes`` and ``environment`` are MLflow's; the rest are mlexec's.
+DOCKER_ENV_KEYS = ("image", "volumes", "environment", "dockerfile", "context", "args")
 _ENV_KEYS = ("conda_env", "python_env", "docker_env")
 
 
-class ProjectWarning(UserWarning):
-    """Something in the MLproject that mlexec ignores, with where it is."""
+class ProjectWarning(FileWarning):
+    """Something in the MLproject that mlexec tolerates as MLflow does, with where it is."""
 
 
-# -- the file as written --------------------------------------------------------------
-
-
-@frozen
-class _RawParameter:
-    type: str = "string"
-    default: Any = None
-    description: Union[str, None] = None
-
-
-@frozen
-class _RawEntryPoint:
-    command: str
-    parameters: dict[str, _RawParameter] = attrs.field(factory=dict)
-    description: Union[str, None] = None
-
-
-@frozen
-class _RawDockerEnv:
-    image: Union[str, None] = None
-    dockerfile: Union[str, None] = None
-    context: Union[str, None] = None
-    args: dict[str, str] = attrs.field(factory=dict)
-    volumes: list[str] = attrs.field(factory=list)
-    environment: list[EnvVar] = attrs.field(factory=list)
-
-
-@frozen
-class _RawProject:
-    name: Union[str, None] = None
-    entry_points: dict[str, _RawEntryPoint] = attrs.field(factory=dict)
-    conda_env: Union[str, None] = None
-    python_env: Union[str, None] = None
-    docker_env: Union[_RawDockerEnv, None] = None
-    databricks_spark_job: Any = None
-
-
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True)
-
-    def scalar_str(value: Any, _type: Any) -> str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ValueError(f"expected a string, got {_yaml_type(value)}")
-        return str(value)
-
-    conv.register_structure_hook(str, scalar_str)
-
-    def parameter(value: Any, _type: Any) -> _RawParameter:
-        if isinstance(value, str):  # short form `alpha: float`: required
-            return _RawParameter(type=value)
-        if value is None:
-            return _RawParameter()
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a type name or a mapping with type/default, got {_yaml_type(value)}")
-        return base_parameter(value, _type)
-
-    base_parameter = conv.gen_structure_attrs_fromdict(_RawParameter)
-    conv.register_structure_hook(_RawParameter, parameter)
-
-    def env_var(value: Any, _type: Any) -> EnvVar:
-        if isinstance(value, str):
-            return EnvVar(value)
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (str, int, float)) for v in value):
-            return EnvVar(str(value[0]), str(value[1]))
-        raise ValueError('expected "NAME" (copied from the host) or ["NAME", "value"]')
-
-    conv.register_structure_hook(EnvVar, env_var)
-
-    def mapping_only(cls):
-        base = conv.gen_structure_attrs_fromdict(cls)
-
-        def hook(value: Any, _type: Any):
-            if not isinstance(value, dict):
-                raise ValueError(f"expected a mapping, got {_yaml_type(value)}")
-            return base(value, _type)
-
-        conv.register_structure_hook(cls, hook)
-
-    mapping_only(_RawEntryPoint)
-    mapping_only(_RawDockerEnv)
-    return conv
+Warn = Callable[[str], None]
 
 
 def _yaml_type(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), type(value).__name__)
+    return {dict: "a mapping", list: "a list", type(None): "nothing", bool: "a boolean"}.get(
+        type(value), type(value).__name__)
 
 
-_converter = _make_converter()
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) or value is None or type(value).__module__ == "datetime"
+
+
+def _unknown_keys(data: dict, known: tuple[str, ...], where: str, warn: Warn, what: str = "") -> dict:
+    """``data`` without the keys not in ``known``, each one warned about with a did-you-mean."""
+    kept = {}
+    for key, value in data.items():
+        if isinstance(key, str) and key in known:
+            kept[key] = value
+            continue
+        text = str(key)
+        hint = ""
+        now = ", as MLflow ignores it"
+        if known is PARAMETER_KEYS and text.replace(":", " ").split()[:1] == ["type"] and text != "type":
+            rest = text[4:].lstrip(": ").strip()
+            hint = f" (did you mean 'type: {shorten(rest, 40)}'? YAML needs a space after the colon)"
+            if "type" not in data:
+                now = ": the parameter has no type, so it is a string, as in MLflow"
+        else:
+            close = difflib.get_close_matches(text, known, n=1)
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+        at = f"{where}: " if where else ""
+        warn(f"{at}unknown key {shorten(text, 80)!r} is ignored{hint}{now}{what}")
+    return kept
 
 
 # -- finding ------------------------------------------------------------------------------
@@ -142,18 +102,29 @@ def find_mlproject(directory: Path) -> Path | None:
     """The file in ``directory`` whose name is ``MLproject`` in any letter case."""
     try:
         names = sorted(os.listdir(directory))
-    except OSError:
+    except (OSError, ValueError):
         return None
     for name in names:
-        if name.lower() == "mlproject" and (directory / name).is_file():
-            return directory / name
+        if name.lower() == "mlproject" and exists(directory / name):
+            return directory / name  # a directory or FIFO of that name is reported when read
     return None
 
 
-def load_project(directory: str | os.PathLike[str]) -> Project:
-    """Read the project in ``directory``; raise :class:`ProjectError` for anything malformed."""
-    directory = Path(directory).resolve()
-    if not directory.is_dir():
+def load_project(directory: str | os.PathLike[str], entry_point: str | None = None) -> Project:
+    """Read the project in ``directory``; raise :class:`ProjectError` for anything that cannot run.
+
+    :param entry_point: the entry point about to run.  Given, only it is checked
+        and warned about; another entry point that cannot run is kept in
+        :attr:`Project.invalid_entry_points` (with its error) instead of
+        stopping the load.  ``None``: every entry point is checked.
+    """
+    try:
+        directory = Path(directory).resolve()
+        is_dir = directory.is_dir()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ProjectError(f"cannot use the project directory {shorten(os.fspath(directory), 300)}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not is_dir:
         raise ProjectError(f"no such project directory: {directory}")
     mlproject = find_mlproject(directory)
     if mlproject is None:
@@ -164,33 +135,25 @@ def load_project(directory: str | os.PathLike[str]) -> Project:
             entry_points={},
             environment=_conventional_environment(directory),
         )
-    return _load_file(directory, mlproject)
+    return _load_file(directory, mlproject, entry_point)
 
 
-def _load_file(directory: Path, path: Path) -> Project:
+def _warner(where: str) -> Warn:
+    def warn(message: str) -> None:
+        warnings.warn(f"{where}: {message}", ProjectWarning, stacklevel=4)
+
+    return warn
+
+
+def _load_file(directory: Path, path: Path, selected: str | None) -> Project:
     where = path.name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectError(f"cannot read the file: {exc}", context=str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        pos = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProjectError(f"invalid YAML: {problem}", context=f"{path}{pos}") from None
+    warn = _warner(where)
+    data = load_yaml(path, error=ProjectError, what="MLproject file")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ProjectError(f"expected a mapping at the top level, got {_yaml_type(data)}", context=str(path))
-
-    for key in list(data):
-        if key not in KNOWN_TOP_LEVEL:
-            close = difflib.get_close_matches(str(key), KNOWN_TOP_LEVEL, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            warnings.warn(f"{where}: unknown key {key!r} is ignored{hint}", ProjectWarning, stacklevel=2)
-            del data[key]
+    data = _unknown_keys(data, KNOWN_TOP_LEVEL, "", warn)
 
     present = [k for k in _ENV_KEYS if data.get(k) is not None]
     if len(present) > 1:
@@ -199,118 +162,208 @@ def _load_file(directory: Path, path: Path) -> Project:
             context=str(path),
             hint="keep exactly one of conda_env, python_env and docker_env",
         )
+    name = data.get("name")
+    if name is not None:
+        if not _scalar(name) or isinstance(name, bool):
+            raise ProjectError(f"name: expected a string, got {_yaml_type(name)}", context=str(path))
+        name = str(name)
+    if data.get("databricks_spark_job") is not None:
+        warn("databricks_spark_job is Databricks-only and is ignored")
 
-    try:
-        raw = _converter.structure(data, _RawProject)
-    except Exception as exc:  # cattrs' ClassValidationError / BaseValidationError
-        raise ProjectError(_first_error(exc), context=str(path)) from None
+    raw_eps = data.get("entry_points")
+    if raw_eps is None:
+        raw_eps = {}
+    if not isinstance(raw_eps, dict):
+        raise ProjectError(f"entry_points: expected a mapping of entry point names to a command and parameters, "
+                           f"got {_yaml_type(raw_eps)}", context=str(path),
+                           hint="entry_points:\n    main:\n      command: python train.py")
+    entry_points: dict[str, EntryPoint] = {}
+    invalid: dict[str, ProjectError] = {}
+    quiet: Warn = lambda message: None  # noqa: E731  (another entry point's warnings are not shown)
+    for raw_name, raw_ep in raw_eps.items():
+        ep_name = str(raw_name)
+        checked = selected is None or ep_name == selected
+        try:
+            entry_points[ep_name] = _entry_point(path, ep_name, raw_ep, warn if checked else quiet)
+        except ProjectError as exc:
+            if checked:
+                raise
+            invalid[ep_name] = exc
 
-    if raw.databricks_spark_job is not None:
-        warnings.warn(f"{where}: databricks_spark_job is Databricks-only and is ignored", ProjectWarning, stacklevel=2)
-
-    entry_points = {
-        name: _entry_point(path, name, ep) for name, ep in raw.entry_points.items()
-    }
     return Project(
         directory=directory,
         mlproject=path,
-        name=raw.name,
+        name=name,
         entry_points=entry_points,
-        environment=_environment(directory, path, raw),
+        environment=_environment(directory, path, data, warn),
+        invalid_entry_points=invalid,
     )
 
 
-def _first_error(exc: Exception) -> str:
-    """One readable line for a cattrs failure: ``key.path: what is wrong``."""
-    messages = cattrs.transform_error(exc, path="$", format_exception=_format_exception)
-    first = messages[0] if messages else str(exc)
-    text, _, at = first.rpartition(" @ ")
-    key = at.removeprefix("$").lstrip(".")
-    key = key.replace("['", ".").replace("']", "").lstrip(".")
-    return f"{key}: {text}" if key else text
+def _entry_point(path: Path, name: str, raw: Any, warn: Warn) -> EntryPoint:
+    key = f"entry_points.{name}"
 
+    def fail(message: str, hint: str | None = None) -> ProjectError:
+        return ProjectError(message, context=str(path), hint=hint)
 
-def _format_exception(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, KeyError):
-        return "required key is missing"
-    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        extra = sorted(exc.extra_fields)
-        text = f"unknown key{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}"
-        known = [f.name for f in attrs.fields(exc.cl)]
-        close = difflib.get_close_matches(extra[0], known, n=1)
-        return text + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})")
-    if isinstance(exc, ValueError):
-        return str(exc)
-    if isinstance(exc, TypeError) and type_ is not None:
-        return f"expected {getattr(type_, '__name__', type_)}"
-    return cattrs.v.format_exception(exc, type_)
-
-
-def _entry_point(path: Path, name: str, raw: _RawEntryPoint) -> EntryPoint:
+    if not isinstance(raw, dict):
+        raise fail(f"{key}: expected a mapping with command and parameters, got {_yaml_type(raw)}",
+                   hint=f"{name}:\n      command: python train.py")
+    raw = _unknown_keys(raw, ENTRY_POINT_KEYS, key, warn)
+    command = raw.get("command")
+    if command is None:
+        raise fail(f"{key}.command: required key is missing", hint="every entry point needs a command to run")
+    if not _scalar(command) or isinstance(command, bool):
+        raise fail(f"{key}.command: expected a string, got {_yaml_type(command)}")
+    raw_params = raw.get("parameters")
+    if raw_params is None:
+        raw_params = {}
+    if not isinstance(raw_params, dict):
+        raise fail(f"{key}.parameters: expected a mapping of parameter names to types, got {_yaml_type(raw_params)}",
+                   hint="parameters:\n        alpha: {type: float, default: 0.5}")
     parameters = {}
-    for pname, rp in raw.parameters.items():
-        key = f"entry_points.{name}.parameters.{pname}"
-        type_name = rp.type.strip().lower()
-        try:
-            ptype = PARAM_TYPE_ALIASES.get(type_name) or ParamType(type_name)
-        except ValueError:
-            choices = ", ".join(t.value for t in ParamType)
-            raise ProjectError(
-                f"{key}.type: unknown type {rp.type!r}", context=str(path), hint=f"use one of {choices}"
-            ) from None
-        default = rp.default
-        if default is not None and ptype is not ParamType.PATH:
+    for raw_pname, spec in raw_params.items():
+        pname = str(raw_pname)
+        parameters[pname] = _parameter(path, f"{key}.parameters.{pname}", pname, spec, warn)
+    return EntryPoint(name=name, command=str(command), parameters=parameters,
+                      description=_description(raw.get("description"), f"{key}.description", warn))
+
+
+def _description(value: Any, key: str, warn: Warn) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if _scalar(value):
+        return str(value)
+    warn(f"{key}: expected a string, got {_yaml_type(value)}; it is ignored")
+    return None
+
+
+def _parameter(path: Path, key: str, name: str, spec: Any, warn: Warn) -> Parameter:
+    if spec is None:
+        spec = {}
+    elif isinstance(spec, str):  # short form `alpha: float`: required
+        spec = {"type": spec}
+    elif not isinstance(spec, dict):
+        raise ProjectError(f"{key}: expected a type name or a mapping with type and default, got "
+                           f"{_yaml_type(spec)}", context=str(path),
+                           hint=f"{name}: float  or  {name}: {{type: float, default: 0.5}}")
+    spec = _unknown_keys(spec, PARAMETER_KEYS, key, warn)
+    ptype = _parameter_type(key, spec.get("type"), warn)
+    default = spec.get("default")
+    if default is not None:
+        if not _scalar(default) and not isinstance(default, bool):
+            warn(f"{key}.default: {_yaml_type(default)}, not a single value: it is passed as MLflow passes it, "
+                 f"{shorten(mlflow_str(default), 80)!r}")
+        default = mlflow_str(default)
+        if ptype is not ParamType.PATH:
             try:
-                default = check_value(ptype, default)
+                check_value(ptype, default)
             except ValueError as exc:
-                raise ProjectError(f"{key}.default: {exc}", context=str(path)) from None
-        elif default is not None:
-            default = check_value(ParamType.STRING, default)
-        parameters[pname] = Parameter(name=pname, type=ptype, default=default, description=rp.description)
-    return EntryPoint(name=name, command=raw.command, parameters=parameters, description=raw.description)
+                warn(f"{key}.default: {exc}; it is passed as written ({shorten(default, 80)!r}), as MLflow "
+                     f"passes it (a value given with -P {name}=... is checked)")
+    return Parameter(name=name, type=ptype, default=default,
+                     description=_description(spec.get("description"), f"{key}.description", warn))
 
 
-def _environment(directory: Path, path: Path, raw: _RawProject) -> EnvironmentSpec:
+def _parameter_type(key: str, value: Any, warn: Warn) -> ParamType:
+    if value is None:
+        return ParamType.STRING
+    if not isinstance(value, str):
+        warn(f"{key}.type: expected a type name, got {_yaml_type(value)}; the parameter is a string, as in MLflow")
+        return ParamType.STRING
+    type_name = value.strip().lower()
+    known = PARAM_TYPE_ALIASES.get(type_name)
+    if known is not None:
+        return known
+    try:
+        return ParamType(type_name)
+    except ValueError:
+        pass
+    names = [t.value for t in ParamType]
+    spaced = re.fullmatch(r"type\s*:?\s*(\S+)", type_name)
+    close = difflib.get_close_matches(type_name, names + list(PARAM_TYPE_ALIASES), n=1)
+    if spaced:  # `alpha:\n  type:float` is the short form with the type "type:float"
+        hint = f"did you mean 'type: {shorten(spaced.group(1), 40)}' under {key.rsplit('.', 1)[-1]}:? "
+    else:
+        hint = f"did you mean {close[0]!r}? " if close else ""
+    warn(f"{key}.type: unknown type {shorten(value, 60)!r}: the parameter is a string, as in MLflow "
+         f"({hint}mlexec checks {', '.join(names)})")
+    return ParamType.STRING
+
+
+def _environment(directory: Path, path: Path, data: dict, warn: Warn) -> EnvironmentSpec:
     for key, kind in (("python_env", EnvKind.PYTHON), ("conda_env", EnvKind.CONDA)):
-        value = getattr(raw, key)
+        value = data.get(key)
         if value is None:
             continue
-        file = (directory / value).resolve()
-        if not file.is_file():
+        if not isinstance(value, str) or not value.strip():
+            raise ProjectError(f"{key}: expected the name of a file in the project, got {_yaml_type(value)}",
+                               context=str(path), hint=f"{key}: {PYTHON_ENV_FILE if kind is EnvKind.PYTHON else CONDA_ENV_FILE}")
+        file = directory / value
+        if not is_file(file):
+            what = "is not a file" if exists(file) else "does not exist"
             raise ProjectError(
-                f"{key}: the file {value!r} does not exist in {directory}",
+                f"{key}: the file {shorten(value, 120)!r} {what} in {directory}",
                 context=str(path),
-                hint=f"create {value} or remove the {key} key",
+                hint=f"create {shorten(value, 120)} or remove the {key} key",
             )
-        return EnvironmentSpec(kind=kind, file=file, origin="MLproject")
-    if raw.docker_env is not None:
-        d = raw.docker_env
-        if not d.image and not d.dockerfile:
-            raise ProjectError(
-                "docker_env: needs an image (or, with mlexec, a dockerfile)",
-                context=str(path),
-                hint="add `image: <name>` or `dockerfile: Dockerfile` under docker_env",
-            )
-        if (d.context or d.args) and not d.dockerfile:
-            raise ProjectError("docker_env: context and args apply only with dockerfile", context=str(path))
-        if d.dockerfile and not (directory / d.dockerfile).is_file():
-            raise ProjectError(
-                f"docker_env.dockerfile: the file {d.dockerfile!r} does not exist in {directory}", context=str(path)
-            )
-        docker = DockerEnv(
-            image=d.image,
-            dockerfile=d.dockerfile,
-            context=d.context,
-            args=dict(d.args),
-            volumes=tuple(d.volumes),
-            environment=tuple(d.environment),
-        )
-        return EnvironmentSpec(kind=EnvKind.DOCKER, docker=docker, origin="MLproject")
+        return EnvironmentSpec(kind=kind, file=file.resolve(), origin="MLproject")
+    if data.get("docker_env") is not None:
+        return EnvironmentSpec(kind=EnvKind.DOCKER, docker=_docker_env(directory, path, data["docker_env"], warn),
+                               origin="MLproject")
     return _conventional_environment(directory)
+
+
+def _docker_env(directory: Path, path: Path, raw: Any, warn: Warn) -> DockerEnv:
+    def fail(message: str, hint: str | None = None) -> ProjectError:
+        return ProjectError(message, context=str(path), hint=hint)
+
+    if not isinstance(raw, dict):
+        raise fail(f"docker_env: expected a mapping with image (and volumes, environment), got {_yaml_type(raw)}",
+                   hint="docker_env:\n    image: python:3.11")
+    d = _unknown_keys(raw, DOCKER_ENV_KEYS, "docker_env", warn)
+
+    def text(key: str) -> str | None:
+        value = d.get(key)
+        if value is None:
+            return None
+        if not _scalar(value) or isinstance(value, bool) or not str(value).strip():
+            raise fail(f"docker_env.{key}: expected a string, got {_yaml_type(value)}")
+        return str(value)
+
+    image, dockerfile, context = text("image"), text("dockerfile"), text("context")
+    volumes = d.get("volumes") or []
+    if not isinstance(volumes, list) or not all(isinstance(v, str) for v in volumes):
+        raise fail("docker_env.volumes: expected a list of strings such as \"/host/data:/data\"")
+    raw_environment = d.get("environment") or []
+    if not isinstance(raw_environment, list):
+        raise fail('docker_env.environment: expected a list of "NAME" or ["NAME", "value"] items')
+    environment = []
+    for index, item in enumerate(raw_environment):
+        if isinstance(item, str):
+            environment.append(EnvVar(item))
+        elif isinstance(item, list) and len(item) == 2 and all(
+                isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in item):
+            environment.append(EnvVar(str(item[0]), str(item[1])))
+        else:
+            raise fail(f'docker_env.environment[{index}]: expected "NAME" (copied from the host) or ["NAME", "value"]')
+    args = d.get("args") or {}
+    if not isinstance(args, dict) or not all(_scalar(v) and v is not None for v in args.values()):
+        raise fail("docker_env.args: expected a mapping of build argument names to values")
+    if not image and not dockerfile:
+        raise fail("docker_env: needs an image (or, with mlexec, a dockerfile)",
+                   hint="add `image: <name>` or `dockerfile: Dockerfile` under docker_env")
+    if (context or args) and not dockerfile:
+        raise fail("docker_env: context and args apply only with dockerfile")
+    if dockerfile and not is_file(directory / dockerfile):
+        raise fail(f"docker_env.dockerfile: the file {shorten(dockerfile, 120)!r} does not exist in {directory}")
+    return DockerEnv(image=image, dockerfile=dockerfile, context=context,
+                     args={str(k): mlflow_str(v) for k, v in args.items()},
+                     volumes=tuple(volumes), environment=tuple(environment))
 
 
 def _conventional_environment(directory: Path) -> EnvironmentSpec:
     for name, kind in ((PYTHON_ENV_FILE, EnvKind.PYTHON), (CONDA_ENV_FILE, EnvKind.CONDA)):
-        if (directory / name).is_file():
+        if is_file(directory / name):
             return EnvironmentSpec(kind=kind, file=directory / name, origin="convention")
     return EnvironmentSpec()

@@ -48,8 +48,9 @@ class EnvKind(str, enum.Enum):
 class Parameter:
     name: str
     type: ParamType = ParamType.STRING
+    #: As MLflow passes it: Python's ``str()`` of the YAML value (``True``, ``0.1``).
     #: ``None`` means required: the run fails before it starts without a value.
-    default: Any = None
+    default: str | None = None
     description: str | None = None
 
     @property
@@ -104,6 +105,9 @@ class Project:
     name: str | None
     entry_points: Mapping[str, EntryPoint]
     environment: EnvironmentSpec
+    #: Entry points that cannot run, with why; only filled when one other entry point was loaded
+    #: (``load_project(..., entry_point=...)``): a problem there never stops that run.
+    invalid_entry_points: Mapping[str, Exception] = attrs.field(factory=dict)
 
     @property
     def display_name(self) -> str:

@@ -1,11 +1,14 @@
 """Typed parameter values and command rendering.
 
-Two pure functions carry the rules MLflow documents but does not enforce:
+Pure functions carry the rules MLflow documents but does not enforce:
 
-* :func:`check_value` converts a raw value (a ``-P`` string or a YAML default)
-  for a :class:`~mlexec_core.project.model.ParamType` into the plain string that
-  goes into the command and the tracking store, or raises ``ValueError`` with
-  the reason.
+* :func:`mlflow_str` is how a YAML default becomes text: Python's ``str()``
+  of the value, exactly as MLflow renders it (``True``, ``0.1``, ``1e-05``).
+* :func:`check_value` checks a value (a ``-P`` string as typed, or a default
+  after :func:`mlflow_str`) against a
+  :class:`~mlexec_core.project.model.ParamType` and raises ``ValueError`` with
+  the reason.  It never changes the value: what the user typed is what the
+  command receives and what is logged.
 * :func:`render_command` substitutes ``{name}`` placeholders for declared
   parameters only, quoting each value for the shell context it lands in, so a
   value is always exactly one word and literal braces are left alone.
@@ -22,50 +25,40 @@ from urllib.parse import urlparse
 from mlexec_core.project.model import ParamType
 
 _INT_RE = re.compile(r"[+-]?\d+")
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
+_BOOLS = {"true", "yes", "1", "on", "false", "no", "0", "off"}
+
+
+def mlflow_str(value: Any) -> str:
+    """``value`` (a YAML scalar, or whatever the Python API was given) as MLflow renders it: ``str(value)``."""
+    return value if isinstance(value, str) else str(value)
 
 
 def check_value(ptype: ParamType, raw: Any) -> str:
-    """The plain string form of ``raw`` for ``ptype``; ``ValueError`` says why not.
+    """``raw`` itself when it is a valid ``ptype`` value; ``ValueError`` says why not.
 
-    ``path`` values are only checked for being scalars here: whether they exist
-    depends on where they resolve from, which the caller knows.
+    The value is returned unchanged (``-P flag=True`` stays ``True``, ``-P lr=1e-3``
+    stays ``1e-3``).  ``path`` values are only checked for being scalars here:
+    whether they exist depends on where they resolve from, which the caller knows.
     """
     if isinstance(raw, (list, dict, tuple, set)) or raw is None:
         raise ValueError(f"expected a single {ptype.value} value, got {type(raw).__name__}")
+    text = mlflow_str(raw)
     if ptype is ParamType.BOOL:
-        if isinstance(raw, bool):
-            return "true" if raw else "false"
-        text = str(raw).strip().lower()
-        if text in _TRUE:
-            return "true"
-        if text in _FALSE:
-            return "false"
-        raise ValueError(f"{raw!r} is not a bool (use true or false)")
-    if isinstance(raw, bool):
-        if ptype in (ParamType.INT, ParamType.FLOAT):
-            raise ValueError(f"{raw!r} is not a{'n' if ptype is ParamType.INT else ''} {ptype.value}")
-        raw = "true" if raw else "false"
-    text = raw if isinstance(raw, str) else str(raw)
-    if ptype is ParamType.INT:
-        if isinstance(raw, float):
-            raise ValueError(f"{raw!r} is not an int")
-        if not _INT_RE.fullmatch(text.strip()):
+        if text.strip().lower() not in _BOOLS:
+            raise ValueError(f"{text!r} is not a bool (use true or false)")
+    elif ptype is ParamType.INT:
+        if isinstance(raw, bool) or not _INT_RE.fullmatch(text.strip()):
             raise ValueError(f"{text!r} is not an int")
-        return text.strip()
-    if ptype is ParamType.FLOAT:
+    elif ptype is ParamType.FLOAT:
         try:
             number = float(text)
         except ValueError:
             raise ValueError(f"{text!r} is not a float") from None
-        if math.isnan(number):
-            raise ValueError(f"{text!r} is not a number")
-        return text.strip()
-    if ptype is ParamType.URI:
+        if isinstance(raw, bool) or math.isnan(number):
+            raise ValueError(f"{text!r} is not a{' number' if not isinstance(raw, bool) else ' float'}")
+    elif ptype is ParamType.URI:
         if not urlparse(text).scheme:
             raise ValueError(f"{text!r} is not a URI: it needs a scheme such as file://, s3:// or https://")
-        return text
     return text
 
 

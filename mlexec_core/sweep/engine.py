@@ -51,7 +51,28 @@ def default_parallelism(backend: Any) -> int:
 
 
 def search_strategies(plugins) -> dict[str, type[SearchStrategy]]:
-    return plugins._collect("mlexec_search_strategies", "search strategy", SearchStrategy)
+    """Every ``--strategy`` name to its class, from the ``mlexec_search_strategies`` hook;
+    a class that is not a SearchStrategy, or a name two plugins register, is a PluginError."""
+    from mlexec_core.errors import PluginError
+
+    found: dict[str, tuple[type[SearchStrategy], str]] = {}
+    for impl in plugins.pm.hook.mlexec_search_strategies.get_hookimpls():  # registration order
+        plugin = plugins.pm.get_name(impl.plugin) or "?"
+        try:
+            classes = list(impl.function() or ())
+        except Exception as exc:  # a plugin bug: say whose
+            raise PluginError(f"plugin {plugin!r} failed in mlexec_search_strategies: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        for cls in classes:
+            if not (isinstance(cls, type) and issubclass(cls, SearchStrategy)) or not getattr(cls, "name", None):
+                raise PluginError(f"plugin {plugin!r} registered {cls!r} from mlexec_search_strategies, which is "
+                                  "not a SearchStrategy subclass with a name")
+            if cls.name in found and found[cls.name][0] is not cls:
+                raise PluginError(f"two plugins register the search strategy {cls.name!r}: "
+                                  f"{found[cls.name][1]!r} and {plugin!r}",
+                                  hint=f"uninstall one, or block one with MLEXEC_DISABLE_PLUGINS={plugin}")
+            found[cls.name] = (cls, plugin)
+    return {name: cls for name, (cls, _) in found.items()}
 
 
 def entry_point_fingerprint(plan: RunPlan) -> dict[str, Any]:

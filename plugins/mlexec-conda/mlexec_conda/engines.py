@@ -5,10 +5,13 @@
 1. ``MLEXEC_CONDA_EXE``: an executable name or path (``conda``, ``mamba``,
    ``micromamba``, ``/opt/conda/bin/conda``), or ``rattler`` for the built-in engine;
 2. ``MLFLOW_CONDA_CREATE_ENV_CMD`` (MLflow's: the executable that creates
-   environments, e.g. ``mamba``), looked up in ``$MLFLOW_CONDA_HOME/bin`` first;
+   environments, e.g. ``mamba``), looked up in ``$MLFLOW_CONDA_HOME/bin``, then
+   beside ``$CONDA_EXE``, then on ``PATH`` (as MLflow looks it up);
 3. ``$MLFLOW_CONDA_HOME/bin/conda`` (MLflow's);
-4. ``conda``, ``mamba`` or ``micromamba`` on ``PATH``;
-5. the built-in rattler engine (no conda installation needed).
+4. ``$CONDA_EXE``: the conda of the activated shell (every ``conda activate``d
+   shell sets it; MLflow uses it too), before anything on ``PATH``;
+5. ``conda``, ``mamba`` or ``micromamba`` on ``PATH``;
+6. the built-in rattler engine (no conda installation needed).
 
 Both engines raise :class:`~mlexec_core.errors.EnvironmentBuildError` with a
 message that names the package or channel at fault.
@@ -24,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from mlexec_core.installer import run_installer
 from mlexec_core.errors import EnvironmentBuildError
 
 from mlexec_conda.spec import CondaSpec
@@ -32,6 +36,8 @@ EXE_VAR = "MLEXEC_CONDA_EXE"
 TIMEOUT_VAR = "MLEXEC_CONDA_TIMEOUT"
 MLFLOW_HOME_VAR = "MLFLOW_CONDA_HOME"
 MLFLOW_CREATE_VAR = "MLFLOW_CONDA_CREATE_ENV_CMD"
+#: Set by conda itself in every shell where conda is initialised (``conda activate``).
+CONDA_EXE_VAR = "CONDA_EXE"
 RATTLER = "rattler"
 #: Executables looked for on PATH, in order (conda first, as MLflow).
 PATH_CANDIDATES = ("conda", "mamba", "micromamba")
@@ -79,12 +85,16 @@ def find_engine(environ: Mapping[str, str] | None = None) -> Engine:
         return ExecutableEngine(found)
     home = environ.get(MLFLOW_HOME_VAR, "").strip()
     create = environ.get(MLFLOW_CREATE_VAR, "").strip()
+    conda_exe = environ.get(CONDA_EXE_VAR, "").strip()
     if create:
-        found = (shutil.which(create, path=os.path.join(home, "bin")) if home else None) or shutil.which(create,
-                                                                                                       path=path)
+        places = [os.path.join(home, "bin")] if home else []
+        if conda_exe:
+            places.append(os.path.dirname(conda_exe))
+        found = next((f for f in (shutil.which(create, path=p) for p in places) if f), None) \
+            or shutil.which(create, path=path)
         if not found:
-            raise EnvironmentBuildError(f"{MLFLOW_CREATE_VAR}={create}: no such executable"
-                                        + (f" in {home}/bin or on PATH" if home else " on PATH"),
+            where = " or ".join([*(f"{p}" for p in places), "PATH"])
+            raise EnvironmentBuildError(f"{MLFLOW_CREATE_VAR}={create}: no such executable in {where}",
                                         hint=f"unset {MLFLOW_CREATE_VAR} or install {create}")
         return ExecutableEngine(found)
     if home:
@@ -94,6 +104,12 @@ def find_engine(environ: Mapping[str, str] | None = None) -> Engine:
                                         hint=f"point {MLFLOW_HOME_VAR} at a conda installation, or unset it to "
                                              "use conda from PATH or the built-in rattler engine")
         return ExecutableEngine(str(exe))
+    if conda_exe:
+        if not (os.path.isfile(conda_exe) and os.access(conda_exe, os.X_OK)):
+            raise EnvironmentBuildError(f"{CONDA_EXE_VAR}={conda_exe}: there is no such executable",
+                                        hint=f"the shell's conda moved or was removed: unset {CONDA_EXE_VAR} (or "
+                                             f"set {EXE_VAR}) to use conda from PATH or the built-in engine")
+        return ExecutableEngine(conda_exe)
     for candidate in PATH_CANDIDATES:
         found = shutil.which(candidate, path=path)
         if found:
@@ -137,8 +153,7 @@ class ExecutableEngine(Engine):
             file.write_text(yaml.safe_dump(data, sort_keys=False))
             cmd = self.command(prefix, file)
             try:
-                proc = subprocess.run(cmd, cwd=spec.file.parent, env=env, stdin=subprocess.DEVNULL,
-                                      capture_output=True, text=True)
+                proc = run_installer(cmd, cwd=spec.file.parent, env=env, separate_stderr=True)
             except OSError as exc:
                 raise EnvironmentBuildError(f"cannot run {self.executable}: {exc.strerror}",
                                             hint=f"check the executable, or set {EXE_VAR}=rattler") from None
@@ -308,8 +323,7 @@ def install_pip(spec: CondaSpec, prefix: Path, reporter) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
     env["UV_PYTHON_DOWNLOADS"] = "never"
     with reporter.status(f"conda: installing {len(spec.pip)} pip requirement(s) with uv"):
-        proc = subprocess.run(cmd, cwd=spec.file.parent, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True)
+        proc = run_installer(cmd, cwd=spec.file.parent, env=env, separate_stderr=True)
     if proc.returncode != 0:
         raise EnvironmentBuildError(
             f"dependencies.pip: uv could not install the pip requirements:\n{_tail(proc.stderr + proc.stdout)}",

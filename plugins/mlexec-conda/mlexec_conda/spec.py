@@ -16,6 +16,7 @@ import attrs
 from attrs import frozen
 
 from mlexec_core.errors import EnvironmentBuildError
+from mlexec_core.yamlfile import load_yaml, shorten
 
 #: Keys conda's environment.yml knows; others are reported (conda ignores them silently).
 KNOWN_KEYS = ("name", "channels", "dependencies", "variables", "prefix")
@@ -61,21 +62,8 @@ def _normalise(spec: str) -> str:
 
 def parse_conda_yaml(path: Path) -> CondaSpec:
     """Read ``path``; a malformed file is an :class:`EnvironmentBuildError` naming the key."""
-    import yaml
-
-    context = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EnvironmentBuildError(f"cannot read the conda environment file: {exc.strerror}", context=context,
-                                    hint="check the conda_env entry of the MLproject") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise EnvironmentBuildError(f"not valid YAML{where}: {first}", context=context) from None
+    context = shorten(str(path), 300)
+    data = load_yaml(path, error=EnvironmentBuildError, what="conda environment file")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -87,7 +75,7 @@ def parse_conda_yaml(path: Path) -> CondaSpec:
         return EnvironmentBuildError(f"{key}: {message}", context=context, hint=hint)
 
     name = data.get("name")
-    if name is not None and not isinstance(name, (str, int, float)):
+    if name is not None and (not isinstance(name, (str, int, float)) or isinstance(name, bool)):
         raise fail("name", "expected a string")
 
     channels = data.get("channels") or []
@@ -106,7 +94,7 @@ def parse_conda_yaml(path: Path) -> CondaSpec:
             if not item.strip():
                 raise fail(f"dependencies[{i}]", "empty package spec")
             deps.append(_normalise(item))
-        elif isinstance(item, dict) and set(item) == {"pip"}:
+        elif isinstance(item, dict) and list(item) == ["pip"]:
             entries = item["pip"] or []
             if not isinstance(entries, list) or not all(isinstance(p, str) and p.strip() for p in entries):
                 raise fail(f"dependencies[{i}].pip", "expected a list of pip requirements",
@@ -114,11 +102,15 @@ def parse_conda_yaml(path: Path) -> CondaSpec:
             pip.extend(p.strip() for p in entries)
         else:
             shown = ", ".join(map(str, item)) if isinstance(item, dict) else repr(item)
-            raise fail(f"dependencies[{i}]", f"expected a package spec or a 'pip:' list, got {shown}")
+            raise fail(f"dependencies[{i}]", f"expected a package spec or a 'pip:' list, got {shorten(shown)}")
 
     variables = data.get("variables") or {}
     if not isinstance(variables, dict):
         raise fail("variables", "expected a mapping of variable names to values")
+    for key, value in variables.items():
+        if not isinstance(key, str) or not key or "=" in key or (value is not None and not isinstance(
+                value, (str, int, float))):
+            raise fail(f"variables.{shorten(str(key), 60)}", "expected a variable name and a string value")
 
     return CondaSpec(
         file=path,

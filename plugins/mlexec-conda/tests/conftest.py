@@ -202,8 +202,9 @@ class Standin:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
 
     def path_env(self) -> dict[str, str]:
-        """``env`` plus ``PATH`` with the stand-in first (and no MLEXEC_CONDA_EXE forcing rattler)."""
-        return {**self.env, "MLEXEC_CONDA_EXE": "", "PATH": f"{self.folder}{os.pathsep}{os.environ.get('PATH', '')}"}
+        """``env`` plus ``PATH`` with the stand-in first (and no MLEXEC_CONDA_EXE or CONDA_EXE before it)."""
+        return {**self.env, "MLEXEC_CONDA_EXE": "", "CONDA_EXE": "",  # a conda-activated shell's conda would win
+                "PATH": f"{self.folder}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 @pytest.fixture

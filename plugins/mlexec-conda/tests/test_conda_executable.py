@@ -93,6 +93,27 @@ def test_mlflow_conda_home_is_honoured(mlexec, conda_project, conda_env, standin
     assert "hello from the stand-in" in proc.stdout and len(conda.calls()) == 1
 
 
+def test_conda_exe_of_the_activated_shell_comes_before_path(mlexec, conda_project, conda_env, standin, tmp_path):
+    """$CONDA_EXE (set by every conda-activated shell, and used by MLflow) wins over a conda on PATH."""
+    on_path = standin("conda", folder=tmp_path / "on-path")
+    shells = standin("micromamba", folder=tmp_path / "activated" / "bin")  # the two log to one file: told by name
+    proj = conda_project(["conda-forge"], ["leaf"], CHECK)
+    env = {**conda_env, **on_path.path_env(), "CONDA_EXE": str(shells.exe)}
+    proc = mlexec("run", proj, env=env, check=0)
+    assert "hello from the stand-in" in proc.stdout
+    assert [call["exe"] for call in shells.calls()] == ["micromamba"]
+
+
+def test_conda_exe_that_is_gone_is_one_error(mlexec, store, conda_project, conda_env, tmp_path):
+    proj = conda_project(["conda-forge"], ["leaf"], CHECK)
+    gone = tmp_path / "removed" / "bin" / "conda"
+    proc = mlexec("run", proj, env={**conda_env, "MLEXEC_CONDA_EXE": "", "CONDA_EXE": str(gone)})
+    assert proc.returncode == 2, proc.stderr
+    assert f"CONDA_EXE={gone}: there is no such executable" in proc.stderr and "unset CONDA_EXE" in proc.stderr
+    assert_no_traceback(proc)
+    assert store.runs() == []
+
+
 def test_engines_do_not_share_environments(mlexec, conda_project, conda_env, standin, channel):
     conda = standin("conda")
     proj = conda_project([channel], ["leaf"], 'echo "prefix=$CONDA_PREFIX"')

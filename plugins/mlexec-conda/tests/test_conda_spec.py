@@ -54,7 +54,9 @@ def test_key_ignores_layout_name_and_order_of_packages(tmp_path):
     ("dependencies: [{pip: requests}]\n", "dependencies[0].pip"),
     ("variables: [A]\n", "variables"),
     ("- just a list\n", "expected a mapping"),
-    ("dependencies: [a\n", "not valid YAML"),
+    ("dependencies: [a\n", "conda.yaml:2:1: invalid YAML"),
+    ("dependencies: [!!int 08]\n", "invalid YAML: 08 is not a valid !!int value"),
+    ("variables: {A: [1]}\n", "variables.A: expected a variable name and a string value"),
 ])
 def test_malformed_file_names_the_key(tmp_path, text, key):
     with pytest.raises(EnvironmentBuildError) as err:

@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Mapping
 
+from mlexec_core import reaper
 from mlexec_core.errors import BackendError
 from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, stop_timeout
 
@@ -131,6 +132,7 @@ class ContainerExecution(Execution):
                 pass
         self._cleaned = True
         remove_container(self.engine, self.container)
+        reaper.forget_container(self.container)
         self._logs.join(timeout=5)
 
 
@@ -208,6 +210,7 @@ class ContainerLauncher(Launcher):
         attached = None
         try:
             container = self.engine.create(body, name=name)
+            reaper.watch_container(container)  # stopped and removed even if mlexec is killed
             attached = self.engine.attach(container)
             self.engine.start(container)
             return ContainerExecution(self.engine, container, name, tty=bool(body.get("Tty")), attached=attached,
@@ -217,6 +220,7 @@ class ContainerLauncher(Launcher):
                 attached[0].close()
             if container is not None:
                 remove_container(self.engine, container)
+                reaper.forget_container(container)
             if isinstance(exc, EngineError):
                 raise BackendError(f"the container could not start: {exc.message}",
                                    hint="check the -A options and docker_env.volumes") from None

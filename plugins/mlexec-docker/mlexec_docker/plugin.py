@@ -1,19 +1,26 @@
-"""mlexec-docker's hooks: the ``docker`` environment manager and image builder."""
+"""mlexec-docker's hooks: the ``docker`` environment manager and image builder.
+
+Records only: :mod:`mlexec_docker.environment` and :mod:`mlexec_docker.builder`
+are imported when a run selects them.
+"""
 
 from __future__ import annotations
 
-from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin import Registration, hookimpl
 
 
 @hookimpl
 def mlexec_environment_managers():
-    from mlexec_docker.environment import DockerEnvironment
-
-    return [DockerEnvironment]
+    return [Registration(
+        kind="env-manager", name="docker", path="mlexec_docker.environment:DockerEnvironment",
+        handles={"docker"}, default_for={"docker"}, priority=10,
+        description="runs docker_env projects in a container (image or Dockerfile; --build-image copies the code in)",
+    )]
 
 
 @hookimpl
 def mlexec_image_builders():
-    from mlexec_docker.builder import DockerImageBuilder
-
-    return [DockerImageBuilder]
+    return [Registration(
+        kind="image-builder", name="docker", path="mlexec_docker.builder:DockerImageBuilder",
+        description="builds (content-addressed) and pushes images with the local Docker engine",
+    )]

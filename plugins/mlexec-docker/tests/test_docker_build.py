@@ -21,7 +21,8 @@ def _built(proc) -> bool:
     return "Building image" in proc.stderr
 
 
-def test_dockerfile_project_builds_once_and_rebuilds_only_what_changed(mlexec, docker_project, store, engine):
+def test_dockerfile_project_builds_once_and_rebuilds_only_what_changed(mlexec, docker_project, store, engine,
+                                                                        busybox_image):
     proj = docker_project(
         """
         dockerfile: Dockerfile
@@ -100,7 +101,8 @@ def test_build_image_leaves_the_tracking_store_out(mlexec, docker_project, store
     assert not _built(second), second.stderr  # the store changed (a run was added): no rebuild
 
 
-def test_dockerfile_failure_shows_the_failing_step_and_creates_no_run(mlexec, docker_project, store):
+def test_dockerfile_failure_shows_the_failing_step_and_creates_no_run(mlexec, docker_project, store,
+                                                                       busybox_image):
     proj = docker_project(
         "dockerfile: Dockerfile",
         'main: {command: "true"}',
@@ -117,7 +119,7 @@ def test_dockerfile_failure_shows_the_failing_step_and_creates_no_run(mlexec, do
     assert_no_traceback(proc)
 
 
-def test_dockerfile_syntax_error_is_one_message(mlexec, docker_project, store):
+def test_dockerfile_syntax_error_is_one_message(mlexec, docker_project, store, busybox_image):
     proj = docker_project("dockerfile: Dockerfile", 'main: {command: "true"}',
                           files={"Dockerfile": "FROM mlexec-test/busybox:1\nRUNN echo typo\n"})
     proc = mlexec("run", proj)

@@ -8,6 +8,7 @@ module checks every key and its type, and returns a frozen
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +16,7 @@ import attrs
 from attrs import frozen
 
 from mlexec_core.errors import UsageError
+from mlexec_core.yamlfile import FileWarning, is_file, load_yaml, shorten, text_problem
 
 #: Kubernetes quantities ("500m", "2Gi", "1.5", "1e3").
 _QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
@@ -65,13 +67,13 @@ def _string(config: Mapping[str, Any], key: str, *, required: bool = False) -> s
         return None
     value = config[key]
     if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{_where(key)} must be a non-empty string, got {value!r}")
+        raise UsageError(f"{_where(key)} must be a non-empty string, got {shorten(repr(value))}")
     return value.strip()
 
 
 def _dns(key: str, value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
     if value is not None and (len(value) > 253 or not pattern.match(value)):
-        raise UsageError(f"{_where(key)}: {value!r} is not a valid {what}",
+        raise UsageError(f"{_where(key)}: {shorten(repr(value))} is not a valid {what}",
                          hint="lower-case letters, digits and '-' only, starting and ending with a letter or digit")
     return value
 
@@ -81,7 +83,7 @@ def _int(config: Mapping[str, Any], key: str, minimum: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{_where(key)} must be an integer, got {value!r}")
+        raise UsageError(f"{_where(key)} must be an integer, got {shorten(repr(value))}")
     if value < minimum:
         raise UsageError(f"{_where(key)} must be at least {minimum}, got {value}")
     return value
@@ -92,7 +94,7 @@ def _scalar(key: str, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
         return str(value)
-    raise UsageError(f"{key} must be a string or a number, got {type(value).__name__} {value!r}")
+    raise UsageError(f"{key} must be a string or a number, got {type(value).__name__} {shorten(repr(value))}")
 
 
 def _string_map(config: Mapping[str, Any], key: str, name_pattern: re.Pattern[str], what: str) -> dict[str, str]:
@@ -100,25 +102,25 @@ def _string_map(config: Mapping[str, Any], key: str, name_pattern: re.Pattern[st
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise UsageError(f"{_where(key)} must be a mapping of {what} to values, got {value!r}")
+        raise UsageError(f"{_where(key)} must be a mapping of {what} to values, got {shorten(repr(value))}")
     out = {}
     for name, item in value.items():
         if not isinstance(name, str) or not name_pattern.match(name):
-            raise UsageError(f"{_where(key)}: {name!r} is not a valid {what}")
+            raise UsageError(f"{_where(key)}: {shorten(repr(name))} is not a valid {what}")
         out[name] = _scalar(f"{_where(key)}: {name}", item)
     return out
 
 
 def _quantities(key: str, value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise UsageError(f"{_where(key)} must be a mapping such as {{cpu: '2', memory: 4Gi}}, got {value!r}")
+        raise UsageError(f"{_where(key)} must be a mapping such as {{cpu: '2', memory: 4Gi}}, got {shorten(repr(value))}")
     out = {}
     for name, qty in value.items():
         if not isinstance(name, str) or not _LABEL_KEY.match(name):
-            raise UsageError(f"{_where(key)}: {name!r} is not a resource name (cpu, memory, nvidia.com/gpu ...)")
+            raise UsageError(f"{_where(key)}: {shorten(repr(name))} is not a resource name (cpu, memory, nvidia.com/gpu ...)")
         text = _scalar(f"{_where(key)}: {name}", qty)
         if isinstance(qty, bool) or not _QUANTITY.match(text):
-            raise UsageError(f"{_where(key)}: {name}={text!r} is not a Kubernetes quantity",
+            raise UsageError(f"{_where(key)}: {name}={shorten(repr(text))} is not a Kubernetes quantity",
                              hint="for example cpu: 500m, memory: 2Gi, nvidia.com/gpu: 1")
         out[name] = text
     return out
@@ -145,8 +147,8 @@ def _tolerations(config: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     for index, item in enumerate(value):
         key = f"tolerations[{index}]"
         if not isinstance(item, Mapping):
-            raise UsageError(f"{_where(key)} must be a mapping, got {item!r}")
-        unknown = set(item) - _TOLERATION_KEYS
+            raise UsageError(f"{_where(key)} must be a mapping, got {shorten(repr(item))}")
+        unknown = {str(k) for k in item} - _TOLERATION_KEYS
         if unknown:
             raise UsageError(f"{_where(key)}: unknown key {sorted(unknown)[0]!r}",
                              hint=f"a toleration has {', '.join(sorted(_TOLERATION_KEYS))}")
@@ -155,18 +157,18 @@ def _tolerations(config: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
             if name in item:
                 tol[name] = _scalar(f"{_where(key)}.{name}", item[name])
         if "operator" in item:
-            if item["operator"] not in _TOLERATION_OPERATORS:
-                raise UsageError(f"{_where(key)}.operator must be Exists or Equal, got {item['operator']!r}")
+            if not isinstance(item["operator"], str) or item["operator"] not in _TOLERATION_OPERATORS:
+                raise UsageError(f"{_where(key)}.operator must be Exists or Equal, got {shorten(item['operator'])}")
             tol["operator"] = item["operator"]
         if "effect" in item:
-            if item["effect"] not in _TOLERATION_EFFECTS:
+            if not isinstance(item["effect"], str) or item["effect"] not in _TOLERATION_EFFECTS:
                 raise UsageError(f"{_where(key)}.effect must be one of {', '.join(sorted(_TOLERATION_EFFECTS))}, "
-                                 f"got {item['effect']!r}")
+                                 f"got {shorten(item['effect'])}")
             tol["effect"] = item["effect"]
         if "tolerationSeconds" in item:
             seconds = item["tolerationSeconds"]
             if isinstance(seconds, bool) or not isinstance(seconds, int):
-                raise UsageError(f"{_where(key)}.tolerationSeconds must be an integer, got {seconds!r}")
+                raise UsageError(f"{_where(key)}.tolerationSeconds must be an integer, got {shorten(repr(seconds))}")
             tol["tolerationSeconds"] = seconds
         out.append(tol)
     return tuple(out)
@@ -179,27 +181,46 @@ def _pull_secrets(config: Mapping[str, Any]) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        raise UsageError(f"{_where('image-pull-secrets')} must be a list of Secret names, got {value!r}")
+        raise UsageError(f"{_where('image-pull-secrets')} must be a list of Secret names, got {shorten(repr(value))}")
     out = []
     for name in value:
         if not isinstance(name, str):
-            raise UsageError(f"{_where('image-pull-secrets')}: {name!r} is not a Secret name")
+            raise UsageError(f"{_where('image-pull-secrets')}: {shorten(repr(name))} is not a Secret name")
         out.append(_dns("image-pull-secrets", name, _DNS_SUBDOMAIN, "Secret name"))
     return tuple(out)
 
 
+def template_path(value: str, base_dir: Path, cwd: Path | None = None) -> Path:
+    """Where ``kube-job-template-path`` is: beside the config file, or else (as MLflow reads it) from the cwd.
+
+    The second is said with a :class:`~mlexec_core.yamlfile.FileWarning` naming the file used.
+    """
+    problem = text_problem(value)
+    if problem:
+        raise UsageError(f"{_where('kube-job-template-path')}: the path {problem}")
+    beside = base_dir / value
+    cwd = cwd or Path.cwd()
+    if not is_file(beside) and not Path(value).is_absolute() and base_dir.resolve() != cwd.resolve():
+        from_cwd = cwd / value
+        if is_file(from_cwd):
+            warnings.warn(f"--backend-config kube-job-template-path {shorten(value)!r} is not beside the config "
+                          f"file (in {base_dir}): using {from_cwd.resolve()}, found from the current directory as "
+                          "MLflow finds it", FileWarning, stacklevel=2)
+            return from_cwd.resolve()
+    try:
+        return beside.resolve()
+    except (OSError, RuntimeError):
+        return beside
+
+
 def load_template(path: Path) -> dict[str, Any]:
     """Read a Job template and check that it is one; any other YAML is an error naming the file."""
-    import yaml
-
-    if not path.is_file():
-        raise UsageError(f"{_where('kube-job-template-path')}: no such file {path}",
-                         hint="the path is relative to the backend config file (or the current directory for "
-                              "inline JSON); remove the key to use mlexec's default Job")
-    try:
-        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-    except yaml.YAMLError as exc:
-        raise UsageError(f"not valid YAML: {str(exc).splitlines()[0]}", context=str(path)) from None
+    if not is_file(path):
+        raise UsageError(f"{_where('kube-job-template-path')}: no such file {shorten(str(path), 300)}",
+                         hint="the path is relative to the backend config file, then to the current directory; "
+                              "remove the key to use mlexec's default Job")
+    documents = [d for d in load_yaml(path, error=UsageError, what="Job template", all_documents=True,
+                                      duplicates="error") if d is not None]
     if len(documents) != 1 or not isinstance(documents[0], dict):
         raise UsageError(f"expected one Kubernetes Job manifest, found {len(documents)} YAML documents"
                          if len(documents) != 1 else "expected a Kubernetes Job manifest (a mapping)",
@@ -207,18 +228,65 @@ def load_template(path: Path) -> dict[str, Any]:
     template = documents[0]
     kind, api = template.get("kind"), template.get("apiVersion")
     if kind != "Job" or api != "batch/v1":
-        raise UsageError(f"the Job template is a {kind or 'manifest without kind'} ({api or 'no apiVersion'}), "
-                         "not a Job (batch/v1)", context=str(path),
+        raise UsageError(f"the Job template is a {shorten(kind) if kind else 'manifest without kind'} "
+                         f"({shorten(api) if api else 'no apiVersion'}), not a Job (batch/v1)", context=str(path),
                          hint="the template must be `apiVersion: batch/v1` and `kind: Job`")
-    spec = template.get("spec") or {}
-    pod = ((spec.get("template") or {}).get("spec")) or {}
-    if not isinstance(spec, dict) or not isinstance(pod, dict) or not isinstance(pod.get("containers", []), list):
-        raise UsageError("spec.template.spec.containers must be a list", context=str(path))
+    check_template(template, str(path))
+    return template
+
+
+def _mapping_at(data: Any, key: str, context: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{key} must be a mapping, got {type(data).__name__}", context=context)
+    return data
+
+
+def check_template(template: Mapping[str, Any], context: str) -> None:
+    """The parts of a Job template mlexec reads or changes have the types Kubernetes gives them."""
+    metadata = _mapping_at(template.get("metadata"), "metadata", context)
+    for key in ("labels", "annotations"):
+        labels = _mapping_at(metadata.get(key), f"metadata.{key}", context)
+        if not all(isinstance(k, str) for k in labels):
+            raise UsageError(f"metadata.{key}: the keys must be strings", context=context)
+    if metadata.get("namespace") is not None and not isinstance(metadata.get("namespace"), str):
+        raise UsageError("metadata.namespace must be a string", context=context)
+    spec = _mapping_at(template.get("spec"), "spec", context)
+    pod_template = _mapping_at(spec.get("template"), "spec.template", context)
+    pod_meta = _mapping_at(pod_template.get("metadata"), "spec.template.metadata", context)
+    _mapping_at(pod_meta.get("labels"), "spec.template.metadata.labels", context)
+    pod = _mapping_at(pod_template.get("spec"), "spec.template.spec", context)
+    for key in ("containers", "imagePullSecrets", "tolerations", "initContainers", "volumes"):
+        value = pod.get(key)
+        if value is not None and not isinstance(value, list):
+            raise UsageError(f"spec.template.spec.{key} must be a list, got {type(value).__name__}", context=context)
+    for key in ("containers", "imagePullSecrets"):
+        for index, item in enumerate(pod.get(key) or []):
+            if not isinstance(item, dict):
+                raise UsageError(f"spec.template.spec.{key}[{index}] must be a mapping", context=context)
+    _mapping_at(pod.get("nodeSelector"), "spec.template.spec.nodeSelector", context)
+    containers = pod.get("containers") or []
+    if containers:
+        main = containers[0]
+        for key in ("env", "args", "command"):
+            if main.get(key) is not None and not isinstance(main.get(key), list):
+                raise UsageError(f"spec.template.spec.containers[0].{key} must be a list", context=context)
+        for index, item in enumerate(main.get("env") or []):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise UsageError(f"spec.template.spec.containers[0].env[{index}] must be a mapping with a name",
+                                 context=context)
+        resources = _mapping_at(main.get("resources"), "spec.template.spec.containers[0].resources", context)
+        for part in ("requests", "limits"):
+            _mapping_at(resources.get(part), f"spec.template.spec.containers[0].resources.{part}", context)
+    for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageError(f"spec.{key} must be an integer, got {shorten(value)}", context=context)
     policy = pod.get("restartPolicy")
     if policy not in (None, "Never", "OnFailure"):
-        raise UsageError(f"spec.template.spec.restartPolicy is {policy!r}; a Job needs Never or OnFailure",
-                         context=str(path))
-    return template
+        raise UsageError(f"spec.template.spec.restartPolicy is {shorten(policy)}; a Job needs Never or OnFailure",
+                         context=context)
 
 
 KNOWN_KEYS = (
@@ -234,13 +302,13 @@ def parse_config(config: Mapping[str, Any], base_dir: Path) -> KubernetesConfig:
     for key in config:
         if key not in KNOWN_KEYS:
             close = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1)
-            raise UsageError(f"unknown --backend-config key {key!r} for the kubernetes backend",
+            raise UsageError(f"unknown --backend-config key {shorten(repr(key))} for the kubernetes backend",
                              hint=(f"did you mean {close[0]!r}? " if close else "")
                              + f"known keys: {', '.join(KNOWN_KEYS)}")
-    template_path = _string(config, "kube-job-template-path")
+    template_value = _string(config, "kube-job-template-path")
     template = path = None
-    if template_path is not None:
-        path = (base_dir / template_path).resolve()
+    if template_value is not None:
+        path = template_path(template_value, base_dir)
         template = load_template(path)
     return KubernetesConfig(
         repository_uri=_repository(_string(config, "repository-uri", required=True)),
@@ -265,9 +333,9 @@ def _repository(value: str | None) -> str:
     assert value is not None
     name = value.rsplit("/", 1)[-1]
     if "@" in value or any(c.isspace() for c in value) or ":" in name:
-        raise UsageError(f"{_where('repository-uri')}: {value!r} must be a repository without tag or digest",
+        raise UsageError(f"{_where('repository-uri')}: {shorten(repr(value))} must be a repository without tag or digest",
                          hint="for example registry.example.com/team/project; mlexec adds the content tag")
     path = value.split("/", 1)[1] if "/" in value else value
     if path != path.lower():
-        raise UsageError(f"{_where('repository-uri')}: {value!r}: repository paths must be lower-case")
+        raise UsageError(f"{_where('repository-uri')}: {shorten(repr(value))}: repository paths must be lower-case")
     return value

@@ -111,7 +111,7 @@ def build_job(plan: RunPlan, config: KubernetesConfig, *, name: str, namespace: 
     if not containers:
         containers.append({})
     main = containers[0]
-    main.setdefault("name", dns_label(plan.project.display_name, 63))
+    main["name"] = dns_label(plan.project.display_name, 63)  # the project's name, as MLflow names it
     main["image"] = image
     main["command"] = [*SHELL, plan.command]
     main.pop("args", None)

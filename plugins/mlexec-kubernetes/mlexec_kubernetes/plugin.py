@@ -1,12 +1,13 @@
-"""mlexec-kubernetes's hooks: the ``kubernetes`` backend."""
+"""mlexec-kubernetes's hooks: the ``kubernetes`` backend, imported only when ``-b kubernetes`` is used."""
 
 from __future__ import annotations
 
-from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin import Registration, hookimpl
 
 
 @hookimpl
 def mlexec_backends():
-    from mlexec_kubernetes.backend import KubernetesBackend
-
-    return [KubernetesBackend]
+    return [Registration(
+        kind="backend", name="kubernetes", path="mlexec_kubernetes.backend:KubernetesBackend",
+        description="runs the project as a Kubernetes Job (image built and pushed with mlexec-docker)",
+    )]

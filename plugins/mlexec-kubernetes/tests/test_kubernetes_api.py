@@ -279,5 +279,7 @@ def test_template_job_with_a_sidecar(in_process, k8s_project, fake_cluster, stor
     assert capsys.readouterr().out == "from trainer\n"
     job = fake_cluster.created_jobs()[0]
     assert job["metadata"]["namespace"] == NS and job["metadata"]["name"] != "x"
-    assert {q["container"][0] for q in fake_cluster.log_requests()} == {"trainer"}
+    # the first container takes the project's name, as in MLflow
+    assert job["spec"]["template"]["spec"]["containers"][0]["name"] == "demo-project"
+    assert {q["container"][0] for q in fake_cluster.log_requests()} == {"demo-project"}
     assert store.only_run().info.status == "FINISHED"

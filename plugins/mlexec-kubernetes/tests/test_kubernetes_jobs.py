@@ -65,7 +65,7 @@ def test_failure_reason_in_cli_and_tags(mlexec, k8s_env, k8s_project, fake_clust
     fake_cluster.scenario, expected = failing("oom")
     proj = k8s_project()
     proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", cwd=proj, env=k8s_env)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # 137 is a signal's status, not passed on
     assert_no_traceback(proc)
     assert "starting\n" in proc.stdout
     job = fake_cluster.created_jobs()[0]["metadata"]["name"]
@@ -178,3 +178,13 @@ def test_dry_run_prints_the_manifest_without_the_cluster(mlexec, k8s_env, k8s_pr
     plan = json.loads(proc.stdout)
     assert plan["backend_plan"]["job_manifest"]["metadata"]["namespace"] == "ml"
     assert store.runs() == []
+
+
+def test_exit_status_of_the_container_is_mlexecs(mlexec, k8s_env, k8s_project, fake_cluster, store):
+    fake_cluster.scenario, expected = failing("exit")
+    proj = k8s_project()
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", cwd=proj, env=k8s_env)
+    assert proc.returncode == 3, proc.stderr
+    assert_no_traceback(proc)
+    assert expected in proc.stderr
+    assert store.only_run().info.status == "FAILED"

@@ -180,7 +180,8 @@ def test_template_is_kept_and_overridden(plan_for, tmp_path):
     assert job["spec"]["backoffLimit"] == 4 and pod["restartPolicy"] == "OnFailure"
     assert pod["volumes"] and pod["initContainers"][0]["name"] == "fetch"
     main, sidecar = pod["containers"]
-    assert main["name"] == "trainer" and main["image"] == IMAGE and "args" not in main
+    # the template's "trainer" becomes the project's name, as MLflow names the first container
+    assert main["name"] == "my-project-resnet-50-v2" and main["image"] == IMAGE and "args" not in main
     assert main["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
     env = {e["name"]: e for e in main["env"]}
     assert env["FROM_TEMPLATE"]["value"] == "1" and "valueFrom" in env["TOKEN"]
@@ -237,7 +238,7 @@ def test_config_errors_name_the_key(config, message, tmp_path):
     ("apiVersion: batch/v1\nkind: CronJob\n", "is a CronJob"),
     ("- a\n- b\n", "expected a Kubernetes Job manifest"),
     ("kind: Job\napiVersion: batch/v1\n---\nkind: Job\napiVersion: batch/v1\n", "found 2 YAML documents"),
-    ("kind: [\n", "not valid YAML"),
+    ("kind: [\n", "t.yaml:2:1: invalid YAML"),
     ("kind: Job\napiVersion: batch/v1\nspec: {template: {spec: {restartPolicy: Always}}}\n", "Never or OnFailure"),
 ])
 def test_template_must_be_a_job(text, message, tmp_path):
@@ -245,6 +246,65 @@ def test_template_must_be_a_job(text, message, tmp_path):
     with pytest.raises(UsageError) as info:
         parse_config({"repository-uri": "r/x", "kube-job-template-path": "t.yaml"}, tmp_path)
     assert message in str(info.value) and "t.yaml" in str(info.value)
+
+
+def test_relative_template_not_beside_the_config_is_found_from_the_cwd(tmp_path, monkeypatch):
+    """As MLflow reads kube-job-template-path (from the current directory), saying which file was used."""
+    import warnings
+
+    from mlexec_core.yamlfile import FileWarning
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (tmp_path / "job.yaml").write_text(TEMPLATE)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = parse_config({"repository-uri": "r/x", "kube-job-template-path": "job.yaml"}, configs)
+    assert config.job_template_path == tmp_path / "job.yaml"
+    assert config.job_template["metadata"]["namespace"] == "from-template"
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, FileWarning)]
+    assert message == (f"--backend-config kube-job-template-path 'job.yaml' is not beside the config file (in "
+                       f"{configs}): using {tmp_path / 'job.yaml'}, found from the current directory as MLflow "
+                       "finds it")
+    # beside the config file wins, silently
+    (configs / "job.yaml").write_text(TEMPLATE.replace("from-template", "beside"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = parse_config({"repository-uri": "r/x", "kube-job-template-path": "job.yaml"}, configs)
+    assert config.job_template_path == configs / "job.yaml" and not caught
+
+
+@pytest.mark.parametrize("text, message", [
+    ("apiVersion: batch/v1\nkind: Job\nspec: {template: {spec: {containers: [5]}}}\n",
+     "spec.template.spec.containers[0] must be a mapping"),
+    ("apiVersion: batch/v1\nkind: Job\nspec: {template: {spec: {containers: [{env: {A: 1}}]}}}\n",
+     "spec.template.spec.containers[0].env must be a list"),
+    ("apiVersion: batch/v1\nkind: Job\nspec: {template: {spec: {tolerations: {a: 1}}}}\n",
+     "spec.template.spec.tolerations must be a list"),
+    ("apiVersion: batch/v1\nkind: Job\nmetadata: [a]\n", "metadata must be a mapping"),
+    ("apiVersion: batch/v1\nkind: Job\nspec: {backoffLimit: many}\n", "spec.backoffLimit must be an integer"),
+    ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: a, name: b}\n", "duplicate key 'name'"),
+    ("apiVersion: batch/v1\nkind: !!bool maybe\n", "maybe is not a valid !!bool value"),
+])
+def test_template_with_wrong_types_is_one_error(text, message, tmp_path):
+    (tmp_path / "t.yaml").write_text(text)
+    with pytest.raises(UsageError) as info:
+        parse_config({"repository-uri": "r/x", "kube-job-template-path": "t.yaml"}, tmp_path)
+    assert message in str(info.value) and "t.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize("toleration, message", [
+    ({"operator": ["Exists"]}, "operator must be Exists or Equal, got ['Exists']"),
+    ({"effect": {"a": 1}}, "effect must be one of"),
+    ({"key": ["a"]}, "key must be a string or a number"),
+    ({"tolerationSeconds": "5"}, "tolerationSeconds must be an integer"),
+    ({1: "x"}, "unknown key '1'"),
+])
+def test_tolerations_with_wrong_types_are_one_error(toleration, message, tmp_path):
+    with pytest.raises(UsageError) as info:
+        parse_config({"repository-uri": "r/x", "tolerations": [toleration]}, tmp_path)
+    assert message in str(info.value)
 
 
 def test_every_documented_key_is_known():

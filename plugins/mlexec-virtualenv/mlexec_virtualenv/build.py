@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from mlexec_core.errors import EnvironmentBuildError
+from mlexec_core.installer import run_installer
 from mlexec_core.plugin.interfaces import Reporter
 from mlexec_core.project.model import Project
 from mlexec_virtualenv.interpreters import Interpreter
@@ -53,8 +53,8 @@ def _uv_env() -> dict[str, str]:
 
 def _run_uv(args: list[str], cwd: Path, what: str, context: str, hint: str) -> str:
     try:
-        proc = subprocess.run(args, cwd=cwd, env=_uv_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, stdin=subprocess.DEVNULL)
+        # its own process group, stopped as a whole if mlexec is interrupted (uv's build-backend children too)
+        proc = run_installer(args, cwd=cwd, env=_uv_env())
     except OSError as exc:
         raise EnvironmentBuildError(f"cannot run uv ({args[0]}): {exc.strerror}",
                                     hint=f"pip install uv, or point {UV_VAR} at a uv executable") from None

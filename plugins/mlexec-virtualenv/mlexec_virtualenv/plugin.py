@@ -1,10 +1,14 @@
-"""Hook implementations of the ``virtualenv`` plugin (``--env-manager virtualenv`` / ``uv``)."""
+"""Hook implementations of the ``virtualenv`` plugin (``--env-manager virtualenv`` / ``uv``);
+:mod:`mlexec_virtualenv.manager` is imported only when a run uses it."""
 
-from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin import Registration, hookimpl
 
 
 @hookimpl
 def mlexec_environment_managers():
-    from mlexec_virtualenv.manager import VirtualenvManager
-
-    return [VirtualenvManager]
+    return [Registration(
+        kind="env-manager", name="virtualenv", aliases=("uv",),
+        path="mlexec_virtualenv.manager:VirtualenvManager",
+        handles={"python", "conda", "none"}, default_for={"python", "none"},
+        description="a cached uv virtualenv from python_env.yaml (or conda.yaml's python and pip list, or uv.lock)",
+    )]

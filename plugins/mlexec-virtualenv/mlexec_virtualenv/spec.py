@@ -19,6 +19,7 @@ from attrs import frozen
 
 from mlexec_core.errors import EnvironmentBuildError, ProjectError
 from mlexec_core.project.model import EnvKind, Project
+from mlexec_core.yamlfile import exists, is_file, load_yaml, read_text, shorten, text_problem
 
 PYTHON_ENV_KEYS = ("python", "build_dependencies", "dependencies")
 UV_LOCK = "uv.lock"
@@ -51,8 +52,12 @@ class PythonEnvSpec:
     dropped: tuple[str, ...] = ()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256(path: Path, error: type = ProjectError) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot read it: {getattr(exc, 'strerror', None) or exc}", context=shorten(str(path), 300)) \
+            from None
 
 
 def read_spec(project: Project) -> PythonEnvSpec:
@@ -60,7 +65,7 @@ def read_spec(project: Project) -> PythonEnvSpec:
     env = project.environment
     lock = project.directory / UV_LOCK
     lock_args: dict[str, Any] = {}
-    if lock.is_file():
+    if is_file(lock):
         lock_args = {"lock": lock, "lock_digest": _sha256(lock)}
     if env.kind is EnvKind.PYTHON and env.file is not None:
         return _read_python_env(env.file, project.directory, lock_args)
@@ -70,22 +75,14 @@ def read_spec(project: Project) -> PythonEnvSpec:
 
 
 def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProjectError(f"cannot read it: {exc.strerror}", context=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        pos = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ProjectError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", context=f"{path}{pos}") from None
+    return load_yaml(path, error=ProjectError, what="environment file")
 
 
 def _string_list(value: Any, path: Path, key: str) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                              for v in value):
         raise ProjectError(f"{key}: expected a list of requirement strings", context=str(path),
                            hint=f"write {key} as a YAML list, for example:\n    {key}:\n      - six==1.16.0")
     return [str(v) for v in value]
@@ -96,7 +93,10 @@ def _python_version(value: Any, path: Path, key: str) -> tuple[str | None, bool]
         return None, False
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ProjectError(f"{key}: expected a version such as \"3.11\"", context=str(path))
-    return str(value).strip(), isinstance(value, float)
+    text = str(value).strip()
+    if not text or len(text) > 64 or any(c.isspace() for c in text):
+        raise ProjectError(f"{key}: {shorten(text, 80)!r} is not a Python version such as \"3.11\"", context=str(path))
+    return text, isinstance(value, float)
 
 
 def _read_python_env(path: Path, project_dir: Path, lock_args: dict[str, Any]) -> PythonEnvSpec:
@@ -109,7 +109,7 @@ def _read_python_env(path: Path, project_dir: Path, lock_args: dict[str, Any]) -
         if key not in PYTHON_ENV_KEYS:
             close = difflib.get_close_matches(str(key), PYTHON_ENV_KEYS, n=1)
             raise ProjectError(
-                f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
+                f"unknown key {shorten(str(key), 80)!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
                 context=str(path), hint=f"python_env.yaml takes {', '.join(PYTHON_ENV_KEYS)}",
             )
     python, was_number = _python_version(data.get("python"), path, "python")
@@ -134,9 +134,11 @@ def _read_conda_env(path: Path, project_dir: Path, lock_args: dict[str, Any]) ->
     pip_lines: list[str] = []
     dropped: list[str] = []
     for index, item in enumerate(items):
-        if isinstance(item, dict) and set(item) == {"pip"}:
+        if isinstance(item, dict) and list(item) == ["pip"]:
             pip_lines.extend(_string_list(item["pip"], path, f"dependencies[{index}].pip"))
             continue
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            item = str(item)
         if not isinstance(item, str):
             raise ProjectError(f"dependencies[{index}]: expected a package string or a {{pip: [...]}} mapping",
                                context=str(path))
@@ -193,21 +195,36 @@ def expand_requirements(lines: list[str], base: Path, origin: str,
             out.append(logical)
             continue
         opt, rel = match.group("opt"), match.group("path").strip().strip("'\"")
-        target = (base / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
-        if not target.is_file():
+        problem = text_problem(rel)
+        if problem:
+            raise EnvironmentBuildError(f"{shorten(logical)!r}: the path {problem}", context=origin)
+        target = Path(rel) if Path(rel).is_absolute() else base / rel
+        try:
+            target = target.resolve()
+        except (OSError, RuntimeError):
+            pass
+        if not is_file(target):
+            what = "is not a file" if exists(target) else "no such file"
             raise EnvironmentBuildError(
-                f"{logical!r}: no such file {target}", context=origin,
+                f"{shorten(logical)!r}: {what} {shorten(str(target), 300)}", context=origin,
                 hint=f"{'-r' if opt in ('-r', '--requirement') else '-c'} paths are relative to the project "
                      f"directory ({base})" if not _stack else f"paths are relative to {base}",
             )
         if opt in ("-c", "--constraint"):
             out.append(f"-c {target}")
-            constraints.append((str(target), _sha256(target)))
+            constraints.append((str(target), _sha256(target, EnvironmentBuildError)))
             continue
         if target in _stack:
-            raise EnvironmentBuildError(f"{logical!r}: requirement files include each other", context=origin)
+            raise EnvironmentBuildError(f"{shorten(logical)!r}: requirement files include each other", context=origin)
+        if len(_stack) >= 32:
+            raise EnvironmentBuildError(f"{shorten(logical)!r}: requirement files nested more than 32 deep",
+                                        context=origin)
+        text = read_text(target, error=EnvironmentBuildError, what="requirements file")
+        problem = text_problem(text)
+        if problem:
+            raise EnvironmentBuildError(f"the requirements file {problem}", context=str(target))
         nested, nested_constraints = expand_requirements(
-            target.read_text(encoding="utf-8").splitlines(), target.parent, str(target), (*_stack, target))
+            text.splitlines(), target.parent, str(target), (*_stack, target))
         out.extend(nested)
         constraints.extend(nested_constraints)
     return out, constraints

@@ -1,0 +1,269 @@
+"""The contract tests every backend and environment manager should pass.
+
+A plugin runs them against itself by subclassing :class:`Contract` in one of
+its test modules, naming what it provides and how to configure it::
+
+    # tests/test_nice_contract.py   (conftest.py: pytest_plugins = ["mlexec_core.testing"])
+    from mlexec_core.testing.conformance import Contract
+
+    class TestNiceContract(Contract):
+        backend = "nice"
+        env_manager = "local"
+        backend_config = {"niceness": 10}
+        bad_backend_config = ({"nicenes": 3}, "nicenes")   # a config error, and the key it must name
+
+Each test drives the real CLI (``python -m mlexec_core``) against a real MLflow
+sqlite store, read back with ``MlflowClient``:
+
+* ``test_success_records_params_and_tags``: exit 0, the run FINISHED with the
+  ``-P`` parameters and the backend, environment and entry point tags; the
+  command saw the parameters (its output is checked when ``runs_command``).
+* ``test_failure_has_the_exit_status_and_reason``: ``exit 3`` in the command
+  makes the run FAILED, ``mlexec run`` exit 3 (when ``knows_exit_code``) and the
+  reason say so.
+* ``test_ctrl_c_ends_killed_with_nothing_left`` and ``test_sigterm_...``: a
+  command that started a background child (``sleep &``, which ignores SIGINT)
+  is stopped; mlexec exits 130 / 143, the run is KILLED, and (``runs_here``)
+  neither the shell nor its child is left running; and (``stops_its_own_processes``)
+  the backend did that itself, not the core's safety net.
+* ``test_config_error_names_the_key_before_any_run``: a bad backend config or
+  environment file is one error naming the key, exit 2, no traceback, no run.
+* ``test_dry_run_has_no_side_effects``: ``--dry-run`` and ``--dry-run --json``
+  exit 0, create no run, run nothing and leave nothing behind.
+* after every test: no run in the store is left RUNNING, and
+  ``contract_leftovers()`` reports nothing new (containers, Jobs ...).
+
+The project is named ``contract``; its entry points are ``main`` (parameters
+``alpha`` and ``name``, echoed), ``fail`` (``exit 3``) and ``slow`` (``sleep``
+in the background, then ``wait``), plain POSIX sh, so they run in a busybox
+image too.
+
+Override the class attributes below, and these fixtures when the defaults do not fit:
+
+* ``contract_env``: more variables for every CLI call (a kubeconfig ...).
+* ``contract_arrange``: a callable ``arrange(case)`` called before each CLI run,
+  ``case`` being "success", "failure", "slow" or "dry-run"; a suite whose
+  backend talks to a double scripts the double here.
+* ``contract_leftovers``: a callable returning what the backend leaves behind
+  right now (container ids, Job names); it is called before and after each test.
+* ``contract_project``: a callable ``make(entry_points, files=None, environment=None) -> Path``
+  writing the project (the default adds ``environment`` and ``environment_files``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import textwrap
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+import pytest
+
+from mlexec_core.testing import assert_no_traceback, assert_processes_gone, make_project
+
+ENTRY_POINTS = """\
+main:
+  parameters:
+    alpha: {type: float, default: 0.1}
+    name: {type: string, default: "x"}
+  command: "echo contract alpha={alpha} name={name}"
+fail:
+  command: "echo contract-failing >&2; exit 3"
+slow:
+  command: "sleep 300 & echo \\"contract-ready $$ $!\\"; wait"
+"""
+
+
+class Contract:
+    """Subclass it (as ``Test...``) and set at least ``backend`` or ``env_manager``."""
+
+    #: The ``--backend`` under test.
+    backend: ClassVar[str] = "local"
+    #: The ``--env-manager``; ``None`` lets mlexec choose from the project's environment.
+    env_manager: ClassVar[str | None] = "local"
+    #: ``--backend-config``: a mapping (passed as inline JSON), a file name in the
+    #: project (see ``environment_files``), or ``None`` for none.
+    backend_config: ClassVar[Mapping[str, Any] | str | None] = None
+    #: MLproject lines declaring the environment, for example ``"python_env: python_env.yaml"``.
+    environment: ClassVar[str] = ""
+    #: Files written into the project: ``{"python_env.yaml": "python: ..."}``.
+    environment_files: ClassVar[Mapping[str, str]] = {}
+    #: The ``mlflow.project.env`` tag expected, ``None`` when the backend sets none;
+    #: by default the ``env_manager``.
+    env_tag: ClassVar[str | None] = ""
+    #: A bad ``--backend-config`` and the key its error must name, or ``None``.
+    bad_backend_config: ClassVar[tuple[Mapping[str, Any] | str, str] | None] = None
+    #: An environment with a mistake: MLproject environment lines, the files
+    #: (replacing ``environment_files``), and the text its error must contain (the
+    #: file and key); or ``None``.
+    bad_environment: ClassVar[tuple[str, Mapping[str, str], str] | None] = None
+    #: The command really runs (not a double): its output is checked.
+    runs_command: ClassVar[bool] = True
+    #: The command runs as processes of this machine: after a stop, none may be left.
+    runs_here: ClassVar[bool] = True
+    #: The backend reports the command's exit status (``mlexec run`` exits with it).
+    knows_exit_code: ClassVar[bool] = True
+    #: The backend stops its own job completely: the core's safety net (which stops
+    #: leftover processes and warns "the job left ...") has nothing to do.
+    stops_its_own_processes: ClassVar[bool] = True
+    #: Seconds to wait for the job to start (a pull, a solve ...).
+    start_timeout: ClassVar[float] = 120
+
+    # -- fixtures a suite may override -------------------------------------------------
+
+    @pytest.fixture
+    def contract_env(self) -> dict[str, str]:
+        return {}
+
+    @pytest.fixture
+    def contract_arrange(self) -> Callable[[str], None]:
+        return lambda case: None
+
+    @pytest.fixture
+    def contract_leftovers(self) -> Callable[[], list[Any]]:
+        return lambda: []
+
+    @pytest.fixture
+    def contract_project(self, tmp_path) -> Callable[..., Path]:
+        def make(entry_points: str = ENTRY_POINTS, files: Mapping[str, str] | None = None,
+                 environment: str | None = None) -> Path:
+            env = self.environment if environment is None else environment
+            body = f"name: contract\n{env}\nentry_points:\n{textwrap.indent(entry_points, '  ')}"
+            return make_project(tmp_path / "contract", body,
+                                dict(self.environment_files if files is None else files))
+
+        return make
+
+    # -- what every test shares --------------------------------------------------------
+
+    @pytest.fixture(autouse=True)
+    def _contract_checks(self, store, contract_leftovers):
+        before = list(contract_leftovers())
+        yield
+        running = [r.info.run_id for r in store.runs() if r.info.status in ("RUNNING", "SCHEDULED")]
+        assert not running, f"runs left RUNNING: {running}"
+        new = [x for x in contract_leftovers() if x not in before]
+        assert not new, f"left behind: {new}"
+
+    def _args(self, config: Mapping[str, Any] | str | None = None, *, use_default: bool = True) -> list[str]:
+        args = ["-b", self.backend]
+        if self.env_manager:
+            args += ["--env-manager", self.env_manager]
+        config = self.backend_config if use_default and config is None else config
+        if isinstance(config, str):
+            args += ["-c", config]
+        elif config is not None:
+            args += ["-c", json.dumps(dict(config))]
+        return args
+
+    def _expected_env_tag(self) -> str | None:
+        return self.env_manager if self.env_tag == "" else self.env_tag
+
+    # -- the contract ------------------------------------------------------------------
+
+    def test_success_records_params_and_tags(self, mlexec, store, contract_project, contract_env, contract_arrange):
+        proj = contract_project()
+        contract_arrange("success")
+        proc = mlexec("run", proj, *self._args(), "-P", "alpha=0.5", "-P", "name=a b", cwd=proj, env=contract_env,
+                      timeout=self.start_timeout + 60)
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert_no_traceback(proc)
+        run = store.only_run()
+        assert run.info.status == "FINISHED"
+        assert run.data.params == {"alpha": "0.5", "name": "a b"}
+        tags = run.data.tags
+        assert tags["mlflow.project.backend"] == self.backend
+        assert tags["mlflow.project.entryPoint"] == "main"
+        expected_env = self._expected_env_tag()
+        if expected_env is not None:
+            assert tags.get("mlflow.project.env") == expected_env
+        if self.runs_command:
+            assert "contract alpha=0.5 name=a b" in proc.stdout
+        assert run.info.run_id in proc.stderr and "succeeded" in proc.stderr
+
+    def test_failure_has_the_exit_status_and_reason(self, mlexec, store, contract_project, contract_env,
+                                                    contract_arrange):
+        proj = contract_project()
+        contract_arrange("failure")
+        proc = mlexec("run", proj, "-e", "fail", *self._args(), cwd=proj, env=contract_env,
+                      timeout=self.start_timeout + 60)
+        assert_no_traceback(proc)
+        if self.knows_exit_code:
+            assert proc.returncode == 3, f"exit {proc.returncode}\n{proc.stderr}"
+            assert "exited with status 3" in proc.stderr
+        else:
+            assert proc.returncode == 1, f"exit {proc.returncode}\n{proc.stderr}"
+        if self.runs_command:
+            assert "contract-failing" in proc.stderr
+        run = store.only_run()
+        assert run.info.status == "FAILED"
+        last = proc.stderr.strip().splitlines()[-1]
+        assert f"=== Run {run.info.run_id} failed" in last
+
+    def _stop(self, signum: int, mlexec_background, store, contract_project, contract_env, contract_arrange):
+        proj = contract_project()
+        contract_arrange("slow")
+        bg = mlexec_background("run", proj, "-e", "slow", *self._args(), cwd=proj, env=contract_env)
+        bg.wait_for("contract-ready", timeout=self.start_timeout)
+        bg.signal(signum)
+        proc = bg.finish(timeout=60)
+        assert proc.returncode == 128 + signum, f"exit {proc.returncode}\n{proc.stderr}"
+        assert_no_traceback(proc)
+        run = store.only_run()
+        assert run.info.status == "KILLED"
+        if self.stops_its_own_processes:
+            assert "the job left" not in proc.stderr, proc.stderr
+        if self.runs_here:
+            found = re.search(r"contract-ready (\d+) (\d+)", proc.stdout)
+            assert found, proc.stdout
+            assert_processes_gone([int(found.group(1)), int(found.group(2))], timeout=5)
+        return proc
+
+    def test_ctrl_c_ends_killed_with_nothing_left(self, mlexec_background, store, contract_project, contract_env,
+                                                 contract_arrange):
+        self._stop(signal.SIGINT, mlexec_background, store, contract_project, contract_env, contract_arrange)
+
+    def test_sigterm_ends_killed_with_nothing_left(self, mlexec_background, store, contract_project, contract_env,
+                                                  contract_arrange):
+        self._stop(signal.SIGTERM, mlexec_background, store, contract_project, contract_env, contract_arrange)
+
+    def test_config_error_names_the_key_before_any_run(self, mlexec, store, contract_project, contract_env,
+                                                        contract_arrange):
+        if self.bad_backend_config is None and self.bad_environment is None:
+            pytest.skip("the suite names no bad backend config and no bad environment file")
+        if self.bad_backend_config is not None:
+            config, key = self.bad_backend_config
+            proj = contract_project()
+            proc = mlexec("run", proj, *self._args(config), cwd=proj, env=contract_env)
+            self._one_error(proc, key, store)
+        if self.bad_environment is not None:
+            environment, files, text = self.bad_environment
+            proj = contract_project(files=files, environment=environment)
+            proc = mlexec("run", proj, *self._args(), cwd=proj, env=contract_env, timeout=self.start_timeout + 60)
+            self._one_error(proc, text, store)
+
+    @staticmethod
+    def _one_error(proc, text: str, store) -> None:
+        assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert_no_traceback(proc)
+        assert "error:" in proc.stderr and text in proc.stderr, proc.stderr
+        assert "contract" not in proc.stdout  # nothing ran
+        assert store.runs() == []
+
+    def test_dry_run_has_no_side_effects(self, mlexec, store, contract_project, contract_env, contract_arrange):
+        proj = contract_project(ENTRY_POINTS.replace("echo contract alpha", "touch ran-it; echo contract alpha"))
+        before = sorted(p.relative_to(proj) for p in proj.rglob("*"))
+        contract_arrange("dry-run")
+        proc = mlexec("run", proj, *self._args(), "-P", "alpha=0.5", "--dry-run", cwd=proj, env=contract_env)
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}"
+        assert_no_traceback(proc)
+        proc = mlexec("run", proj, *self._args(), "-P", "alpha=0.5", "--dry-run", "--json", cwd=proj,
+                      env=contract_env)
+        assert proc.returncode == 0, proc.stderr
+        plan = json.loads(proc.stdout)
+        assert plan["backend"] == self.backend
+        assert "contract alpha=0.5" in plan["command"]
+        assert store.runs() == []
+        assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before
