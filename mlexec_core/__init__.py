@@ -95,4 +95,12 @@ def _active_mlflow_run_id() -> str | None:
     return active.info.run_id if active is not None else None
 
 
-__all__ = ["run", "__version__"]
+def __getattr__(name: str) -> Any:
+    if name == "sweep":  # the package mlexec_core.sweep, callable: mlexec_core.sweep(uri, parameters=...)
+        import importlib
+
+        return importlib.import_module("mlexec_core.sweep")
+    raise AttributeError(f"module 'mlexec_core' has no attribute {name!r}")
+
+
+__all__ = ["run", "sweep", "__version__"]

@@ -138,7 +138,7 @@ def test_disabled_builtin_and_extra(monkeypatch):
     plugins = build_plugins(entry_points=False, disabled=["mlflow", "example"],
                             extra=[("example", plugin_module("example", mlexec_backends=lambda: [RecordingBackend]))])
     states = {i.name: i.state for i in plugins.infos()}
-    assert states == {"local": "loaded", "mlflow": "disabled", "example": "disabled"}
+    assert states == {"local": "loaded", "mlflow": "disabled", "sweep": "loaded", "example": "disabled"}
     assert "recording" not in plugins.backends()
 
 

@@ -35,6 +35,8 @@ FAILURE_REASON_TAG = "mlexec.failureReason"
 MAX_TAG_VALUE = 8000
 
 _stores: dict[str, Any] = {}
+#: ``open_store`` and the lazy MlflowClient are reached from many threads at once (a sweep's children).
+_stores_lock = threading.RLock()
 
 
 def tracking_uri(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
@@ -62,8 +64,11 @@ def open_store(uri: str):
     if store is None:
         from mlexec_core.builtins import _mlflow_sqlite
 
-        store = _mlflow_sqlite.SqliteStore.open(uri) or ClientStore(uri)
-        _stores[uri] = store
+        with _stores_lock:
+            store = _stores.get(uri)
+            if store is None:
+                store = _mlflow_sqlite.SqliteStore.open(uri) or ClientStore(uri)
+                _stores[uri] = store
     return store
 
 
@@ -121,21 +126,23 @@ class ClientStore:
     @property
     def client(self):
         if self._client is None:
-            import logging
+            with _stores_lock:  # one MlflowClient, however many threads (a sweep's children) ask at once
+                if self._client is None:
+                    import logging
 
-            try:
-                from mlflow.tracking import MlflowClient
+                    try:
+                        from mlflow.tracking import MlflowClient
 
-                for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's own levels
-                    logging.getLogger(name).setLevel(logging.WARNING)
-                client = MlflowClient(self.uri)
-                with bounded_client():
-                    client._tracking_client.store  # noqa: B018  (open the store now, errors here)
-                    if self.uri.startswith(("http:", "https:")):  # is anyone there? (fails in seconds)
-                        client.search_experiments(max_results=1)
-                self._client = client
-            except Exception as exc:
-                raise _tracking_error(self.uri, exc) from None
+                        for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's own levels
+                            logging.getLogger(name).setLevel(logging.WARNING)
+                        client = MlflowClient(self.uri)
+                        with bounded_client():
+                            client._tracking_client.store  # noqa: B018  (open the store now, errors here)
+                            if self.uri.startswith(("http:", "https:")):  # is anyone there? (fails in seconds)
+                                client.search_experiments(max_results=1)
+                        self._client = client
+                    except Exception as exc:
+                        raise _tracking_error(self.uri, exc) from None
         return self._client
 
     @_bounded

@@ -388,6 +388,9 @@ from mlexec_core.cli import runs as _runs  # noqa: E402  (click and errors only)
 
 for _command in (_runs.runs, _runs.attach, _runs.cancel, _runs.logs):
     cli.add_command(_command)
+from mlexec_core.cli.sweep import sweep as _sweep_command  # noqa: E402  (click and errors only)
+
+cli.add_command(_sweep_command)
 
 
 def main() -> None:

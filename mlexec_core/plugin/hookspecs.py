@@ -26,6 +26,7 @@ import pluggy
 if TYPE_CHECKING:
     from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
     from mlexec_core.plugin.interfaces import Backend, Context, EnvironmentManager, ImageBuilder
+    from mlexec_core.sweep.strategy import SearchStrategy
 
 hookspec = pluggy.HookspecMarker("mlexec")
 
@@ -57,6 +58,16 @@ def mlexec_image_builders() -> Iterable[type[ImageBuilder]]:
 
     :return: ``Registration(kind="image-builder", ...)`` records, or
         :class:`~mlexec_core.plugin.interfaces.ImageBuilder` subclasses.
+    """
+
+
+@hookspec
+def mlexec_search_strategies() -> Iterable[type[SearchStrategy]]:
+    """Register search strategies for ``mlexec sweep`` (``--strategy`` values).
+
+    The built-in ``grid`` and ``random`` come through this hook too.
+
+    :return: :class:`~mlexec_core.sweep.strategy.SearchStrategy` subclasses.
     """
 
 

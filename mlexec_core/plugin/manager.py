@@ -35,6 +35,7 @@ DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
 BUILTINS: tuple[tuple[str, str], ...] = (
     ("local", "mlexec_core.builtins.local_plugin"),
     ("mlflow", "mlexec_core.builtins.mlflow_tracking"),
+    ("sweep", "mlexec_core.sweep.strategy"),
 )
 
 T = TypeVar("T")
@@ -254,6 +255,13 @@ class Plugins:
                             entry.load(base)
                         except PluginError as exc:
                             broken.setdefault(pname, exc.message)
+        for impl in self.pm.hook.mlexec_search_strategies.get_hookimpls():  # classes, listed by name
+            pname = self.pm.get_name(impl.plugin)
+            try:
+                names = [getattr(cls, "name", None) or repr(cls) for cls in impl.function() or ()]
+            except Exception as exc:  # shown, not raised, here
+                names = [f"error: {_reason(exc)}"]
+            provides.setdefault(pname, []).extend(f"sweep-strategy: {name}" for name in names)
         for plugin in self.pm.get_plugins():
             pname = self.pm.get_name(plugin)
             for caller in self.pm.get_hookcallers(plugin) or ():

@@ -1,0 +1,1 @@
+"""mlexec-optuna: ``mlexec sweep --strategy optuna``."""
