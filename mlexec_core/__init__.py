@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     from mlexec_core.pipeline.execute import SubmittedRun
+    from mlexec_core.sweeps import SweepHandle
 
 
 def run(
@@ -95,12 +96,13 @@ def _active_mlflow_run_id() -> str | None:
     return active.info.run_id if active is not None else None
 
 
-def __getattr__(name: str) -> Any:
-    if name == "sweep":  # the package mlexec_core.sweep, callable: mlexec_core.sweep(uri, parameters=...)
-        import importlib
+def sweep(*args: Any, **kwargs: Any) -> "SweepHandle":
+    """Start a sweep, as ``mlexec sweep`` does; see :func:`mlexec_core.sweeps.sweep`
+    for the parameters.  Returns a :class:`~mlexec_core.sweeps.SweepHandle` at once
+    (``children``, ``wait()``, ``cancel()``)."""
+    from mlexec_core.sweeps import sweep as start_sweep
 
-        return importlib.import_module("mlexec_core.sweep")
-    raise AttributeError(f"module 'mlexec_core' has no attribute {name!r}")
+    return start_sweep(*args, **kwargs)
 
 
 __all__ = ["run", "sweep", "__version__"]

@@ -6,8 +6,8 @@ import pytest
 
 from mlexec_core.errors import MlexecError, ParameterError, UsageError
 from mlexec_core.project.model import EntryPoint, Parameter, ParamType
-from mlexec_core.sweep.spec import SweepSpec, build_spec, check_domain, parse_domain
-from mlexec_core.sweep.strategy import GridSearch, RandomSearch
+from mlexec_core.sweeps.spec import SweepSpec, build_spec, check_domain, parse_domain
+from mlexec_core.sweeps.strategy import GridSearch, RandomSearch
 
 EP = EntryPoint("main", "train {lr} {epochs} {name}", {
     "lr": Parameter("lr", ParamType.FLOAT, 0.1),

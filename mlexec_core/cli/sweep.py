@@ -108,8 +108,8 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
     view = None
     code = 0
     try:
-        from mlexec_core.sweep.engine import Sweep, plan_sweep
-        from mlexec_core.sweep.spec import build_spec
+        from mlexec_core.sweeps.engine import Sweep, plan_sweep
+        from mlexec_core.sweeps.spec import build_spec
 
         if not uri and not resume:
             raise UsageError("give the project URI (or --resume PARENT_RUN_ID)",
@@ -128,7 +128,7 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
         if dry_run:
             _dry_run(terminal, plugins, plan, as_json)
             return
-        from mlexec_core.sweep.view import TerminalView
+        from mlexec_core.sweeps.view import TerminalView
 
         view = TerminalView(terminal)
         runner = Sweep(plugins, plan, view)
@@ -158,7 +158,7 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
 
 
 def _report(terminal, runner, as_json: bool) -> None:
-    from mlexec_core.sweep.view import _duration
+    from mlexec_core.sweeps.view import _duration
 
     summary = runner.summary()
     if as_json:
@@ -211,7 +211,7 @@ def _dry_run(terminal, plugins, plan, as_json: bool) -> None:
         summary["count"] = sum(1 for c in children if not c["done"])
         summary["children"] = children
     else:
-        from mlexec_core.sweep.engine import search_strategies
+        from mlexec_core.sweeps.engine import search_strategies
 
         strategy = search_strategies(plugins)[plan.strategy_name](plugins.context)
         summary["count"] = max(0, (plan.spec.trials or 0) - len(done))

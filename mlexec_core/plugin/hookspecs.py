@@ -26,7 +26,7 @@ import pluggy
 if TYPE_CHECKING:
     from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
     from mlexec_core.plugin.interfaces import Backend, Context, EnvironmentManager, ImageBuilder
-    from mlexec_core.sweep.strategy import SearchStrategy
+    from mlexec_core.sweeps.strategy import SearchStrategy
 
 hookspec = pluggy.HookspecMarker("mlexec")
 
@@ -67,7 +67,7 @@ def mlexec_search_strategies() -> Iterable[type[SearchStrategy]]:
 
     The built-in ``grid`` and ``random`` come through this hook too.
 
-    :return: :class:`~mlexec_core.sweep.strategy.SearchStrategy` subclasses.
+    :return: :class:`~mlexec_core.sweeps.strategy.SearchStrategy` subclasses.
     """
 
 

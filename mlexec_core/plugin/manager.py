@@ -35,7 +35,7 @@ DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
 BUILTINS: tuple[tuple[str, str], ...] = (
     ("local", "mlexec_core.builtins.local_plugin"),
     ("mlflow", "mlexec_core.builtins.mlflow_tracking"),
-    ("sweep", "mlexec_core.sweep.strategy"),
+    ("sweep", "mlexec_core.sweeps.strategy"),
 )
 
 T = TypeVar("T")

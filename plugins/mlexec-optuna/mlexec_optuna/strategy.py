@@ -14,8 +14,8 @@ import math
 from typing import Any, Mapping, Sequence
 
 from mlexec_core.errors import UsageError
-from mlexec_core.sweep.spec import Domain, SweepSpec
-from mlexec_core.sweep.strategy import SearchStrategy, TrialResult
+from mlexec_core.sweeps.spec import Domain, SweepSpec
+from mlexec_core.sweeps.strategy import SearchStrategy, TrialResult
 
 #: ``strategy_options:`` keys of a sweep file, for this strategy.
 OPTIONS = {"sampler": ("tpe", "random"), "n_startup_trials": int}

@@ -5,7 +5,7 @@ strategies and their interface (:mod:`.strategy`), the scheduler
 (:mod:`.engine`), what it reads back from MLflow (:mod:`.tracking`) and what
 the CLI shows (:mod:`.view`).
 
-The Python API is this package itself, called::
+The Python API is :func:`sweep` (also ``mlexec_core.sweep``)::
 
     import mlexec_core
     handle = mlexec_core.sweep("examples/wine", parameters={"alpha": "0.1,0.5,0.9"}, env_manager="local")
@@ -17,9 +17,7 @@ Importing it is cheap: the scheduler, MLflow and the strategies' libraries load 
 
 from __future__ import annotations
 
-import sys
 import threading
-import types
 from typing import Any, Mapping, Sequence
 
 
@@ -107,8 +105,8 @@ def sweep(
     from pathlib import Path
 
     from mlexec_core.plugin.manager import build_plugins
-    from mlexec_core.sweep.engine import Sweep, plan_sweep
-    from mlexec_core.sweep.spec import build_spec
+    from mlexec_core.sweeps.engine import Sweep, plan_sweep
+    from mlexec_core.sweeps.spec import build_spec
 
     plugins = plugins or build_plugins()
     spec = build_spec(parameters, sweep_file=Path(sweep_file) if sweep_file else None, strategy=strategy,
@@ -122,13 +120,3 @@ def sweep(
     runner = Sweep(plugins, plan)
     runner.prepare()
     return SweepHandle(runner)
-
-
-class _CallableModule(types.ModuleType):
-    """``mlexec_core.sweep`` is this package and, called, the API function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SweepHandle:
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -27,9 +27,9 @@ from attrs import frozen
 
 from mlexec_core.errors import MlexecError, ParameterError, UsageError
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus, TrackingOptions
-from mlexec_core.sweep import tracking as T
-from mlexec_core.sweep.spec import SweepSpec, check_domain
-from mlexec_core.sweep.strategy import SearchStrategy, TrialResult, draw
+from mlexec_core.sweeps import tracking as T
+from mlexec_core.sweeps.spec import SweepSpec, check_domain
+from mlexec_core.sweeps.strategy import SearchStrategy, TrialResult, draw
 
 #: Backends whose jobs run on this machine: their default bound is the number of cores.
 _LOCAL_BACKENDS = ("local", "docker")

@@ -20,7 +20,7 @@ from attrs import frozen
 
 from mlexec_core.errors import UsageError
 from mlexec_core.plugin import hookimpl
-from mlexec_core.sweep.spec import Domain, SweepSpec
+from mlexec_core.sweeps.spec import Domain, SweepSpec
 
 
 @frozen
@@ -94,7 +94,7 @@ class GridSearch(SearchStrategy):
             raise UsageError("--trials does not go with the grid strategy: it runs every combination",
                              hint="use --strategy random to draw N of them")
         total = math.prod(len(d.values) for d in spec.parameters.values())
-        from mlexec_core.sweep.spec import MAX_GRID
+        from mlexec_core.sweeps.spec import MAX_GRID
 
         if total > MAX_GRID:
             raise UsageError(f"the grid has {total} combinations, more than {MAX_GRID}",

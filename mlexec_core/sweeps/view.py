@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from typing import Mapping
 
-from mlexec_core.sweep.engine import Child, Events, Sweep
+from mlexec_core.sweeps.engine import Child, Events, Sweep
 
 
 def params_text(params: Mapping[str, str], limit: int = 60) -> str:
