@@ -37,6 +37,7 @@ class SubmittedRun:
         self.environment = environment
         self._lock = threading.Lock()
         self._status: RunStatus | None = None
+        self._recorded = threading.Event()  # set once the end is in the tracking store
         self.failure_reason: str | None = None
         self._cancel_requested = False
         self._cancels = 0  # cancel() calls still running
@@ -133,14 +134,24 @@ class SubmittedRun:
             self.plugins.broadcast("mlexec_run_status", run=self.run, plan=self.plan, status=status)
 
     def _finish(self, status: RunStatus, reason: str | None) -> None:
+        """Record the end once; a second ``wait()`` (the API's watcher thread and the
+        caller's) returns only when the first has recorded it."""
         with self._lock:
             if self._status is not None:
-                return
-            self._status = status
-            self.failure_reason = reason
-        if self.job.tags:
-            self.plugins.broadcast("mlexec_run_tags", run=self.run, tags=dict(self.job.tags))
-        _finish_run(self.plugins, self.run, self.plan, status, reason)
+                first = False
+            else:
+                first = True
+                self._status = status
+                self.failure_reason = reason
+        if not first:
+            self._recorded.wait()
+            return
+        try:
+            if self.job.tags:
+                self.plugins.broadcast("mlexec_run_tags", run=self.run, tags=dict(self.job.tags))
+            _finish_run(self.plugins, self.run, self.plan, status, reason)
+        finally:
+            self._recorded.set()
 
 
 def _end_job_processes(run: RunRecord, plan: RunPlan, reporter) -> list[int]:
