@@ -13,10 +13,7 @@ for minutes.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -30,39 +27,24 @@ from hypothesis import strategies as st  # noqa: E402
 import loader_strategies as ls  # noqa: E402
 
 
-@contextlib.contextmanager
-def _root():
-    """A fresh folder per input, removed afterwards (FIFOs and all)."""
-    root = Path(tempfile.mkdtemp(prefix="mlexec-fuzz-"))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _in_root(check, *args) -> None:
-    with _root() as root:
-        check(root, *args)
-
-
 def loaders():
     yield "mlproject", given(
         content=ls.file_contents(ls.MLPROJECT_KEYS, ls.MLPROJECT),
         entry_point=st.one_of(st.sampled_from(["main", "other", "x.py", "missing"]), ls.option_texts),
         params=st.dictionaries(st.one_of(st.sampled_from(["alpha", "data", "n", "u"]), ls.option_texts),
                                ls.option_texts, max_size=3),
-    )(lambda content, entry_point, params: _in_root(ls.check_mlproject, content, entry_point, params))
+    )(lambda content, entry_point, params: ls.in_fresh_root(ls.check_mlproject, content, entry_point, params))
     yield "python_env", given(
         content=ls.file_contents(ls.PYTHON_ENV_KEYS, ls.PYTHON_ENV),
         requirements=ls.file_contents(["-r", "-c"]),
-    )(lambda content, requirements: _in_root(ls.check_python_env, content, requirements))
+    )(lambda content, requirements: ls.in_fresh_root(ls.check_python_env, content, requirements))
     yield "conda", given(content=ls.file_contents(ls.CONDA_KEYS, ls.CONDA))(
-        lambda content: _in_root(ls.check_conda, content))
+        lambda content: ls.in_fresh_root(ls.check_conda, content))
     yield "backend_config", given(
         content=ls.file_contents(ls.KUBE_KEYS, ls.KUBE_CONFIG),
         inline=st.one_of(st.none(), ls.option_texts),
         template=ls.file_contents(ls.TEMPLATE_KEYS, ls.TEMPLATE),
-    )(lambda content, inline, template: _in_root(ls.check_backend_config, content, inline, template))
+    )(lambda content, inline, template: ls.in_fresh_root(ls.check_backend_config, content, inline, template))
 
 
 def main() -> int:

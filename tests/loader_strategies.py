@@ -10,9 +10,11 @@ normally when the loader either accepted it or raised one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -240,3 +242,19 @@ def check_backend_config(root: Path, content, inline: str | None, template) -> N
     if loaded is not None:
         data, base = loaded
         _call(parse_config, data, base)
+
+
+@contextlib.contextmanager
+def fresh_root():
+    """A fresh folder per input, removed afterwards (FIFOs and all)."""
+    root = Path(tempfile.mkdtemp(prefix="mlexec-fuzz-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def in_fresh_root(check, *args) -> None:
+    """Run ``check(root, *args)`` in a :func:`fresh_root`."""
+    with fresh_root() as root:
+        check(root, *args)

@@ -12,8 +12,6 @@ runs the same strategies for much longer.
 from __future__ import annotations
 
 import json
-import contextlib
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,28 +24,13 @@ from mlexec_core.testing import assert_no_traceback
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
-@contextlib.contextmanager
-def _root():
-    """A fresh folder per input, removed afterwards (FIFOs and all)."""
-    root = Path(tempfile.mkdtemp(prefix="mlexec-fuzz-"))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _in_root(check, *args) -> None:
-    with _root() as root:
-        check(root, *args)
-
-
 @FAST
 @given(content=ls.file_contents(ls.MLPROJECT_KEYS, ls.MLPROJECT),
        entry_point=st.one_of(st.sampled_from(["main", "other", "x.py", "missing"]), ls.option_texts),
        params=st.dictionaries(st.one_of(st.sampled_from(["alpha", "data", "n", "u"]), ls.option_texts),
                               ls.option_texts, max_size=3))
 def test_mlproject_and_options(content, entry_point, params):
-    _in_root(ls.check_mlproject, content, entry_point, params)
+    ls.in_fresh_root(ls.check_mlproject, content, entry_point, params)
 
 
 @FAST
@@ -55,13 +38,13 @@ def test_mlproject_and_options(content, entry_point, params):
        requirements=st.one_of(ls.file_contents(["-r", "-c"]), st.sampled_from(
            ["-r requirements.txt\n", "-r /\n", "-c missing\n", "-r " + "x" * 300 + "\n", "six\\\n"])))
 def test_python_env_and_requirements(content, requirements):
-    _in_root(ls.check_python_env, content, requirements)
+    ls.in_fresh_root(ls.check_python_env, content, requirements)
 
 
 @FAST
 @given(content=ls.file_contents(ls.CONDA_KEYS, ls.CONDA))
 def test_conda_yaml(content):
-    _in_root(ls.check_conda, content)
+    ls.in_fresh_root(ls.check_conda, content)
 
 
 @FAST
@@ -70,7 +53,7 @@ def test_conda_yaml(content):
                         st.sampled_from(["[" * 5000, '{"a": "\\u0000"}', '{"a": 1, "a": 2}'])),
        template=ls.file_contents(ls.TEMPLATE_KEYS, ls.TEMPLATE))
 def test_backend_config_and_job_template(content, inline, template):
-    _in_root(ls.check_backend_config, content, inline, template)
+    ls.in_fresh_root(ls.check_backend_config, content, inline, template)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
