@@ -357,12 +357,21 @@ def start_live_log(run_id: str, output) -> LiveLog | None:
     folder = live_dir()
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        live = LiveLog(folder / f"{run_id}.log", output.echo, output_cap())
     except OSError:
         return None
-    early = output.tail(50) if output.bytes_written else []  # printed before the run was announced
-    output.echo = live
+    failed: list[OSError] = []
+
+    def make(echo):
+        try:
+            return LiveLog(folder / f"{run_id}.log", echo, output_cap())
+        except OSError as exc:
+            failed.append(exc)
+            return echo
+
+    # Swapped in between two writes, with what was printed before the run was announced
+    # replayed first (not shown again), so a follower misses nothing.
+    live = output.tee(make)
+    if failed:
+        return None
     _live[run_id] = live
-    if early:
-        live(("\n".join(early) + "\n").encode(), "")  # (not shown again: echo is skipped for "")
     return live
