@@ -156,26 +156,21 @@ def _reap(groups: set, containers: set, timeout: float) -> None:
         if _alive(pgid):
             _signal(pgid, signal.SIGKILL)
     # `docker stop` ends by itself after its own timeout; wait for it (bounded), then remove.
-    until = time.monotonic() + timeout + 10
-    while stoppers and time.monotonic() < until:
-        for pid in list(stoppers):
+    _wait_children(stoppers, timeout + 10)
+    _wait_children([pid for pid in (_spawn(["docker", "rm", "-f", c]) for c in containers) if pid], 30)
+
+
+def _wait_children(children: list, seconds: float) -> None:
+    """Wait (up to ``seconds``) for the helper processes ``children`` to exit."""
+    until = time.monotonic() + seconds
+    while children and time.monotonic() < until:
+        for pid in list(children):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 done = pid
             if done:
-                stoppers.remove(pid)
-        time.sleep(0.1)
-    removers = [pid for pid in (_spawn(["docker", "rm", "-f", c]) for c in containers) if pid]
-    until = time.monotonic() + 30
-    while removers and time.monotonic() < until:
-        for pid in list(removers):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                removers.remove(pid)
+                children.remove(pid)
         time.sleep(0.1)
 
 

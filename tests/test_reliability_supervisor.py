@@ -9,17 +9,8 @@ import signal
 import subprocess
 import time
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback
+from mlexec_core.testing import MLEXEC, assert_no_traceback, wait_until
 
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _alive(pid: int) -> bool:
@@ -48,7 +39,7 @@ def test_sigkill_of_mlexec_stops_the_whole_job_and_the_next_run_repairs_it(mlexe
     store.runs()
     proc, out = _start(cli_env, tmp_path, "run", proj, "--env-manager", "local", env={"MLEXEC_STOP_TIMEOUT": "2"})
     try:
-        _wait_for(lambda: b"started" in out.read_bytes() and len(pids.read_text().split()) >= 3
+        wait_until(lambda: b"started" in out.read_bytes() and len(pids.read_text().split()) >= 3
                   if pids.exists() else False, 120, "the job to start")
         job_pids = [int(p) for p in pids.read_text().split()]
         assert all(_alive(p) for p in job_pids)
@@ -58,7 +49,7 @@ def test_sigkill_of_mlexec_stops_the_whole_job_and_the_next_run_repairs_it(mlexe
     finally:
         if proc.poll() is None:
             proc.kill()
-    _wait_for(lambda: not any(_alive(p) for p in job_pids), 30, f"the job's processes {job_pids} to stop")
+    wait_until(lambda: not any(_alive(p) for p in job_pids), 30, f"the job's processes {job_pids} to stop")
     assert store.client.get_run(run_id).info.status == "RUNNING"
 
     listed = mlexec("runs", "list", check=0)
@@ -84,7 +75,7 @@ def test_a_run_whose_mlexec_is_alive_is_left_alone(mlexec, project, store, cli_e
     store.runs()
     proc, out = _start(cli_env, tmp_path, "run", proj, "--env-manager", "local", env={"MLEXEC_STOP_TIMEOUT": "2"})
     try:
-        _wait_for(lambda: b"started" in out.read_bytes(), 120, "the job to start")
+        wait_until(lambda: b"started" in out.read_bytes(), 120, "the job to start")
         repaired = mlexec("runs", "repair", check=0)
         assert "Nothing to repair" in repaired.stderr
         statuses = sorted(r.info.status for r in store.runs())
@@ -117,7 +108,7 @@ def test_logs_prints_the_kept_output_of_ended_runs_and_follows_a_live_one(mlexec
 
     proc, out = _start(cli_env, tmp_path, "run", proj, "-e", "slow", "--env-manager", "local")
     try:
-        _wait_for(lambda: b"first" in out.read_bytes(), 120, "the job to start")
+        wait_until(lambda: b"first" in out.read_bytes(), 120, "the job to start")
         slow = next(r.info.run_id for r in store.runs() if r.info.status == "RUNNING")
         follower = subprocess.Popen([*MLEXEC, "logs", "-f", slow], cwd=tmp_path, env=cli_env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
