@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback, wait_until
+import pytest
 
+from mlexec_core.testing import MLEXEC, assert_no_traceback, wait_until
 
 
 def _alive(pid: int) -> bool:
@@ -124,3 +127,41 @@ def test_logs_prints_the_kept_output_of_ended_runs_and_follows_a_live_one(mlexec
     missing = mlexec("logs", "0" * 32)
     assert missing.returncode == 2 and "no run with id" in missing.stderr
     assert_no_traceback(missing)
+
+
+def test_reaper_runs_the_cancel_commands_of_a_killed_mlexec_and_only_those_still_registered(tmp_path):
+    """``reaper.watch_command``: what cancels a remote job (``scancel ID``) when no mlexec is left."""
+    kept, forgotten, clean = tmp_path / "kept", tmp_path / "forgotten", tmp_path / "clean"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from mlexec_core import reaper
+        reaper.watch_command("job-1", ["touch", {str(kept)!r}])
+        reaper.watch_command("job-2", ["touch", {str(forgotten)!r}])
+        reaper.forget_command("job-2")
+        print(reaper.reaper_pid(), flush=True)
+        if sys.argv[1] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, "kill"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    reaper_pid = int(proc.stdout)
+    wait_until(kept.exists, 30, "the reaper to run the registered command")
+    wait_until(lambda: not _alive(reaper_pid), 30, "the reaper to exit")
+    assert not forgotten.exists()
+
+    # an mlexec that forgot its commands before it exited leaves the reaper nothing to do
+    quiet = script.replace(str(kept), str(clean)).replace(
+        'print(reaper', 'reaper.forget_command("job-1")\nprint(reaper')
+    proc = subprocess.run([sys.executable, "-c", quiet, "exit"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    wait_until(lambda: not _alive(int(proc.stdout)), 30, "the reaper to exit")
+    assert not clean.exists()
+
+
+@pytest.mark.parametrize("key, argv", [("", ["scancel", "1"]), ("a b", ["scancel", "1"]), ("k", []),
+                                       ("k", ["echo", "two\nlines"])])
+def test_reaper_refuses_commands_it_could_not_run_as_given(key, argv):
+    from mlexec_core import reaper
+
+    with pytest.raises(ValueError):
+        reaper.watch_command(key, argv)
