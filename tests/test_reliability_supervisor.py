@@ -165,3 +165,25 @@ def test_reaper_refuses_commands_it_could_not_run_as_given(key, argv):
 
     with pytest.raises(ValueError):
         reaper.watch_command(key, argv)
+
+
+def test_a_queued_run_whose_mlexec_is_gone_is_repaired_too(mlexec, store):
+    """A batch scheduler's run is SCHEDULED until its job starts; if its mlexec died then, the run
+    must not stay SCHEDULED forever."""
+    from mlexec_core import supervisor
+
+    dead = subprocess.Popen(["sleep", "30"])
+    started = supervisor.process_start(dead.pid)
+    dead.kill()
+    dead.wait()
+    host = supervisor.hostname()
+    run = store.client.create_run(store.client.get_experiment_by_name("Default").experiment_id, tags={
+        supervisor.HOST_TAG: host, supervisor.PID_TAG: str(dead.pid), supervisor.STARTED_TAG: started,
+        supervisor.LIVE_TAG: f"{host} {dead.pid} {started}"})
+    store.client.update_run(run.info.run_id, status="SCHEDULED")
+    repaired = mlexec("runs", "repair", check=0)
+    assert repaired.returncode == 0, repaired.stderr
+    assert run.info.run_id in repaired.stdout
+    after = store.client.get_run(run.info.run_id)
+    assert after.info.status == "FAILED"
+    assert after.data.tags["mlexec.failureReason"].startswith("mlexec exited unexpectedly")
