@@ -359,3 +359,54 @@ def test_resume_reruns_failed_children_only(mlexec, swept, store):
     assert resumed == {"0.1": ("FINISHED", 1, True), "0.3": ("FINISHED", 1, True), "0.2": ("FAILED", 2, False)}
     children = children_of(store, parent)
     assert len(children) == 4 and len(list(marks.iterdir())) == 4
+
+
+COUNTED = """
+entry_points:
+  main:
+    parameters: {lr: float, epochs: int}
+    command: "echo $$ > $PIDS/$MLFLOW_RUN_ID.pid; [ -e $PIDS/fast ] || [ $(ls $PIDS | wc -l) -le 2 ] || { sleep 30 & wait; }"
+"""
+
+
+@pytest.mark.parametrize("search", [
+    ["-P", "lr=loguniform(0.0001, 1)", "-P", "epochs=int(1, 50)", "--trials", "6", "--seed", "11"],
+    ["-P", "lr=0.1,0.2,0.3", "-P", "epochs=1,2"],  # (not in alphabetical order: the numbering must not change)
+], ids=["random", "grid"])
+def test_resume_continues_the_same_children(cli_env, mlexec, project, store, tmp_path, search):
+    proj = project(COUNTED)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {"PIDS": str(pids)}  # the first two children end at once, the next ones nap
+    args = ["sweep", proj, "--env-manager", "local", *search, "--max-parallel", "2"]
+    dry = json.loads(mlexec(*args, "--dry-run", "--json", env=env).stdout)
+    planned = [(c["params"]["lr"], c["params"]["epochs"]) for c in dry["children"]]
+    assert len(planned) == 6 and len(set(planned)) == 6
+    proc = _start(cli_env, env, args, tmp_path)
+    assert _wait_for(lambda: len(list(pids.iterdir())) == 4), proc.stderr.read() if proc.poll() else "no pids"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    parent = parent_of(store)
+    assert parent.info.status == "KILLED"
+    first = {int(r.data.tags["mlexec.sweep.trial"]): r for r in children_of(store, parent.info.run_id)}
+    assert sorted((n, r.info.status) for n, r in first.items()) == [
+        (0, "FINISHED"), (1, "FINISHED"), (2, "KILLED"), (3, "KILLED")]
+    (pids / "fast").write_text("")
+    resumed = mlexec("sweep", "--resume", parent.info.run_id, "--json", env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_no_traceback(resumed)
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["status"] == "FINISHED" and summary["counts"]["finished"] == 6
+    assert {c["trial"]: c["resumed"] for c in summary["children"]} == {
+        0: True, 1: True, 2: False, 3: False, 4: False, 5: False}  # the finished ones are not run again
+    runs = children_of(store, parent.info.run_id)
+    assert len(runs) == 8  # 6 trials; trials 2 and 3 twice (killed, then finished)
+    assert len(list(pids.glob("*.pid"))) == 8
+    for run in runs:  # same draws (same seed) or the same grid: each trial has the parameters it would have had
+        trial = int(run.data.tags["mlexec.sweep.trial"])
+        assert (run.data.params["lr"], run.data.params["epochs"]) == planned[trial]
+    finished = sorted(int(r.data.tags["mlexec.sweep.trial"]) for r in runs if r.info.status == "FINISHED")
+    assert finished == [0, 1, 2, 3, 4, 5]
+    assert store.client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert [r for r in store.runs() if r.info.status == "RUNNING"] == []

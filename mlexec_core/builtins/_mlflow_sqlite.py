@@ -6,10 +6,23 @@ has the columns written here; anything else falls back to ``MlflowClient``.
 The rows are the ones ``SqlAlchemyStore.create_run``, ``log_batch``,
 ``set_tag`` and ``update_run_info`` write.  Tests check the result through
 ``MlflowClient``.
+
+Each commit is an fsync or more, which is most of what a sweep's child costs,
+so a run this process created takes two transactions when nothing else needs
+one: its creation (with its params, its tags and the path of its live log) and
+its end (with the final status, the failure reason and the tags set meanwhile).
+Descriptive tags (any key outside ``mlexec.``, such as ``mlflow.project.env``)
+set while the run goes on wait at most :data:`TAG_DELAY` seconds for the end
+or for another write to share; a background thread writes them after that, and
+whatever is left when the process exits is written then.  Tags under
+``mlexec.`` (what mlexec itself reads to stop, repair or attach to a run) and
+every status change are committed before the call returns.  One connection is
+kept per store and reopened when the database file is replaced.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -17,6 +30,7 @@ import random
 import re
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +43,11 @@ _REV = re.compile(r"^(down_)?revision\s*(?::[^=]*)?=\s*['\"]([0-9a-f]+)['\"]", r
 _head_cache: list[str | None] = []
 #: Seconds to wait for a sqlite store another process holds locked (default 10).
 LOCK_TIMEOUT_VAR = "MLEXEC_SQLITE_LOCK_TIMEOUT"
+#: Seconds a descriptive tag of a running run may wait to share a transaction (see the module's doc).
+TAG_DELAY = 0.2
+#: Tags with this prefix are committed at once: mlexec reads them to stop, repair and attach.
+IMMEDIATE_PREFIX = "mlexec."
+_ACTIVE = ("RUNNING", "SCHEDULED")
 
 
 def lock_timeout() -> float:
@@ -75,6 +94,17 @@ class SqliteStore:
         self.uri = uri
         self.path = path
         self.workspace = workspace
+        self._lock = threading.RLock()  # one connection, used by one thread at a time
+        self._conn: sqlite3.Connection | None = None
+        self._conn_key: tuple[int, int, int] | None = None
+        #: Runs this process created, with their artifact URI.
+        self._created: dict[str, str] = {}
+        #: Descriptive tags not written yet, per run, and when each run's are due.
+        self._pending: dict[str, dict[str, str]] = {}
+        self._due: dict[str, float] = {}
+        self._wake = threading.Condition(self._lock)
+        self._flusher: threading.Thread | None = None
+        self._at_exit = False
 
     @classmethod
     def open(cls, uri: str) -> "SqliteStore | None":
@@ -107,25 +137,51 @@ class SqliteStore:
             return None
         return cls(uri, path, "workspace" in cols)
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; a store locked by another writer is waited for ``lock_timeout()`` s."""
-        wait = lock_timeout()
+    def _connection(self, wait: float) -> sqlite3.Connection:
+        """The kept connection; a new one when the file was replaced or this is a forked child."""
         try:
-            db = sqlite3.connect(self.path, timeout=wait)
+            st = os.stat(self.path)
+            key = (st.st_dev, st.st_ino, os.getpid())
+        except OSError:
+            key = None
+        if self._conn is None or key != self._conn_key:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+            self._conn = None
+            db = sqlite3.connect(self.path, timeout=wait, check_same_thread=False)
+            db.execute("PRAGMA foreign_keys = ON")
+            self._conn, self._conn_key = db, key
+        return self._conn
+
+    @contextlib.contextmanager
+    def _db(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction (``immediate``: holding the write lock from its start, so what it reads
+        stays true until it commits); a store locked by another writer is waited for ``lock_timeout()`` s."""
+        wait = lock_timeout()
+        with self._lock:
             try:
-                db.execute("PRAGMA foreign_keys = ON")
-                with db:
+                db = self._connection(wait)
+                with db:  # commits, or rolls back on any exception (an interrupt too)
+                    if immediate:
+                        db.execute("BEGIN IMMEDIATE")
                     yield db
-            finally:
-                db.close()
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise TrackingError(f"the sqlite store {self.path} stayed locked by another writer for {wait:g} s",
-                                    hint=f"another process is writing to it; retry, or raise {LOCK_TIMEOUT_VAR}") from None
-            raise TrackingError(f"tracking store {self.uri} refused: {exc}") from None
-        except sqlite3.Error as exc:
-            raise TrackingError(f"tracking store {self.uri} refused: {exc}") from None
+            except sqlite3.OperationalError as exc:
+                self._drop()
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise TrackingError(f"the sqlite store {self.path} stayed locked by another writer for {wait:g} s",
+                                        hint=f"another process is writing to it; retry, or raise {LOCK_TIMEOUT_VAR}") from None
+                raise TrackingError(f"tracking store {self.uri} refused: {exc}") from None
+            except sqlite3.Error as exc:
+                self._drop()
+                raise TrackingError(f"tracking store {self.uri} refused: {exc}") from None
+
+    def _drop(self) -> None:
+        """Forget the connection after an error: the next transaction opens a new one."""
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = self._conn_key = None
 
     def experiment_id(self, name: str | None, experiment_id: str | None) -> str:
         with self._db() as db:
@@ -150,8 +206,9 @@ class SqliteStore:
         return str(row[0])
 
     def create_run(self, experiment_id: str, run_name: str | None, tags: Mapping[str, str],
-                   params: Mapping[str, str]) -> tuple[str, str]:
-        run_id = uuid.uuid4().hex
+                   params: Mapping[str, str], run_id: str | None = None) -> tuple[str, str]:
+        """One transaction: the run, its tags and its params (``run_id``: the id to give it)."""
+        run_id = run_id or uuid.uuid4().hex
         run_name = run_name or tags.get("mlflow.runName") or random_run_name()
         tags = {**tags, "mlflow.runName": run_name}
         with self._db() as db:
@@ -168,6 +225,7 @@ class SqliteStore:
                            [(k, v, run_id) for k, v in tags.items()])
             db.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
                            [(k, v, run_id) for k, v in params.items()])
+        self._created[run_id] = artifact_uri
         return run_id, run_name
 
     def attach(self, run_id: str, params: Mapping[str, str]) -> tuple[str, str]:
@@ -187,11 +245,84 @@ class SqliteStore:
         return str(row[0]), row[1]
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        with self._db() as db:
-            db.executemany("INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
-                           [(k, v, run_id) for k, v in tags.items()])
-            if "mlflow.runName" in tags:
-                db.execute("UPDATE runs SET name = ? WHERE run_uuid = ?", (tags["mlflow.runName"], run_id))
+        """Descriptive tags of a run this process created wait (up to :data:`TAG_DELAY` s) to share
+        a transaction; all others, with what waits for the same run, are committed now."""
+        if run_id in self._created and not any(k.startswith(IMMEDIATE_PREFIX) or k == "mlflow.runName"
+                                               for k in tags):
+            with self._lock:
+                self._pending.setdefault(run_id, {}).update(tags)
+                self._due.setdefault(run_id, time.monotonic() + TAG_DELAY)
+                self._start_flusher()
+                self._wake.notify()
+            return
+        with self._taking(run_id) as waiting, self._db() as db:
+            self._write_tags(db, run_id, {**waiting, **tags})
+
+    @contextlib.contextmanager
+    def _taking(self, run_id: str) -> Iterator[dict[str, str]]:
+        """The waiting tags of ``run_id``, for a transaction to write; put back if it fails."""
+        with self._lock:
+            self._due.pop(run_id, None)
+            taken = self._pending.pop(run_id, {})
+        try:
+            yield taken
+        except BaseException:
+            if taken:
+                with self._lock:
+                    self._pending[run_id] = {**taken, **self._pending.get(run_id, {})}
+                    self._due.setdefault(run_id, time.monotonic() + TAG_DELAY)
+            raise
+
+    @staticmethod
+    def _write_tags(db: sqlite3.Connection, run_id: str, tags: Mapping[str, str]) -> None:
+        if not tags:
+            return
+        db.executemany("INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                       [(k, v, run_id) for k, v in tags.items()])
+        if "mlflow.runName" in tags:
+            db.execute("UPDATE runs SET name = ? WHERE run_uuid = ?", (tags["mlflow.runName"], run_id))
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            if not self._at_exit:
+                self._at_exit = True
+                atexit.register(self._flush_at_exit)
+            self._flusher = threading.Thread(target=self._flush_loop, name="mlexec-sqlite-tags", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        with self._lock:
+            while True:
+                if not self._due:
+                    if not self._wake.wait(30):  # idle: end the thread, the next tag starts another
+                        if not self._due:
+                            self._flusher = None
+                            return
+                    continue
+                delay = min(self._due.values()) - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                now = time.monotonic()
+                due = [run_id for run_id, at in self._due.items() if at <= now]
+                with contextlib.suppress(Exception):  # the store is down: the run's end tries again
+                    self.flush(due)
+
+    def _flush_at_exit(self) -> None:
+        with contextlib.suppress(Exception):  # the store is gone: nothing more can be done
+            self.flush()
+
+    def flush(self, run_ids=None) -> None:
+        """Write the waiting tags (of ``run_ids``, or all) now."""
+        with self._lock:
+            run_ids = list(self._pending) if run_ids is None else [r for r in run_ids if r in self._pending]
+            if not run_ids:
+                return
+            with contextlib.ExitStack() as stack:
+                taken = {run_id: stack.enter_context(self._taking(run_id)) for run_id in run_ids}
+                with self._db() as db:
+                    for run_id, tags in taken.items():
+                        self._write_tags(db, run_id, tags)
 
     def status(self, run_id: str) -> str:
         with self._db() as db:
@@ -199,14 +330,34 @@ class SqliteStore:
         return row[0] if row else "RUNNING"
 
     def set_status(self, run_id: str, status: str) -> None:
-        with self._db() as db:
+        with self._taking(run_id) as waiting, self._db() as db:
+            self._write_tags(db, run_id, waiting)
             db.execute("UPDATE runs SET status = ? WHERE run_uuid = ?", (status, run_id))
 
     def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
-        with self._db() as db:
+        with self._taking(run_id) as waiting, self._db() as db:
+            self._write_tags(db, run_id, waiting)
             db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
                        (status, end_time or _now(), run_id))
             db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
+        self._created.pop(run_id, None)
+
+    def finish(self, run_id: str, status: str, tags: Mapping[str, str], end_time: int | None = None,
+               force: bool = False) -> bool:
+        """End a run in one transaction, with ``tags``; unless ``force``, only if it is still RUNNING
+        or SCHEDULED (the job may have ended it itself, and that stands).  The waiting tags are
+        written and the supervisor record removed either way.  Whether it was ended here."""
+        with self._taking(run_id) as waiting, self._db(immediate=True) as db:
+            self._write_tags(db, run_id, waiting)
+            row = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            ended = force or row is None or row[0] in _ACTIVE
+            if ended:
+                self._write_tags(db, run_id, tags)
+                db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                           (status, end_time or _now(), run_id))
+            db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
+        self._created.pop(run_id, None)
+        return ended
 
     def live_runs(self) -> list[tuple[str, str, dict[str, str]]]:
         """Runs still carrying a supervisor record: one lookup on the tags' primary key."""
@@ -232,6 +383,8 @@ class SqliteStore:
                 raise TrackingError(f"no run with id {run_id!r} in {self.uri}",
                                     hint="check the id (the `=== Run ID ... ===` line of mlexec run)")
             tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall())
+        with self._lock:
+            tags.update(self._pending.get(run_id, {}))
         return row[0], tags, {"artifact_uri": row[1] or ""}
 
     def download_output(self, run_id: str) -> bytes | None:
@@ -257,9 +410,12 @@ class SqliteStore:
 
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
         """Copy ``local_path`` into the run's artifacts when they are on this machine; else through MLflow."""
-        with self._db() as db:
-            row = db.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-        root = _local_path(row[0]) if row and row[0] else None
+        uri = self._created.get(run_id)
+        if uri is None:
+            with self._db() as db:
+                row = db.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            uri = row[0] if row else None
+        root = _local_path(uri) if uri else None
         if root is None:
             from mlexec_core.builtins.mlflow_tracking import ClientStore
 

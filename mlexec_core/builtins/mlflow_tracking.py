@@ -227,6 +227,19 @@ class ClientStore:
             self.client.delete_tag(run_id, LIVE_TAG)
 
     @_bounded
+    def finish(self, run_id: str, status: str, tags: Mapping[str, str], end_time: int | None = None,
+               force: bool = False) -> bool:
+        """End the run with ``tags`` unless the job already ended it (``force``: whatever it says);
+        the supervisor record goes either way.  Whether it was ended here."""
+        if not force and self.status(run_id) not in ("RUNNING", "SCHEDULED"):
+            self.clear_live(run_id)
+            return False
+        if tags:
+            self.set_tags(run_id, tags)
+        self.end_run(run_id, status, end_time=end_time)
+        return True
+
+    @_bounded
     def live_runs(self) -> list[tuple[str, str, dict[str, str]]]:
         """RUNNING and SCHEDULED runs with a supervisor record (searches; servers have no faster way)."""
         exps = [e.experiment_id for e in self.client.search_experiments()]
@@ -331,6 +344,23 @@ def _user() -> str:
         return "unknown"
 
 
+#: Seconds between two repairs of one store by one process (a sweep creates runs by the hundred).
+REPAIR_INTERVAL = 30.0
+_repaired: dict[str, float] = {}
+#: The live log path written with each run at its creation (sqlite stores), until it starts.
+_live_paths: dict[str, str] = {}
+
+
+def _repair_due(uri: str) -> bool:
+    now = time.monotonic()
+    with _stores_lock:
+        last = _repaired.get(uri)
+        if last is not None and now - last < REPAIR_INTERVAL:
+            return False
+        _repaired[uri] = now
+        return True
+
+
 @hookimpl
 def mlexec_run_create(plan: RunPlan, context: Context) -> RunRecord:
     uri = tracking_uri()
@@ -339,7 +369,8 @@ def mlexec_run_create(plan: RunPlan, context: Context) -> RunRecord:
         with context.reporter.status(f"Opening the MLflow tracking store {redact(uri)} "
                                      "(through MLflow: a few seconds)"):
             store.client  # noqa: B018
-    repair_store(store, context.reporter)
+    if _repair_due(uri):
+        repair_store(store, context.reporter)
     params = plan.logged_params()
     if plan.tracking.run_id:
         experiment_id, run_name = store.attach(plan.tracking.run_id, params)
@@ -347,7 +378,19 @@ def mlexec_run_create(plan: RunPlan, context: Context) -> RunRecord:
         store.set_tags(run_id, _run_tags(plan))
     else:
         experiment_id = store.experiment_id(plan.tracking.experiment_name, plan.tracking.experiment_id)
-        run_id, run_name = store.create_run(experiment_id, plan.tracking.run_name, _run_tags(plan), params)
+        tags = _run_tags(plan)
+        if store.kind == "sqlite":  # the live log's path is known: write it with the run, not after
+            import uuid
+
+            from mlexec_core import supervisor
+
+            new_id = uuid.uuid4().hex
+            live = str(supervisor.live_dir() / f"{new_id}.log")  # as start_live_log names it (checked there)
+            run_id, run_name = store.create_run(experiment_id, plan.tracking.run_name,
+                                                {**tags, supervisor.LOG_TAG: live}, params, run_id=new_id)
+            _live_paths[run_id] = live
+        else:
+            run_id, run_name = store.create_run(experiment_id, plan.tracking.run_name, tags, params)
     env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": str(experiment_id)}
     return RunRecord(run_id=run_id, experiment_id=str(experiment_id), tracking_uri=uri, env=env,
                      tracker="mlflow", run_name=run_name)
@@ -380,8 +423,9 @@ def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
         return
     from mlexec_core import supervisor
 
+    written = _live_paths.pop(run.run_id, None)
     live = supervisor.start_live_log(run.run_id, run.output)
-    if live is not None:
+    if live is not None and str(live.path) != written:
         open_store(run.tracking_uri).set_tags(run.run_id, {supervisor.LOG_TAG: str(live.path)})
 
 
@@ -404,6 +448,7 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
         return
     from mlexec_core import supervisor
 
+    _live_paths.pop(run.run_id, None)
     supervisor.stop_live_log(run.run_id)
     end_time = int(time.time() * 1000)
     log = run.output.log_path
@@ -442,13 +487,9 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
 def _end(store: Any, run: RunRecord, status: RunStatus, reason: str | None, end_time: int | None = None) -> None:
     # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
     # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
-    if status is not RunStatus.KILLED and store.status(run.run_id) not in (RunStatus.RUNNING.value,
-                                                                           RunStatus.SCHEDULED.value):
-        store.clear_live(run.run_id)
-        return
-    if reason:
-        store.set_tags(run.run_id, {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]})
-    store.end_run(run.run_id, status.value, end_time=end_time)
+    # One call (one transaction in a sqlite store), committed before it returns.
+    tags = {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]} if reason else {}
+    store.finish(run.run_id, status.value, tags, end_time=end_time, force=status is RunStatus.KILLED)
 
 
 def outcome_unrecorded(run: RunRecord) -> bool:

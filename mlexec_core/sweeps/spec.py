@@ -248,13 +248,17 @@ class SweepSpec:
             "parameters": {n: d.text for n, d in self.parameters.items()},
             "max_parallel": self.max_parallel, "max_failures": self.max_failures, "fail_fast": self.fail_fast,
             "retries": self.retries,
+            # the order the parameters were given in: it decides the draws of a seed and the grid's
+            # numbering, which --resume must repeat (sort_keys sorts the mapping above)
+            "order": list(self.parameters),
         }
         return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
         data = json.loads(text)
-        return cls(parameters={n: parse_domain(n, t) for n, t in data["parameters"].items()},
+        names = data.get("order") or list(data["parameters"])
+        return cls(parameters={n: parse_domain(n, data["parameters"][n]) for n in names},
                    strategy=data["strategy"], trials=data["trials"], seed=data["seed"],
                    metric=data["metric"], goal=data["goal"], max_parallel=data.get("max_parallel"),
                    max_failures=data.get("max_failures"), fail_fast=bool(data.get("fail_fast")),
