@@ -6,13 +6,15 @@ only mlexec holds (it is not inherited by jobs), and mlexec tells it, one line
 at a time, which process groups and containers it supervises:
 
 * ``+pg PGID`` / ``-pg PGID``: a job's process group started / ended;
-* ``+ctr ID`` / ``-ctr ID``: a docker container created / removed.
+* ``+ctr ID`` / ``-ctr ID``: a docker container created / removed;
+* ``+cmd KEY ARG<TAB>ARG...`` / ``-cmd KEY``: a command to run if mlexec dies (a
+  remote job's cancel, such as ``scancel 1234``), registered / no longer needed.
 
 When the pipe reaches end of file, mlexec is gone.  The reaper then sends
 SIGTERM to every group still registered and ``docker stop``s the containers,
 waits up to the stop timeout (``$MLEXEC_STOP_TIMEOUT`` when it started),
-sends SIGKILL to what is left, removes the containers (``docker rm -f``) and
-exits.  When mlexec ended its jobs itself (the normal case), nothing is
+sends SIGKILL to what is left, removes the containers (``docker rm -f``), runs
+the registered commands (all at once, each given 30 s) and exits.  When mlexec ended its jobs itself (the normal case), nothing is
 registered any more and the reaper just exits.
 
 A pipe, not ``PR_SET_PDEATHSIG``: that signal fires when the *thread* that
@@ -108,6 +110,28 @@ def forget_container(container: str) -> None:
         _send(f"-ctr {container}")
 
 
+def watch_command(key: str, argv) -> None:
+    """Run ``argv`` (a list: ``["scancel", job_id]``) if this process dies before
+    :func:`forget_command` of the same ``key``; registering a key again replaces its command.
+
+    For jobs that live elsewhere (a batch scheduler, a cluster): the command is how they
+    are cancelled when no mlexec is left to do it. ``argv[0]`` is looked up on ``PATH``; no
+    shell runs it. Neither ``key`` nor an argument may hold a tab or a line break, and
+    ``key`` no space (``ValueError``).
+    """
+    argv = [str(a) for a in argv]
+    key = str(key)
+    if not argv or not key or any(c in key for c in " \t\r\n") or any(
+            c in a for a in argv for c in "\t\r\n"):
+        raise ValueError(f"reaper.watch_command: unusable key or command {key!r} {argv!r}")
+    _send(f"+cmd {key} " + "\t".join(argv))
+
+
+def forget_command(key: str) -> None:
+    if key:
+        _send(f"-cmd {key}")
+
+
 def reaper_pid() -> int | None:
     """The reaper's process id, once started (for tests)."""
     return _state["pid"] if _state["owner"] == os.getpid() else None
@@ -150,7 +174,8 @@ def _reap_children() -> None:
             return
 
 
-def _reap(groups: set, containers: set, timeout: float) -> None:
+def _reap(groups: set, containers: set, timeout: float, commands: dict | None = None) -> None:
+    runners = [pid for pid in (_spawn(argv) for argv in (commands or {}).values()) if pid]
     stoppers = []
     for pgid in groups:
         _signal(pgid, signal.SIGTERM)
@@ -165,26 +190,22 @@ def _reap(groups: set, containers: set, timeout: float) -> None:
         if _alive(pgid):
             _signal(pgid, signal.SIGKILL)
     # `docker stop` ends by itself after its own timeout; wait for it (bounded), then remove.
-    until = time.monotonic() + timeout + 10
-    while stoppers and time.monotonic() < until:
-        for pid in list(stoppers):
+    _wait_children(stoppers, timeout + 10)
+    _wait_children([pid for pid in (_spawn(["docker", "rm", "-f", c]) for c in containers) if pid], 30)
+    _wait_children(runners, 30)
+
+
+def _wait_children(children: list, seconds: float) -> None:
+    """Wait (up to ``seconds``) for the helper processes ``children`` to exit."""
+    until = time.monotonic() + seconds
+    while children and time.monotonic() < until:
+        for pid in list(children):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 done = pid
             if done:
-                stoppers.remove(pid)
-        time.sleep(0.1)
-    removers = [pid for pid in (_spawn(["docker", "rm", "-f", c]) for c in containers) if pid]
-    until = time.monotonic() + 30
-    while removers and time.monotonic() < until:
-        for pid in list(removers):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                removers.remove(pid)
+                children.remove(pid)
         time.sleep(0.1)
 
 
@@ -195,7 +216,7 @@ def main(argv: list) -> None:
         timeout = max(0.0, float(argv[1])) if len(argv) > 1 else 10.0
     except ValueError:
         timeout = 10.0
-    groups, containers = set(), set()
+    groups, containers, commands = set(), set(), {}
     pending = b""
     while True:
         try:
@@ -209,13 +230,18 @@ def main(argv: list) -> None:
         pending += data
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
-            op, _, arg = line.decode("ascii", "replace").strip().partition(" ")
+            op, _, arg = line.decode("utf-8", "replace").strip().partition(" ")
             if op in ("+pg", "-pg") and arg.isdigit() and int(arg) > 1:
                 (groups.add if op == "+pg" else groups.discard)(int(arg))
             elif op in ("+ctr", "-ctr") and arg:
                 (containers.add if op == "+ctr" else containers.discard)(arg)
-    if groups or containers:
-        _reap(groups, containers, timeout)
+            elif op == "+cmd" and " " in arg:
+                key, _, command = arg.partition(" ")
+                commands[key] = command.split("\t")
+            elif op == "-cmd":
+                commands.pop(arg, None)
+    if groups or containers or commands:
+        _reap(groups, containers, timeout, commands)
     _reap_children()
 
 

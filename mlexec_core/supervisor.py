@@ -12,7 +12,7 @@ waits on its job, as tags:
   single tag key (``tags`` is keyed by ``(key, run_uuid)``).
 
 A run whose supervisor is gone (same host, and the pid dead or reused) while
-the store still says RUNNING is repaired: it ends FAILED with the reason
+the store still says RUNNING (or SCHEDULED: queued by a batch scheduler) is repaired: it ends FAILED with the reason
 "mlexec exited unexpectedly" and when that was noticed.  Cluster runs are
 different: their job lives on without the supervisor, so a run tagged
 ``mlexec.job.detachable`` is only ended once its backend says the job ended.
@@ -243,7 +243,7 @@ def repair(store: Any, job_status=None) -> list[Repaired]:
     for run_id, status, tags in store.live_runs():
         if run_id in done:
             continue
-        if status != "RUNNING":  # ended by the job itself or another tool
+        if status not in ("RUNNING", "SCHEDULED"):  # ended by the job itself or another tool
             store.clear_live(run_id)
             continue
         live = tags.get(LIVE_TAG, "")
@@ -357,12 +357,21 @@ def start_live_log(run_id: str, output) -> LiveLog | None:
     folder = live_dir()
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        live = LiveLog(folder / f"{run_id}.log", output.echo, output_cap())
     except OSError:
         return None
-    early = output.tail(50) if output.bytes_written else []  # printed before the run was announced
-    output.echo = live
+    failed: list[OSError] = []
+
+    def make(echo):
+        try:
+            return LiveLog(folder / f"{run_id}.log", echo, output_cap())
+        except OSError as exc:
+            failed.append(exc)
+            return echo
+
+    # Swapped in between two writes, with what was printed before the run was announced
+    # replayed first (not shown again), so a follower misses nothing.
+    live = output.tee(make)
+    if failed:
+        return None
     _live[run_id] = live
-    if early:
-        live(("\n".join(early) + "\n").encode(), "")  # (not shown again: echo is skipped for "")
     return live

@@ -136,3 +136,44 @@ def test_nothing_printed_means_no_log_file():
                                            ("5000", 5000), ("junk", 16 * 1024 * 1024), ("10", 1024)])
 def test_output_cap_setting(raw, expected):
     assert output_cap({"MLEXEC_OUTPUT_CAP": raw}) == expected
+
+
+def test_a_follower_attached_while_output_flows_misses_no_line(tmp_path):
+    """``tee`` swaps the echo between two writes and replays what came before: whenever a live
+    copy is attached, it holds every line from its replayed start to the end, with no gap."""
+    for attempt in range(20):
+        out = RunOutput(echo=None, directory=tmp_path)
+        attached = threading.Event()
+        written = []
+
+        def produce():
+            i = 0
+            while not attached.is_set() or i < written[0] + 300:  # flowing before, during and after
+                out.write(f"{i}\n".encode())
+                time.sleep(0)  # let the attaching thread in (the lock is not fair)
+                if attached.is_set() and not written:
+                    written.append(i)
+                i += 1
+            written.append(i)
+
+        writer = threading.Thread(target=produce)
+        writer.start()
+        time.sleep(0.002 * (attempt % 5))
+        seen: list[bytes] = []
+        out.tee(lambda echo: (lambda data, stream: seen.append(data)), replay=50)
+        attached.set()
+        writer.join(10)
+        lines = [int(x) for x in b"".join(seen).split()]
+        assert lines == list(range(lines[0], written[-1])), f"attempt {attempt}: a line is missing or repeated"
+        assert len(lines) >= 300
+        out.discard()
+
+
+def test_tee_that_changes_nothing_replays_nothing(tmp_path):
+    shown: list[tuple[bytes, str]] = []
+    out = RunOutput(echo=lambda data, stream: shown.append((data, stream)), directory=tmp_path)
+    out.write(b"before\n")
+    out.tee(lambda echo: echo)
+    out.write(b"after\n")
+    assert shown == [(b"before\n", "stdout"), (b"after\n", "stdout")]
+    out.discard()

@@ -7,19 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback
+import pytest
 
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from mlexec_core.testing import MLEXEC, assert_no_traceback, wait_until
 
 
 def _alive(pid: int) -> bool:
@@ -48,7 +42,7 @@ def test_sigkill_of_mlexec_stops_the_whole_job_and_the_next_run_repairs_it(mlexe
     store.runs()
     proc, out = _start(cli_env, tmp_path, "run", proj, "--env-manager", "local", env={"MLEXEC_STOP_TIMEOUT": "2"})
     try:
-        _wait_for(lambda: b"started" in out.read_bytes() and len(pids.read_text().split()) >= 3
+        wait_until(lambda: b"started" in out.read_bytes() and len(pids.read_text().split()) >= 3
                   if pids.exists() else False, 120, "the job to start")
         job_pids = [int(p) for p in pids.read_text().split()]
         assert all(_alive(p) for p in job_pids)
@@ -58,7 +52,7 @@ def test_sigkill_of_mlexec_stops_the_whole_job_and_the_next_run_repairs_it(mlexe
     finally:
         if proc.poll() is None:
             proc.kill()
-    _wait_for(lambda: not any(_alive(p) for p in job_pids), 30, f"the job's processes {job_pids} to stop")
+    wait_until(lambda: not any(_alive(p) for p in job_pids), 30, f"the job's processes {job_pids} to stop")
     assert store.client.get_run(run_id).info.status == "RUNNING"
 
     listed = mlexec("runs", "list", check=0)
@@ -84,7 +78,7 @@ def test_a_run_whose_mlexec_is_alive_is_left_alone(mlexec, project, store, cli_e
     store.runs()
     proc, out = _start(cli_env, tmp_path, "run", proj, "--env-manager", "local", env={"MLEXEC_STOP_TIMEOUT": "2"})
     try:
-        _wait_for(lambda: b"started" in out.read_bytes(), 120, "the job to start")
+        wait_until(lambda: b"started" in out.read_bytes(), 120, "the job to start")
         repaired = mlexec("runs", "repair", check=0)
         assert "Nothing to repair" in repaired.stderr
         statuses = sorted(r.info.status for r in store.runs())
@@ -117,7 +111,7 @@ def test_logs_prints_the_kept_output_of_ended_runs_and_follows_a_live_one(mlexec
 
     proc, out = _start(cli_env, tmp_path, "run", proj, "-e", "slow", "--env-manager", "local")
     try:
-        _wait_for(lambda: b"first" in out.read_bytes(), 120, "the job to start")
+        wait_until(lambda: b"first" in out.read_bytes(), 120, "the job to start")
         slow = next(r.info.run_id for r in store.runs() if r.info.status == "RUNNING")
         follower = subprocess.Popen([*MLEXEC, "logs", "-f", slow], cwd=tmp_path, env=cli_env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -133,3 +127,63 @@ def test_logs_prints_the_kept_output_of_ended_runs_and_follows_a_live_one(mlexec
     missing = mlexec("logs", "0" * 32)
     assert missing.returncode == 2 and "no run with id" in missing.stderr
     assert_no_traceback(missing)
+
+
+def test_reaper_runs_the_cancel_commands_of_a_killed_mlexec_and_only_those_still_registered(tmp_path):
+    """``reaper.watch_command``: what cancels a remote job (``scancel ID``) when no mlexec is left."""
+    kept, forgotten, clean = tmp_path / "kept", tmp_path / "forgotten", tmp_path / "clean"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from mlexec_core import reaper
+        reaper.watch_command("job-1", ["touch", {str(kept)!r}])
+        reaper.watch_command("job-2", ["touch", {str(forgotten)!r}])
+        reaper.forget_command("job-2")
+        print(reaper.reaper_pid(), flush=True)
+        if sys.argv[1] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, "kill"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    reaper_pid = int(proc.stdout)
+    wait_until(kept.exists, 30, "the reaper to run the registered command")
+    wait_until(lambda: not _alive(reaper_pid), 30, "the reaper to exit")
+    assert not forgotten.exists()
+
+    # an mlexec that forgot its commands before it exited leaves the reaper nothing to do
+    quiet = script.replace(str(kept), str(clean)).replace(
+        'print(reaper', 'reaper.forget_command("job-1")\nprint(reaper')
+    proc = subprocess.run([sys.executable, "-c", quiet, "exit"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    wait_until(lambda: not _alive(int(proc.stdout)), 30, "the reaper to exit")
+    assert not clean.exists()
+
+
+@pytest.mark.parametrize("key, argv", [("", ["scancel", "1"]), ("a b", ["scancel", "1"]), ("k", []),
+                                       ("k", ["echo", "two\nlines"])])
+def test_reaper_refuses_commands_it_could_not_run_as_given(key, argv):
+    from mlexec_core import reaper
+
+    with pytest.raises(ValueError):
+        reaper.watch_command(key, argv)
+
+
+def test_a_queued_run_whose_mlexec_is_gone_is_repaired_too(mlexec, store):
+    """A batch scheduler's run is SCHEDULED until its job starts; if its mlexec died then, the run
+    must not stay SCHEDULED forever."""
+    from mlexec_core import supervisor
+
+    dead = subprocess.Popen(["sleep", "30"])
+    started = supervisor.process_start(dead.pid)
+    dead.kill()
+    dead.wait()
+    host = supervisor.hostname()
+    run = store.client.create_run(store.client.get_experiment_by_name("Default").experiment_id, tags={
+        supervisor.HOST_TAG: host, supervisor.PID_TAG: str(dead.pid), supervisor.STARTED_TAG: started,
+        supervisor.LIVE_TAG: f"{host} {dead.pid} {started}"})
+    store.client.update_run(run.info.run_id, status="SCHEDULED")
+    repaired = mlexec("runs", "repair", check=0)
+    assert repaired.returncode == 0, repaired.stderr
+    assert run.info.run_id in repaired.stdout
+    after = store.client.get_run(run.info.run_id)
+    assert after.info.status == "FAILED"
+    assert after.data.tags["mlexec.failureReason"].startswith("mlexec exited unexpectedly")

@@ -217,7 +217,7 @@ class SqliteStore:
             found = []
             for run_id, status, live in rows:
                 tags = {LIVE_TAG: live}
-                if status == "RUNNING":
+                if status in ("RUNNING", "SCHEDULED"):
                     tags.update(db.execute(
                         "SELECT key, value FROM tags WHERE run_uuid = ? AND key LIKE 'mlexec.%'",
                         (run_id,)).fetchall())

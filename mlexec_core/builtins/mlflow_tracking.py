@@ -227,11 +227,13 @@ class ClientStore:
 
     @_bounded
     def live_runs(self) -> list[tuple[str, str, dict[str, str]]]:
-        """RUNNING runs with a supervisor record (a search; servers have no faster way)."""
+        """RUNNING and SCHEDULED runs with a supervisor record (searches; servers have no faster way)."""
         exps = [e.experiment_id for e in self.client.search_experiments()]
         if not exps:
             return []
-        runs = self.client.search_runs(exps, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        runs = [run for status in ("RUNNING", "SCHEDULED")  # (a status IN (...) filter is refused)
+                for run in self.client.search_runs(exps, filter_string=f"attributes.status = '{status}'",
+                                                   max_results=1000)]
         return [(r.info.run_id, r.info.status, {k: v for k, v in r.data.tags.items() if k.startswith("mlexec.")})
                 for r in runs if LIVE_TAG in r.data.tags]
 

@@ -179,6 +179,27 @@ class RunOutput:
                 return _printable(self._partial)
             return self._lines[-1] if self._lines else ""
 
+    def tee(self, make: Callable[[Echo | None], Echo], replay: int = 50) -> Echo:
+        """Replace ``echo`` by ``make(echo)`` between two writes, and give the new echo the last
+        ``replay`` lines already printed first (with stream ``""``: not to be shown again).
+
+        Whatever is written from then on reaches the new echo after those lines, in order: a
+        follower (a live copy of the output) misses nothing printed before it was attached.
+        ``make`` may return the echo it was given, to change nothing.
+        """
+        with self._lock:
+            previous = self.echo
+            self.echo = sink = make(previous)
+            if sink is previous:  # nothing new to feed
+                return sink
+            lines = list(self._lines)[-replay:] if replay > 0 else []
+            early = "".join(f"{line}\n" for line in lines)
+            if self._partial:
+                early += _printable(self._partial)
+            if early:
+                sink(early.encode(), "")
+        return sink
+
     def tail(self, n: int = 10) -> list[str]:
         """The last ``n`` lines printed."""
         with self._lock:

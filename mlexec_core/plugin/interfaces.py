@@ -30,11 +30,21 @@ _PROCESS_NAMES = frozenset({"ProcessLauncher", "ProcessExecution", "ExecutionJob
                             "group_members"})
 
 
+#: Helpers that live elsewhere in the core, public here (imported when first used).
+_HELPERS = {"redact": ("mlexec_core.sources.urls", "redact"),
+            "tracking_uri": ("mlexec_core.builtins.mlflow_tracking", "tracking_uri")}
+
+
 def __getattr__(name: str) -> Any:
     if name in _PROCESS_NAMES:
         from mlexec_core.plugin import process
 
         return getattr(process, name)
+    if name in _HELPERS:
+        import importlib
+
+        module, attr = _HELPERS[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -254,6 +254,20 @@ def assert_processes_gone(pids, timeout: float = 10) -> None:
     assert not left, f"processes left running after mlexec exited: {left}"
 
 
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Call ``predicate()`` until it returns something true, and return that; fail
+    with ``timed out waiting for <what>`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def registration_mismatches(plugins, kind: str, name: str) -> list[str]:
     """Where the :class:`~mlexec_core.plugin.Registration` of ``name`` and the class it names
     disagree (only attributes the class itself sets are compared); ``[]`` when they agree."""

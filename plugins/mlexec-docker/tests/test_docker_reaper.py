@@ -7,17 +7,8 @@ import signal
 import subprocess
 import time
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback
+from mlexec_core.testing import MLEXEC, assert_no_traceback, wait_until
 
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkill_of_mlexec_removes_the_container_and_the_next_command_repairs_the_run(
@@ -28,7 +19,7 @@ def test_sigkill_of_mlexec_removes_the_container_and_the_next_command_repairs_th
         proc = subprocess.Popen([*MLEXEC, "run", str(proj)], cwd=tmp_path, env={**cli_env, "MLEXEC_STOP_TIMEOUT": "2"},
                                 stdout=f, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: b"started" in out.read_bytes(), 120, "the job to start")
+        wait_until(lambda: b"started" in out.read_bytes(), 120, "the job to start")
         run_id = store.only_run().info.run_id
         label = f"label=mlexec.run-id={run_id}"
         assert engine._call("GET", "/containers/json", params={"all": "1", "filters": f'{{"label": ["mlexec.run-id={run_id}"]}}'})
@@ -37,7 +28,7 @@ def test_sigkill_of_mlexec_removes_the_container_and_the_next_command_repairs_th
     finally:
         if proc.poll() is None:
             proc.kill()
-    _wait_for(lambda: not engine._call("GET", "/containers/json",
+    wait_until(lambda: not engine._call("GET", "/containers/json",
                                        params={"all": "1", "filters": f'{{"label": ["mlexec.run-id={run_id}"]}}'}),
               30, f"the container ({label}) to be removed")
     assert store.client.get_run(run_id).info.status == "RUNNING"  # nobody has looked yet

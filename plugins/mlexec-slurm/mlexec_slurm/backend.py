@@ -172,11 +172,9 @@ class SlurmBackend(Backend):
         self._refuse_docker(plan)
         config = self._config(plan)
         job_dir = JobDir(config.jobs_dir / "<time>-<project>-<id>")
-        from mlexec_core.builtins.mlflow_tracking import tracking_uri
+        from mlexec_core.plugin.interfaces import redact, tracking_uri
 
         placeholder = "<set when the run is created>"
-        from mlexec_core.sources.urls import redact
-
         uri = redact(tracking_uri())
         run = RunRecord(run_id=placeholder, tracking_uri=uri,
                         env={"MLFLOW_RUN_ID": placeholder, "MLFLOW_EXPERIMENT_ID": placeholder,
