@@ -45,22 +45,31 @@ def _lock():
 
 
 def _start() -> int:
-    import subprocess
-
     from mlexec_core.plugin.process import stop_timeout
 
     read, write = os.pipe()  # both ends non-inheritable: no job ever holds the write end
+    low = []
+    while read < 3:  # stdin, stdout or stderr was closed: keep the read end clear of them
+        low.append(read)
+        read = os.dup(read)
+    for fd in low:
+        os.close(fd)
     try:
-        proc = subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__), str(stop_timeout())],
-                                stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, close_fds=True)
+        # posix_spawn (a vfork underneath) rather than subprocess: it does not copy mlexec's
+        # memory map, and mlexec does not wait for a helper process to report back.
+        pid = os.posix_spawn(
+            sys.executable, [sys.executable, "-S", os.path.abspath(__file__), str(stop_timeout())], os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, read, 0),
+                          (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                          (os.POSIX_SPAWN_DUP2, 1, 2)],
+            setsid=True,
+        )
     except OSError:
         os.close(write)
         raise
     finally:
         os.close(read)
-    proc.returncode = 0  # never waited for: it outlives us by design (no ResourceWarning)
-    _state.update(fd=write, pid=proc.pid, owner=os.getpid())
+    _state.update(fd=write, pid=pid, owner=os.getpid())
     return write
 
 

@@ -241,6 +241,12 @@ def parse_yaml(text: str, shown: str, *, error: type[MlexecError] = ProjectError
     PyYAML and MLflow keep it) or ``"error"`` (files only mlexec reads).
     Strings holding NUL or lone surrogates are refused, with their key path.
     """
+    return _parse_yaml(text, shown, error, all_documents, duplicates, hint, [])
+
+
+def _parse_yaml(text: str, shown: str, error: type[MlexecError], all_documents: bool, duplicates: str,
+                hint: str | None, warned: list[str]) -> Any:
+    """:func:`parse_yaml`; the duplicate keys it warned about are appended to ``warned``."""
     import yaml
 
     global _LOADER
@@ -250,6 +256,7 @@ def parse_yaml(text: str, shown: str, *, error: type[MlexecError] = ProjectError
     def on_duplicate(message: str, mark) -> None:
         if duplicates == "error":
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {message}", mark)
+        warned.append(message)
         warnings.warn(f"{shown}:{mark.line + 1}: duplicate key {message}; the last one is used",
                       FileWarning, stacklevel=2)
 
@@ -283,10 +290,91 @@ def parse_yaml(text: str, shown: str, *, error: type[MlexecError] = ProjectError
 
 def load_yaml(path: str | os.PathLike[str], *, error: type[MlexecError] = ProjectError, what: str = "file",
               all_documents: bool = False, duplicates: str = "warn", hint: str | None = None) -> Any:
-    """:func:`read_text` then :func:`parse_yaml`: ``path``'s YAML value, or one ``error``."""
+    """:func:`read_text` then :func:`parse_yaml`: ``path``'s YAML value, or one ``error``.
+
+    The value of a file read before with the same text comes from the parse cache
+    (:func:`cached_parse`), so a run of an unchanged project does not import PyYAML.
+    """
     text = read_text(path, error=error, what=what, hint=hint)
-    return parse_yaml(text, _shown_path(path), error=error, all_documents=all_documents, duplicates=duplicates,
-                      hint=hint)
+    shown = _shown_path(path)
+    key = (all_documents, duplicates)
+    found = cached_parse(text, key)
+    if found is not _MISS:
+        check_values(found, shown, error=error)
+        return found
+    warned: list[str] = []
+    result = _parse_yaml(text, shown, error, all_documents, duplicates, hint, warned)
+    if not warned:  # a file with a warning is parsed (and warned about) every time
+        _store_parse(text, key, result)
+    return result
+
+
+# -- the parse cache --------------------------------------------------------------------------
+#
+# Reading an MLproject on every run would import PyYAML (about 12 ms) and parse
+# it in pure Python.  The value of a file whose text was parsed before is kept
+# in one of PARSE_SLOTS small files under $XDG_CACHE_HOME/mlexec/parsed (the
+# slot is a checksum of the text), marshalled with the text itself, which a
+# hit must match exactly.  Only plain values are kept (no dates), only for
+# files that parsed without a warning; errors are never kept.  Anything wrong
+# with the cache (missing, unreadable, another Python) is a miss.
+
+PARSE_SLOTS = 256
+_PARSE_FORMAT = 1
+_MISS: Any = object()
+
+
+def parse_cache_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache, "mlexec", "parsed")
+
+
+def _slot(text: str) -> Path:
+    import binascii
+
+    return parse_cache_dir() / f"{binascii.crc32(text.encode('utf-8', 'surrogatepass')) % PARSE_SLOTS:02x}"
+
+
+def _stamp() -> tuple:
+    import sys
+
+    from mlexec_core import __version__
+
+    return (_PARSE_FORMAT, __version__, sys.version)
+
+
+def cached_parse(text: str, key: tuple) -> Any:
+    """The kept value of ``text`` parsed with ``key``'s options, or ``_MISS``."""
+    import marshal
+
+    try:
+        with open(_slot(text), "rb") as f:
+            entry = marshal.loads(f.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return _MISS
+    if not (isinstance(entry, tuple) and len(entry) == 4 and entry[0] == _stamp() and entry[1] == key
+            and entry[2] == text):
+        return _MISS
+    return entry[3]
+
+
+def _store_parse(text: str, key: tuple, value: Any) -> None:
+    import marshal
+
+    try:
+        data = marshal.dumps((_stamp(), key, text, value))
+    except ValueError:  # a date, or another value marshal does not keep
+        return
+    slot = _slot(text)
+    tmp = slot.with_name(f".{slot.name}.{os.getpid()}")
+    try:
+        slot.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, slot)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _check_size(root) -> None:

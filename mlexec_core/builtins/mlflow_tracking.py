@@ -14,7 +14,6 @@ file, a server, a file store, Databricks) goes through ``MlflowClient``.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import threading
 import time
@@ -338,8 +337,14 @@ def _run_tags(plan: RunPlan) -> dict[str, str]:
 
 
 def _user() -> str:
+    """``getpass.getuser()``, without importing getpass (and termios) on every run."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(name):
+            return os.environ[name]
     try:
-        return getpass.getuser()
+        import pwd
+
+        return pwd.getpwuid(os.getuid())[0]
     except Exception:
         return "unknown"
 

@@ -80,8 +80,6 @@ def fetch(uri: str, version: str | None, cwd: Path, *, reporter: Any = None) -> 
 
 def _fetch_path(path: Path, uri: str, shown: str, sub: str | None, version: str | None,
                 reporter: Any) -> FetchedProject:
-    from mlexec_core.sources.git import is_bare_repository, local_repository
-
     try:
         is_file, is_dir = path.is_file(), path.is_dir()
     except (OSError, ValueError) as exc:
@@ -96,9 +94,11 @@ def _fetch_path(path: Path, uri: str, shown: str, sub: str | None, version: str 
         raise UsageError(f"project {shorten(shown)!r}: {what} ({shorten(str(path.resolve()), 300)})",
                          hint="pass the directory that holds the MLproject file, a git URL or an archive")
     path = path.resolve()
-    if is_bare_repository(path):
+    if _may_be_bare(path) and _is_bare(path):
         return _fetch_git(str(path), shown, sub, version, reporter, local=True, repo_url=shown.split("#", 1)[0])
     if version:
+        from mlexec_core.sources.git import local_repository
+
         found = local_repository(path)
         if found is None:
             raise UsageError(
@@ -115,6 +115,17 @@ def _fetch_path(path: Path, uri: str, shown: str, sub: str | None, version: str 
     commit, repo_url, name = git_info(directory)
     return FetchedProject(directory, Source(uri=str(directory), kind="local", git_commit=commit,
                                             git_repo_url=redact(repo_url) if repo_url else None, name=name))
+
+
+def _may_be_bare(path: Path) -> bool:
+    """A cheap look (two stats) before asking git whether ``path`` is a bare repository."""
+    return (path / "HEAD").is_file() and (path / "objects").is_dir()
+
+
+def _is_bare(path: Path) -> bool:
+    from mlexec_core.sources.git import is_bare_repository  # (imported only for a folder that looks like one)
+
+    return is_bare_repository(path)
 
 
 def _status(reporter: Any):
@@ -193,7 +204,147 @@ def git_info(directory: Path) -> tuple[str | None, str | None, str | None]:
     directory inside a git work tree: ``file://<work tree root>``, with
     ``#<subdirectory>`` when the project is below the root.  All three are
     ``None`` outside git.
+
+    Every run asks this of its project folder, so the common cases are read from
+    the files git keeps (``.git/HEAD``, the ref, ``packed-refs``, ``config``)
+    without starting git; anything unusual (``$GIT_DIR``, another owner, an
+    ``include`` in the config, a quoted value, a file system boundary ...) is asked
+    of ``git`` itself, which then has the last word.
     """
+    read = _read_git(directory)
+    if read is not _ASK_GIT:
+        return read
+    return _git_info_from_git(directory)
+
+
+#: What :func:`_read_git` returns when only git itself can answer.
+_ASK_GIT: Any = object()
+_HEX = frozenset("0123456789abcdef")
+#: Variables that change which repository git finds, or what it reads there.
+_GIT_VARS = frozenset({"GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_CEILING_DIRECTORIES",
+                       "GIT_DISCOVERY_ACROSS_FILESYSTEM", "GIT_NAMESPACE"})
+
+
+def _is_object_id(text: str) -> bool:
+    return len(text) in (40, 64) and set(text) <= _HEX
+
+
+def _read_git(directory: Path) -> Any:
+    """:func:`git_info` from git's files, or :data:`_ASK_GIT`."""
+    import os
+
+    if any(k in _GIT_VARS or k.startswith("GIT_CONFIG") for k in os.environ):
+        return _ASK_GIT
+    try:
+        device = os.stat(directory).st_dev
+        here = directory
+        while True:
+            dot_git = here / ".git"
+            try:
+                info = os.lstat(dot_git)
+            except FileNotFoundError:
+                info = None
+            if info is not None:
+                break
+            if here.parent == here:
+                return None, None, None  # not in a work tree (as git would say)
+            if os.stat(here.parent).st_dev != device:
+                return _ASK_GIT  # git stops at a file system boundary unless told otherwise
+            here = here.parent
+        import stat as stat_mod
+
+        if stat_mod.S_ISDIR(info.st_mode):
+            git_dir = dot_git
+        elif stat_mod.S_ISREG(info.st_mode):  # a linked worktree or a submodule: "gitdir: PATH"
+            line = dot_git.read_text(encoding="utf-8").strip()
+            if not line.startswith("gitdir: ") or "\n" in line:
+                return _ASK_GIT
+            git_dir = (here / line[len("gitdir: "):]).resolve()
+        else:
+            return _ASK_GIT
+        if not os.stat(git_dir).st_uid == os.stat(here).st_uid == os.geteuid():
+            return _ASK_GIT  # another owner: git's safe.directory rules decide
+        common = git_dir
+        if (git_dir / "commondir").is_file():
+            common = (git_dir / (git_dir / "commondir").read_text(encoding="utf-8").strip()).resolve()
+        config = (common / "config").read_text(encoding="utf-8")
+        url = _origin_from_config(config)
+        if url is _ASK_GIT:
+            return _ASK_GIT
+        head = (git_dir / "HEAD").read_text(encoding="utf-8").strip()
+        commit = _resolve_head(head, git_dir, common)
+        if commit is _ASK_GIT:
+            return _ASK_GIT
+    except (OSError, UnicodeDecodeError, ValueError):
+        return _ASK_GIT
+    relative = directory.relative_to(here).as_posix()
+    prefix = "" if relative == "." else relative
+    name = f"file://{here}" + (f"#{prefix}" if prefix else "")
+    return commit, url, name
+
+
+def _resolve_head(head: str, git_dir: Path, common: Path) -> Any:
+    """The commit ``HEAD`` names; ``None`` on an unborn branch (no commit yet)."""
+    if _is_object_id(head):
+        return head
+    if not head.startswith("ref: refs/"):
+        return _ASK_GIT
+    ref = head[len("ref: "):].strip()
+    if ".." in ref or "\\" in ref:
+        return _ASK_GIT
+    for folder in (git_dir, common) if git_dir != common else (common,):
+        try:
+            value = (folder / ref).read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        return value if _is_object_id(value) else _ASK_GIT  # (a symbolic ref inside: ask git)
+    try:
+        packed = (common / "packed-refs").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        packed = ""
+    for line in packed.splitlines():
+        parts = line.split(" ")
+        if len(parts) == 2 and parts[1] == ref:
+            return parts[0] if _is_object_id(parts[0]) else _ASK_GIT
+    if (common / "reftable").exists():
+        return _ASK_GIT
+    return None
+
+
+def _origin_from_config(config: str) -> Any:
+    """``remote.origin.url`` from a config file's text; :data:`_ASK_GIT` for what git alone reads right
+    (includes, quoting, escapes, comments after a value, a work tree set elsewhere)."""
+    url = None
+    section = None
+    for raw in config.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            end = line.find("]")
+            if end < 0 or line[end + 1:].strip():
+                return _ASK_GIT
+            name, _, subsection = line[1:end].strip().partition(" ")
+            name = name.lower()
+            if name.startswith("include") or "." in name:
+                return _ASK_GIT
+            section = (name, subsection.strip())
+            continue
+        key, sep, value = line.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if any(c in value for c in '"\\#;'):
+            return _ASK_GIT
+        if section and section[0] == "core" and key in ("worktree", "bare") and value.lower() not in ("false", "no",
+                                                                                                     "off", "0"):
+            return _ASK_GIT
+        if section == ("remote", '"origin"') and key == "url":
+            if not sep:
+                return _ASK_GIT
+            url = value  # as `git config --get`: the last one wins
+    return url or None
+
+
+def _git_info_from_git(directory: Path) -> tuple[str | None, str | None, str | None]:
     try:
         out = subprocess.run(
             ["git", "-C", str(directory), "rev-parse", "--show-toplevel", "--show-prefix", "HEAD"],

@@ -7,7 +7,6 @@ plugins they mean to and never whatever happens to be installed.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from typing import Any, Iterable, Mapping, TypeVar
@@ -35,7 +34,7 @@ DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
 BUILTINS: tuple[tuple[str, str], ...] = (
     ("local", "mlexec_core.builtins.local_plugin"),
     ("mlflow", "mlexec_core.builtins.mlflow_tracking"),
-    ("sweep", "mlexec_core.sweeps.strategy"),
+    ("sweep", "mlexec_core.builtins.sweep_plugin"),
 )
 
 T = TypeVar("T")
@@ -211,6 +210,8 @@ class Plugins:
     def _lookup(table: Mapping[str, T], name: str, kind: str, option: str) -> T:
         if name in table:
             return table[name]
+        import difflib
+
         close = difflib.get_close_matches(name, list(table), n=1)
         known = ", ".join(sorted(table)) or "none"
         hint = f"did you mean {close[0]!r}? " if close else ""

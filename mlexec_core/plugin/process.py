@@ -43,6 +43,12 @@ def shell() -> list[str]:
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:  # no process at all in the group: no need to read /proc
+        return []
+    except PermissionError:
+        pass
     members = []
     try:
         entries = os.listdir("/proc")

@@ -23,7 +23,6 @@ still an error.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import warnings
@@ -87,6 +86,8 @@ def _unknown_keys(data: dict, known: tuple[str, ...], where: str, warn: Warn, wh
             if "type" not in data:
                 now = ": the parameter has no type, so it is a string, as in MLflow"
         else:
+            import difflib
+
             close = difflib.get_close_matches(text, known, n=1)
             if close:
                 hint = f" (did you mean {close[0]!r}?)"
@@ -281,6 +282,8 @@ def _parameter_type(key: str, value: Any, warn: Warn) -> ParamType:
         pass
     names = [t.value for t in ParamType]
     spaced = re.fullmatch(r"type\s*:?\s*(\S+)", type_name)
+    import difflib
+
     close = difflib.get_close_matches(type_name, names + list(PARAM_TYPE_ALIASES), n=1)
     if spaced:  # `alpha:\n  type:float` is the short form with the type "type:float"
         hint = f"did you mean 'type: {shorten(spaced.group(1), 40)}' under {key.rsplit('.', 1)[-1]}:? "

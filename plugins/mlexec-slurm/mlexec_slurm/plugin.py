@@ -1,12 +1,14 @@
-"""mlexec-slurm's hooks: the ``slurm`` backend."""
+"""mlexec-slurm's hooks: the ``slurm`` backend, as a record; :mod:`mlexec_slurm.backend` is
+imported only when a run uses ``-b slurm``."""
 
 from __future__ import annotations
 
-from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin import Registration, hookimpl
 
 
 @hookimpl
 def mlexec_backends():
-    from mlexec_slurm.backend import SlurmBackend
-
-    return [SlurmBackend]
+    return [Registration(
+        kind="backend", name="slurm", path="mlexec_slurm.backend:SlurmBackend",
+        description="submits the project as a Slurm batch job; output streamed, Slurm's own status and reasons",
+    )]
