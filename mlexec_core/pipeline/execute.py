@@ -261,6 +261,57 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
     return submitted
 
 
+def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: Prepared, *,
+               outputs: list[RunOutput], max_parallel: int) -> list[SubmittedRun]:
+    """Create one run per plan, then start them all with the backend's native fan-out
+    (:meth:`~mlexec_core.plugin.interfaces.Backend.submit_many`); return without waiting.
+
+    Every run exists before the submission; if it fails (or Ctrl-C), every run is
+    ended FAILED (KILLED) and the error raised, as :func:`start` does for one.
+    """
+    from mlexec_core.errors import PluginError
+    from mlexec_core.pipeline.stopping import MARK_VAR, new_mark
+
+    backend = plugins.backend(base.backend)
+    environment = prepared.environment
+    runs: list[RunRecord] = []
+    try:
+        for plan, output in zip(plans, outputs):
+            run = plugins.hook.mlexec_run_create(plan=plan, context=plugins.context) \
+                or RunRecord(run_id=uuid.uuid4().hex)
+            run = attrs.evolve(run, output=output, env={**run.env, MARK_VAR: new_mark()})
+            runs.append(run)
+            tags = {"mlflow.project.backend": backend.name}
+            if environment is not None:
+                tags["mlflow.project.env"] = environment.name
+                tags.update(environment.tags)
+            plugins.broadcast("mlexec_run_tags", run=run, tags=tags)
+        jobs = list(backend.submit_many(base, list(zip(plans, runs)), prepared.backend, max_parallel))
+        if len(jobs) != len(runs):
+            for job in jobs:
+                job.cancel()
+            raise PluginError(f"backend {backend.name!r}: submit_many returned {len(jobs)} jobs for "
+                              f"{len(runs)} children")
+        for run, job in zip(runs, jobs):
+            if job.tags:
+                plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
+    except BaseException as exc:
+        status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+        for run, plan in zip(runs, plans):
+            try:
+                _end_job_processes(run, plan, plugins.context.reporter)
+            finally:
+                _finish_run(plugins, run, plan, status, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        raise
+    started = []
+    for plan, run, job in zip(plans, runs, jobs):
+        submitted = SubmittedRun(plugins, plan, run, job, environment)
+        plugins.broadcast("mlexec_run_started", run=run, plan=plan)
+        job.status_listener = submitted._report_status
+        started.append(submitted)
+    return started
+
+
 def submit(plugins: Plugins, plan: RunPlan, *, output: RunOutput | None = None) -> SubmittedRun:
     """:func:`prepare`, then :func:`start`."""
     return start(plugins, plan, prepare(plugins, plan), output=output)
