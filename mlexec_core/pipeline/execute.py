@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 from attrs import frozen
@@ -222,11 +222,14 @@ def _environment_root(root: Path | None) -> Iterator[None]:
             os.environ[ENV_ROOT_VAR] = old
 
 
-def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOutput | None = None) -> SubmittedRun:
+def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOutput | None = None,
+          announce: Callable[[RunRecord], None] | None = None) -> SubmittedRun:
     """Create the run and start the job; return without waiting.
 
     From the moment the run exists, every way out ends it (FAILED, or KILLED for
-    an interrupt).
+    an interrupt).  ``announce(run)``, if given, is called once the run exists and
+    before the job is submitted (the CLI prints its ``=== Run ... ===`` header
+    there, so it comes before the job's first line, as in MLflow).
 
     :param output: where the job's output goes (``run.output``); by default a
         :class:`~mlexec_core.pipeline.output.RunOutput` that shows it on mlexec's
@@ -245,6 +248,8 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
             tags["mlflow.project.env"] = environment.name
             tags.update(environment.tags)
         plugins.broadcast("mlexec_run_tags", run=run, tags=tags)
+        if announce is not None:
+            announce(run)
         job = backend.submit(plan, run, prepared.backend)
         if job.tags:  # visible while the job runs (image digest, Job name ...)
             plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
