@@ -367,3 +367,17 @@ def test_run_ended_by_the_job_keeps_its_status(mlexec, project, store):
 def test_failure_reason_is_tagged(mlexec, demo, store):
     mlexec("run", demo, "-e", "fail", "--env-manager", "local")
     assert store.only_run().data.tags["mlexec.failureReason"] == "the command exited with status 3"
+
+
+def test_the_run_header_comes_before_the_commands_first_line(project, store, cli_env, tmp_path):
+    """As in MLflow, the header is printed once the run exists and before the job starts, so in
+    one stream (a terminal, or `2>&1`) a quick command's output never comes before it."""
+    proj = project('entry_points: {main: {command: "echo first-line"}}\n')
+    both = tmp_path / "both.txt"
+    with open(both, "wb") as f:
+        proc = subprocess.run([*MLEXEC, "run", str(proj), "--env-manager", "local"], cwd=tmp_path, env=cli_env,
+                              stdout=f, stderr=subprocess.STDOUT, timeout=120)
+    lines = both.read_text().splitlines()
+    assert proc.returncode == 0, lines
+    header = next(i for i, line in enumerate(lines) if line.startswith("=== Run ") and ": echo first-line" in line)
+    assert header < lines.index("first-line") < next(i for i, line in enumerate(lines) if "succeeded ===" in line)

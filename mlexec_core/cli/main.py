@@ -190,10 +190,12 @@ def _run_plan(terminal, plugins, plan, stopper: _Stopper, detach: bool = False) 
 
     prepared = prepare(plugins, plan)
     stopper.starting = True
-    submitted = start(plugins, plan, prepared)
+    def announce(run) -> None:  # before the job starts, so its first lines come after
+        where = f" (experiment {run.experiment_id})" if run.experiment_id else ""
+        terminal.info(f"=== Run {run.run_id}{where}: {plan.command} ===")
+
+    submitted = start(plugins, plan, prepared, announce=announce)
     stopper.started(submitted)
-    where = f" (experiment {submitted.run.experiment_id})" if submitted.run.experiment_id else ""
-    terminal.info(f"=== Run {submitted.run_id}{where}: {plan.command} ===")
     if detach:
         return _detach(terminal, plugins, submitted)
     submitted.wait()

@@ -217,6 +217,10 @@ def _dry_run(terminal, plugins, plan, as_json: bool) -> None:
         summary["count"] = max(0, (plan.spec.trials or 0) - len(done))
         summary["space"] = strategy.describe(plan.spec)
     summary["plan"] = plan_summary(plugins, plan.base)
+    backend = plugins.backend(plan.base.backend)
+    if plan.children is not None and getattr(backend, "fan_out", False):
+        todo = [child for i, (_, child) in enumerate(plan.children) if i not in done]
+        summary["fan_out"] = dict(backend.dry_run_many(plan.base, todo, plan.max_parallel)) if todo else {}
     if as_json:
         terminal.echo(json.dumps(summary, indent=2))
         return
@@ -234,3 +238,6 @@ def _dry_run(terminal, plugins, plan, as_json: bool) -> None:
     from mlexec_core.cli.main import _print_plan
 
     _print_plan(terminal, summary["plan"])
+    if summary.get("fan_out", {}).get("text"):
+        terminal.echo(f"The children as one submission (backend {plan.base.backend}):")
+        terminal.echo(summary["fan_out"]["text"])

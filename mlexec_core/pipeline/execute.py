@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 from attrs import frozen
@@ -222,11 +222,14 @@ def _environment_root(root: Path | None) -> Iterator[None]:
             os.environ[ENV_ROOT_VAR] = old
 
 
-def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOutput | None = None) -> SubmittedRun:
+def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOutput | None = None,
+          announce: Callable[[RunRecord], None] | None = None) -> SubmittedRun:
     """Create the run and start the job; return without waiting.
 
     From the moment the run exists, every way out ends it (FAILED, or KILLED for
-    an interrupt).
+    an interrupt).  ``announce(run)``, if given, is called once the run exists and
+    before the job is submitted (the CLI prints its ``=== Run ... ===`` header
+    there, so it comes before the job's first line, as in MLflow).
 
     :param output: where the job's output goes (``run.output``); by default a
         :class:`~mlexec_core.pipeline.output.RunOutput` that shows it on mlexec's
@@ -245,6 +248,8 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
             tags["mlflow.project.env"] = environment.name
             tags.update(environment.tags)
         plugins.broadcast("mlexec_run_tags", run=run, tags=tags)
+        if announce is not None:
+            announce(run)
         job = backend.submit(plan, run, prepared.backend)
         if job.tags:  # visible while the job runs (image digest, Job name ...)
             plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
@@ -259,6 +264,57 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
     plugins.broadcast("mlexec_run_started", run=run, plan=plan)
     job.status_listener = lambda status: submitted._report_status(status)
     return submitted
+
+
+def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: Prepared, *,
+               outputs: list[RunOutput], max_parallel: int) -> list[SubmittedRun]:
+    """Create one run per plan, then start them all with the backend's native fan-out
+    (:meth:`~mlexec_core.plugin.interfaces.Backend.submit_many`); return without waiting.
+
+    Every run exists before the submission; if it fails (or Ctrl-C), every run is
+    ended FAILED (KILLED) and the error raised, as :func:`start` does for one.
+    """
+    from mlexec_core.errors import PluginError
+    from mlexec_core.pipeline.stopping import MARK_VAR, new_mark
+
+    backend = plugins.backend(base.backend)
+    environment = prepared.environment
+    runs: list[RunRecord] = []
+    try:
+        for plan, output in zip(plans, outputs):
+            run = plugins.hook.mlexec_run_create(plan=plan, context=plugins.context) \
+                or RunRecord(run_id=uuid.uuid4().hex)
+            run = attrs.evolve(run, output=output, env={**run.env, MARK_VAR: new_mark()})
+            runs.append(run)
+            tags = {"mlflow.project.backend": backend.name}
+            if environment is not None:
+                tags["mlflow.project.env"] = environment.name
+                tags.update(environment.tags)
+            plugins.broadcast("mlexec_run_tags", run=run, tags=tags)
+        jobs = list(backend.submit_many(base, list(zip(plans, runs)), prepared.backend, max_parallel))
+        if len(jobs) != len(runs):
+            for job in jobs:
+                job.cancel()
+            raise PluginError(f"backend {backend.name!r}: submit_many returned {len(jobs)} jobs for "
+                              f"{len(runs)} children")
+        for run, job in zip(runs, jobs):
+            if job.tags:
+                plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
+    except BaseException as exc:
+        status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+        for run, plan in zip(runs, plans):
+            try:
+                _end_job_processes(run, plan, plugins.context.reporter)
+            finally:
+                _finish_run(plugins, run, plan, status, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        raise
+    started = []
+    for plan, run, job in zip(plans, runs, jobs):
+        submitted = SubmittedRun(plugins, plan, run, job, environment)
+        plugins.broadcast("mlexec_run_started", run=run, plan=plan)
+        job.status_listener = submitted._report_status
+        started.append(submitted)
+    return started
 
 
 def submit(plugins: Plugins, plan: RunPlan, *, output: RunOutput | None = None) -> SubmittedRun:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import attrs
 from attrs import frozen
@@ -351,6 +351,34 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def submit(self, plan: RunPlan, run: RunRecord, prepared: Any) -> SubmittedJob:
         """Start the job for ``plan`` attached to ``run``; return without waiting."""
+
+    #: Whether :meth:`submit_many` is implemented (a native fan-out: a Slurm job array ...).
+    #: When false (the default), a sweep starts each child with :meth:`submit`.
+    fan_out: ClassVar[bool] = False
+
+    def submit_many(self, plan: RunPlan, children: Sequence[tuple[RunPlan, RunRecord]], prepared: Any,
+                    max_parallel: int) -> Sequence[SubmittedJob]:
+        """Start many children of one sweep at once, as one native submission; return
+        without waiting, one :class:`SubmittedJob` per child, in the order given.
+
+        Only called when :attr:`fan_out` is true, for the fixed children of a sweep
+        (grid, random).  ``plan`` is the sweep's base plan (project, backend config);
+        each child brings its own plan (its command) and its run, which already exists.
+        ``prepared`` is what :meth:`prepare` returned, once for the whole sweep.  The
+        backend must run at most ``max_parallel`` children at a time.  Each job is
+        then a child like any other: its own ``wait()``, status (SCHEDULED through
+        :meth:`SubmittedJob.report_status` until its task starts), output (to
+        ``run.output``), tags and ``cancel()``, which stops that child only (a task
+        that has not started yet is removed from the queue).  If it raises, nothing
+        it submitted may be left queued or running.
+        """
+        raise NotImplementedError(f"backend {self.name!r} has no native fan-out")
+
+    def dry_run_many(self, plan: RunPlan, children: Sequence[RunPlan], max_parallel: int) -> Mapping[str, Any]:
+        """What :meth:`submit_many` would do for these children, for ``mlexec sweep --dry-run``
+        (no side effects); a ``"text"`` entry is printed as it is.  Only called when
+        :attr:`fan_out` is true."""
+        return {}
 
     def dry_run(self, plan: RunPlan) -> Mapping[str, Any]:
         """What :meth:`submit` would do, for ``--dry-run`` (no side effects).

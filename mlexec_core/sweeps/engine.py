@@ -270,6 +270,8 @@ class Child:
         self.output = None
         #: True for a child that finished in an earlier attempt at this sweep (``--resume``).
         self.earlier = False
+        #: True for a child started through the backend's native fan-out (``Backend.submit_many``).
+        self.fanned = False
         self.duration_earlier: float | None = None
 
     @property
@@ -341,13 +343,17 @@ class Sweep:
         with self._lock:
             children = list(self.children)
         finals = self._finals(children)
-        out = {"running": len(self.running),
+        with self._lock:
+            running = list(self.running.values())
+        waiting = sum(1 for c in running if c.fanned and c.submitted is not None
+                      and c.submitted.get_status() is RunStatus.SCHEDULED)
+        out = {"running": len(running) - waiting,
                "finished": sum(1 for c in finals if c.status == "FINISHED"),
                "failed": sum(1 for c in finals if c.status == "FAILED"),
                "killed": sum(1 for c in finals if c.status == "KILLED")}
         total = self.queued_total
         started = len({c.number for c in children})
-        out["queued"] = max(0, total - started) if total is not None and not self.stopped else 0
+        out["queued"] = (max(0, total - started) if total is not None and not self.stopped else 0) + waiting
         return out
 
     @property
@@ -520,6 +526,10 @@ class Sweep:
         self.events.started(self)
         cwd = self.plan.cwd
         exhausted = False
+        if planned is not None and self.fan_out():
+            self._start_many([Child(number, attempts.get(number, 0) + 1, params, plan)
+                              for number, (params, plan) in planned if number not in done_numbers], cwd)
+            exhausted = True  # retries, if any, are started one by one below, within the bound
         while True:
             while (not self.stopped and not self.no_more and len(self.running) < self.plan.max_parallel
                    and (retry or not exhausted)):
@@ -554,20 +564,75 @@ class Sweep:
                 continue
             self._ended(item, strategy, retry)
 
-    def _start_child(self, child: Child, cwd: Path) -> None:
-        from mlexec_core.pipeline.execute import start
+    def fan_out(self) -> bool:
+        """Whether the fixed children go to the backend as one native submission
+        (:meth:`~mlexec_core.plugin.interfaces.Backend.submit_many`)."""
+        return bool(getattr(self.plugins.backend(self.plan.base.backend), "fan_out", False))
 
-        base = self.plan.base
+    def _plan_child(self, child: Child, cwd: Path) -> bool:
+        """The child's own plan (tags, name); a value the entry point refuses fails it, nothing ran."""
         tags = {**self._child_tags, T.TRIAL_TAG: str(child.number), T.ATTEMPT_TAG: str(child.attempt)}
         parent_name = self.parent.run_name or "sweep"
         name = f"{parent_name}-{child.number}" + (f"-attempt{child.attempt}" if child.attempt > 1 else "")
         try:
-            child.plan = child_plan(base, child.params, cwd, tags=tags, run_name=name)
-        except MlexecError as exc:  # a drawn value the entry point refuses: the child fails, nothing ran
+            child.plan = child_plan(self.plan.base, child.params, cwd, tags=tags, run_name=name)
+        except MlexecError as exc:
             child.status, child.reason = "FAILED", str(exc).splitlines()[0]
             with self._lock:
                 self.children.append(child)
             self._events.put(child)
+            return False
+        return True
+
+    def _start_many(self, children: list[Child], cwd: Path) -> None:
+        """Every fixed child at once, through the backend's fan-out; the backend keeps the bound."""
+        from mlexec_core.pipeline.execute import start_many
+
+        children = [c for c in children if self._plan_child(c, cwd)]
+        if not children or self.stopped:
+            return
+        for child in children:
+            child.output = _new_output()
+            child.status = "RUNNING"
+            child.fanned = True
+        try:
+            submitted = start_many(self.plugins, self.plan.base, [c.plan for c in children], self.prepared,
+                                   outputs=[c.output for c in children], max_parallel=self.plan.max_parallel)
+        except MlexecError as exc:  # the backend refused them (their runs ended FAILED)
+            now = time.monotonic()
+            with self._lock:
+                self.children.extend(children)
+            for child in children:
+                child.started = child.ended = now
+                child.status, child.reason = "FAILED", str(exc).splitlines()[0]
+            self.stop_reason = f"the backend refused the sweep's children: {str(exc).splitlines()[0]}"
+            self.events.stopping(self, self.stop_reason)
+            return
+        now = time.monotonic()
+        with self._lock:
+            for child, sub in zip(children, submitted):
+                child.started, child.submitted, child.run_id = now, sub, sub.run_id
+                self.children.append(child)
+                self.running[id(child)] = child
+        for child in children:
+            if self.stop_signal is not None:  # a signal arrived while they were submitted
+                threading.Thread(target=child.submitted.cancel, args=(self.stop_signal,), daemon=True).start()
+            self.events.child_started(self, child)
+            threading.Thread(target=self._watch, args=(child,), name=f"mlexec-sweep-{child.number}",
+                             daemon=True).start()
+
+    def _cancel_queued(self) -> None:
+        """--max-failures with a fan-out: the children the backend has not started yet are cancelled."""
+        with self._lock:
+            queued = [c for c in self.running.values() if c.fanned and c.submitted is not None]
+        for c in queued:
+            if c.submitted.get_status() is RunStatus.SCHEDULED:
+                threading.Thread(target=c.submitted.cancel, args=(signal.SIGTERM,), daemon=True).start()
+
+    def _start_child(self, child: Child, cwd: Path) -> None:
+        from mlexec_core.pipeline.execute import start
+
+        if not self._plan_child(child, cwd):
             return
         child.started = time.monotonic()
         child.status = "RUNNING"
@@ -641,6 +706,7 @@ class Sweep:
             self.no_more = True
             self.stop_reason = f"--max-failures {self.spec.max_failures} reached"
             self.events.stopping(self, self.stop_reason + ": starting no more children")
+            self._cancel_queued()
 
     def _drain(self) -> None:
         while self.running:

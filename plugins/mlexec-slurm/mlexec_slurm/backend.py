@@ -167,6 +167,68 @@ class SlurmBackend(Backend):
                         time_limit=config.time, mem=config.mem or config.mem_per_cpu,
                         keep_job_dir=bool(os.environ.get(KEEP_VAR)))
 
+    # -- a sweep as one job array ---------------------------------------------------------
+
+    fan_out = True
+
+    def submit_many(self, plan: RunPlan, children, prepared: Prepared, max_parallel: int) -> list[SubmittedJob]:
+        """The children as one ``sbatch --array=0-N%P``: task i runs child i's own script."""
+        from mlexec_slurm.array import (TAG_ARRAY_JOB_ID, TAG_ARRAY_TASK_ID, ArrayFolder, array_option,
+                                        array_script)
+
+        config = self._config(plan)
+        folder = ArrayFolder(prepared.job_dir, len(children), keep=bool(os.environ.get(KEEP_VAR)))
+        options = self._array_options(plan, config, prepared.job_dir, len(children), max_parallel)
+        try:
+            for index, (child_plan, run) in enumerate(children):
+                task = folder.task(index)
+                task.path.mkdir(parents=True, exist_ok=True)
+                task.script.write_text(self._script(child_plan, config, run, task, prepared.environment,
+                                                    options))
+                task.script.chmod(0o700)
+            folder.script.write_text(array_script(prepared.job_dir.path, [
+                f"mlexec sweep: {len(children)} children of project {plan.project.display_name}, "
+                f"entry point {plan.entry_point.name}",
+                f"submitted with: sbatch {' '.join(options)} {folder.script}"]))
+            array_id = prepared.client.submit(options, folder.script)
+        except BaseException:
+            prepared.job_dir.remove()
+            raise
+        info = prepared.client.show_job(f"{array_id}_0") or {}
+        partition = info.get("Partition") or config.partition or ""
+        where = f" on cluster {prepared.cluster}" if prepared.cluster else ""
+        self.context.reporter.info(f"Submitted Slurm job array {array_id} ({len(children)} tasks, "
+                                   f"{array_option(len(children), max_parallel)[8:]}){where}, "
+                                   f"partition {partition or 'default'}")
+        jobs: list[SubmittedJob] = []
+        for index, (_, run) in enumerate(children):
+            task_id = f"{array_id}_{index}"
+            tags = {TAG_JOB_ID: task_id, TAG_ARRAY_JOB_ID: array_id, TAG_ARRAY_TASK_ID: str(index),
+                    TAG_CLUSTER: prepared.cluster, TAG_PARTITION: partition}
+            jobs.append(SlurmJob(prepared.client, task_id, folder.task(index), _Quiet(self.context.reporter),
+                                 tags, output_writer(run), time_limit=config.time,
+                                 mem=config.mem or config.mem_per_cpu, keep_job_dir=folder.keep))
+        return jobs
+
+    def _array_options(self, plan: RunPlan, config: SlurmConfig, job_dir: JobDir, count: int,
+                       max_parallel: int) -> list[str]:
+        from mlexec_slurm.array import array_option
+
+        return [*config.sbatch_options(self._job_name(plan)), array_option(count, max_parallel),
+                f"--output={job_dir.path / 'tasks' / '%a' / 'job.out'}", f"--chdir={job_dir.project}"]
+
+    def dry_run_many(self, plan: RunPlan, children, max_parallel: int) -> dict[str, Any]:
+        """The array's sbatch options and script, and the first child's script."""
+        from mlexec_slurm.array import array_script
+
+        config = self._config(plan)
+        job_dir = JobDir(config.jobs_dir / "<time>-<project>-<id>")
+        options = self._array_options(plan, config, job_dir, len(children), max_parallel)
+        script = array_script(job_dir.path, [f"mlexec sweep: {len(children)} children, one task each"])
+        command = f"sbatch --parsable {' '.join(options)} {job_dir.path / 'array.sh'}"
+        return {"sbatch": command, "sbatch_options": options, "array_script": script,
+                "text": f"# {command}\n{script}"}
+
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         """The sbatch options and the batch script, without contacting the cluster."""
         self._refuse_docker(plan)
@@ -194,3 +256,23 @@ class SlurmBackend(Backend):
             "batch_script": script,
             "text": f"# {command}\n{script}",
         }
+
+
+class _Quiet:
+    """A task's reporter: the sweep's view shows each child; per-task pending and
+    cancel lines (one per child) would drown it.  Warnings still show."""
+
+    def __init__(self, reporter) -> None:
+        self._reporter = reporter
+
+    def info(self, message: str) -> None:
+        pass
+
+    def success(self, message: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        self._reporter.warning(message)
+
+    def status(self, message: str):
+        return self._reporter.status(message)

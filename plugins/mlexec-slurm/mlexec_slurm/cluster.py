@@ -150,7 +150,8 @@ class SlurmClient:
         if proc.returncode != 0 or not proc.stdout.strip():
             return None
         info = parse_scontrol(proc.stdout)
-        return info if info.get("JobId") == job_id else None
+        array_task = f"{info.get('ArrayJobId')}_{info.get('ArrayTaskId')}"  # a task of a job array
+        return info if job_id in (info.get("JobId"), array_task) else None
 
     def accounting(self, job_id: str) -> dict[str, str] | None:
         """The job's record in Slurm's accounting (``sacct``); ``None`` when there is none

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from mlexec_core import reaper
 from mlexec_core.errors import MlexecError
 from mlexec_core.pipeline.plan import RunStatus
 from mlexec_core.plugin.interfaces import Reporter, SubmittedJob
@@ -132,6 +133,12 @@ class SlurmJob(SubmittedJob):
         self._reported_pending = False
         self._follow_lock = threading.Lock()
         self._done = threading.Event()
+        # If this mlexec is killed (kill -9, the OOM killer), its reaper cancels the job.
+        reaper.watch_command(self._reaper_key, ["scancel", job_id])
+
+    @property
+    def _reaper_key(self) -> str:
+        return f"slurm-{self.job_id}"
 
     # -- SubmittedJob -------------------------------------------------------------------
 
@@ -145,8 +152,10 @@ class SlurmJob(SubmittedJob):
         finally:
             self._following = False
             self._pump_output()
-            if not self.keep_job_dir and self._status.terminal:
-                self.job_dir.remove()
+            if self._status.terminal:
+                reaper.forget_command(self._reaper_key)
+                if not self.keep_job_dir:
+                    self.job_dir.remove()
             self._follow_lock.release()
             self._done.set()
         return self._status
