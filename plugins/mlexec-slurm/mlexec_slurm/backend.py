@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from attrs import frozen
+from attrs import field, frozen
 
 from mlexec_core.errors import BackendError, UsageError
 from mlexec_core.pipeline.plan import RunPlan, RunRecord
@@ -39,6 +40,11 @@ class Prepared:
     cluster: str
     job_dir: JobDir
     environment: PreparedEnvironment | None
+    #: Whether a submission has taken ``job_dir`` (a sweep submits many jobs from one prepare).
+    claimed: list = field(factory=list, eq=False, repr=False)
+
+
+_claim_lock = threading.Lock()
 
 
 def job_tracking_uri(uri: str | None, cwd: Path | None = None) -> str | None:
@@ -146,9 +152,25 @@ class SlurmBackend(Backend):
         return [*config.sbatch_options(self._job_name(plan)), f"--output={job_dir.output}",
                 f"--chdir={job_dir.project}"]
 
+    def _job_dir(self, plan: RunPlan, config: SlurmConfig, prepared: Prepared) -> JobDir:
+        """The prepared job folder for the first submission; a new copy for each later one (the
+        children of a sweep, retries): every job removes its own folder when it ends."""
+        with _claim_lock:
+            first = not prepared.claimed
+            prepared.claimed.append(True)
+        if first:
+            return prepared.job_dir
+        job_dir = JobDir.new(config.jobs_dir, plan.project.display_name)
+        try:
+            job_dir.copy_project(plan.work_dir, config.shared_dir)
+        except OSError as exc:
+            job_dir.remove()
+            raise BackendError(f"cannot copy the project to the shared folder {job_dir.path}: {exc}") from None
+        return job_dir
+
     def submit(self, plan: RunPlan, run: RunRecord, prepared: Prepared) -> SubmittedJob:
         config = self._config(plan)
-        job_dir = prepared.job_dir
+        job_dir = self._job_dir(plan, config, prepared)
         options = self._options(plan, config, job_dir)
         job_dir.script.write_text(self._script(plan, config, run, job_dir, prepared.environment, options))
         job_dir.script.chmod(0o700)  # it may hold a tracking server's credentials
@@ -177,8 +199,9 @@ class SlurmBackend(Backend):
                                         array_script)
 
         config = self._config(plan)
-        folder = ArrayFolder(prepared.job_dir, len(children), keep=bool(os.environ.get(KEEP_VAR)))
-        options = self._array_options(plan, config, prepared.job_dir, len(children), max_parallel)
+        job_dir = self._job_dir(plan, config, prepared)
+        folder = ArrayFolder(job_dir, len(children), keep=bool(os.environ.get(KEEP_VAR)))
+        options = self._array_options(plan, config, job_dir, len(children), max_parallel)
         try:
             for index, (child_plan, run) in enumerate(children):
                 task = folder.task(index)
@@ -186,13 +209,13 @@ class SlurmBackend(Backend):
                 task.script.write_text(self._script(child_plan, config, run, task, prepared.environment,
                                                     options))
                 task.script.chmod(0o700)
-            folder.script.write_text(array_script(prepared.job_dir.path, [
+            folder.script.write_text(array_script(job_dir.path, [
                 f"mlexec sweep: {len(children)} children of project {plan.project.display_name}, "
                 f"entry point {plan.entry_point.name}",
                 f"submitted with: sbatch {' '.join(options)} {folder.script}"]))
             array_id = prepared.client.submit(options, folder.script)
         except BaseException:
-            prepared.job_dir.remove()
+            job_dir.remove()
             raise
         info = prepared.client.show_job(f"{array_id}_0") or {}
         partition = info.get("Partition") or config.partition or ""

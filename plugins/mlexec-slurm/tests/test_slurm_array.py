@@ -100,3 +100,33 @@ def test_dry_run_shows_the_array_script_and_options(mlexec, project, store, slur
     assert "--array=0-2%2" in plan["fan_out"]["sbatch_options"]
     assert '/"$SLURM_ARRAY_TASK_ID"/job.sh' in plan["fan_out"]["array_script"]
     assert store.runs() == []
+
+
+def test_retries_after_the_array_are_jobs_of_their_own_each_in_its_own_folder(
+        mlexec, project, store, slurm_config, shared_dir, tmp_path, no_jobs_left):
+    """Every child fails its first attempt (in the array); the three retries are single jobs
+    submitted at once from the same prepared sweep: none may share another's script or output."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proj = project(f"""
+        name: slurm-retries
+        entry_points:
+          main:
+            parameters: {{x: {{type: int, default: 0}}}}
+            command: "echo child-{{x}}; [ -e {marks}/{{x}} ] || {{ touch {marks}/{{x}}; exit 3; }}; sleep 1; echo done-{{x}}"
+    """)
+    proc = mlexec("sweep", proj, "-b", "slurm", "-c", slurm_config(), "--env-manager", "local",
+                  "-P", "x=0,1,2", "--retries", "1", "--max-parallel", "3", check=None)
+    assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    kids = children(store)
+    retried = [k for k in kids if k.data.tags.get("mlexec.sweep.attempt") == "2"]
+    assert sorted(k.data.params["x"] for k in retried) == ["0", "1", "2"]
+    assert all(k.info.status == "FINISHED" for k in retried)
+    assert all("mlexec.slurm.array-job-id" not in k.data.tags for k in retried)  # single jobs
+    for k in retried:
+        x = k.data.params["x"]
+        text = open(store.client.download_artifacts(k.info.run_id, "mlexec/output.log",
+                                                    str(tmp_path / f"r{x}"))).read()
+        assert f"done-{x}" in text and not any(f"child-{y}" in text for y in "012" if y != x)
+    assert not list((shared_dir / "jobs").iterdir())  # every job removed its own folder
