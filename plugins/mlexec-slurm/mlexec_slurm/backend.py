@@ -115,16 +115,22 @@ class SlurmBackend(Backend):
         config = self._config(plan)
         client = SlurmClient()
         cluster = client.cluster_name()
+        with self.context.reporter.status(f"Copying the project to {config.jobs_dir}"):
+            job_dir = self._copy_project(plan, config)
+        return Prepared(client, cluster, job_dir, environment)
+
+    @staticmethod
+    def _copy_project(plan: RunPlan, config: SlurmConfig) -> JobDir:
+        """A new job folder with a working copy of the project, in the shared folder."""
         job_dir = JobDir.new(config.jobs_dir, plan.project.display_name)
         try:
-            with self.context.reporter.status(f"Copying the project to {job_dir.project}"):
-                job_dir.copy_project(plan.work_dir, config.shared_dir)
+            job_dir.copy_project(plan.work_dir, config.shared_dir)
         except OSError as exc:
             job_dir.remove()
             raise BackendError(f"cannot copy the project to the shared folder {job_dir.path}: {exc}",
                                hint="set shared-dir in the backend config to a writable folder the compute "
                                     "nodes see at the same path") from None
-        return Prepared(client, cluster, job_dir, environment)
+        return job_dir
 
     # -- the job ------------------------------------------------------------------------
 
@@ -158,15 +164,7 @@ class SlurmBackend(Backend):
         with _claim_lock:
             first = not prepared.claimed
             prepared.claimed.append(True)
-        if first:
-            return prepared.job_dir
-        job_dir = JobDir.new(config.jobs_dir, plan.project.display_name)
-        try:
-            job_dir.copy_project(plan.work_dir, config.shared_dir)
-        except OSError as exc:
-            job_dir.remove()
-            raise BackendError(f"cannot copy the project to the shared folder {job_dir.path}: {exc}") from None
-        return job_dir
+        return prepared.job_dir if first else self._copy_project(plan, config)
 
     def submit(self, plan: RunPlan, run: RunRecord, prepared: Prepared) -> SubmittedJob:
         config = self._config(plan)
