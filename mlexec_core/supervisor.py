@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -91,8 +90,9 @@ def _exists(pid: int) -> str | None:
 
 
 def hostname() -> str:
+    # os.uname() gives what socket.gethostname() does on POSIX, without importing socket
     try:
-        return socket.gethostname()
+        return os.uname().nodename or "localhost"
     except OSError:
         return "localhost"
 
@@ -291,12 +291,12 @@ def summary(changed: Iterable[Repaired]) -> str:
 def live_dir() -> Path:
     """Where live copies of running runs' output go: ``$XDG_RUNTIME_DIR/mlexec-live``, else
     ``<tmp>/mlexec-live-<uid>`` (transient files, removed when their run ends)."""
-    import tempfile
-
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime, "mlexec-live")
-    return Path(tempfile.gettempdir(), f"mlexec-live-{os.getuid()}")
+    from mlexec_core.pipeline.output import temp_dir
+
+    return Path(temp_dir(), f"mlexec-live-{os.getuid()}")
 
 
 class LiveLog:

@@ -52,3 +52,13 @@ def test_the_fast_exit_keeps_the_status_and_the_output(mlexec, project, store):
     assert proc.stdout.splitlines()[-1] == "20000"
     assert "failed" in proc.stderr.splitlines()[-1]
     assert mlexec("--help", check=0).stdout.startswith("Usage: mlexec")
+
+
+def test_a_no_op_run_does_not_import_what_it_does_not_use(mlexec, project, store, tmp_path):
+    proj = project("entry_points:\n  main:\n    command: 'echo quiet'\n")
+    proc = mlexec("run", proj, "--env-manager", "local", env={"PYTHONPROFILEIMPORTTIME": "1"}, check=0)
+    assert "quiet" in proc.stdout
+    # the host name, the live-log folder, the shell lookup and the run name need none of these
+    assert not {"socket", "tempfile", "shutil", "random"} & _imports(proc), proc.stderr[-6000:]
+    [run] = store.runs()
+    assert run.info.status == "FINISHED" and run.info.run_name.count("-") == 2

@@ -26,9 +26,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
-import random
 import re
-import shutil
 import sqlite3
 import threading
 import time
@@ -66,7 +64,11 @@ _NOUNS = ("ant", "bass", "bear", "cat", "crab", "crow", "deer", "dove", "eel", "
 
 def random_run_name() -> str:
     """A name in MLflow's style (``smiling-shoat-959``)."""
-    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}-{random.randint(0, 999)}"
+    # os.urandom instead of the random module (and its hashlib import) on every run
+    pick = int.from_bytes(os.urandom(8), "big")
+    adjective, pick = _ADJECTIVES[pick % len(_ADJECTIVES)], pick // len(_ADJECTIVES)
+    noun, pick = _NOUNS[pick % len(_NOUNS)], pick // len(_NOUNS)
+    return f"{adjective}-{noun}-{pick % 1000}"
 
 
 def installed_head_revision() -> str | None:
@@ -423,7 +425,14 @@ class SqliteStore:
             return
         target = root / artifact_path
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local_path, target)
+        _copy_file(local_path, target)
+
+
+def _copy_file(source: str | os.PathLike[str], target: Path) -> None:
+    """``shutil.copyfile`` without importing shutil (bz2, lzma) at the end of every run."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
 
 
 def _local_path(uri: str) -> Path | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -164,7 +163,7 @@ class RunOutput:
             directory = self._directory
             if directory is not None:
                 os.makedirs(directory, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix="mlexec-output-", suffix=".log", dir=directory)
+            fd, name = _make_unique(directory or temp_dir(), "mlexec-output-", ".log")
             self._file = os.fdopen(fd, "wb")
             self._path = Path(name)
         return self._file
@@ -247,6 +246,30 @@ class RunOutput:
                 self._path.unlink()
             except OSError:
                 pass
+
+
+def temp_dir() -> str:
+    """``tempfile.gettempdir()``'s choice ($TMPDIR, $TEMP, $TMP, /tmp, /var/tmp, /usr/tmp: the first
+    writable folder) without importing tempfile (and shutil, random) on every run."""
+    names = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
+    for folder in [n for n in names if n] + ["/tmp", "/var/tmp", "/usr/tmp"]:
+        if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return os.path.abspath(folder)
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def _make_unique(directory: str | os.PathLike[str], prefix: str, suffix: str) -> tuple[int, str]:
+    """``tempfile.mkstemp``: a new file only this user can read, opened for writing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        name = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}{suffix}")
+        try:
+            return os.open(name, flags, 0o600), os.path.abspath(name)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused file name in {directory}")
 
 
 def _printable(line: bytes) -> str:

@@ -15,7 +15,6 @@ Plugins import these from :mod:`mlexec_core.plugin.interfaces`.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -38,7 +37,16 @@ def stop_timeout() -> float:
 
 def shell() -> list[str]:
     """The shell that runs commands: bash as in MLflow, else sh."""
-    return [shutil.which("bash") or "/bin/sh", "-c"]
+    return [_which("bash") or "/bin/sh", "-c"]
+
+
+def _which(name: str) -> str | None:
+    """``shutil.which(name)`` for a bare name, without importing shutil (bz2, lzma) on every run."""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(folder or os.curdir, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def group_members(pgid: int) -> list[int]:
