@@ -64,6 +64,17 @@ def test_exit_status_decides_the_run(mlexec, docker_project, store, busybox_imag
     assert_no_traceback(proc)
 
 
+def test_a_cached_run_talks_to_the_daemon_without_http_client(mlexec, docker_project, store, busybox_image):
+    # the engine's own HTTP/1.1 client over the unix socket: all of a long output, the status, no http.client
+    proj = docker_project(BB, 'main: {command: "seq 1 30000; echo done >&2; exit 4"}')
+    proc = mlexec("run", proj, env={"PYTHONPROFILEIMPORTTIME": "1"}, check=4)
+    assert proc.stdout.splitlines() == [str(i) for i in range(1, 30001)]
+    assert "done" in proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "mlexec_docker.engine" in imported and "http.client" not in imported
+    assert store.only_run().info.status == "FAILED"
+
+
 def test_docker_args_become_container_options(mlexec, docker_project, busybox_image):
     proj = docker_project(BB, 'main: {command: "df -k /dev/shm | tail -1; echo flag=$FLAG; id -u"}')
     proc = mlexec("run", proj, "-A", "shm-size=64m", "-A", "memory=256m", "-A", "env=FLAG=on",
