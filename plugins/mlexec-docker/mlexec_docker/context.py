@@ -20,7 +20,6 @@ import io
 import os
 import re
 import stat
-import tarfile
 from pathlib import Path
 from typing import IO, Iterable, Mapping
 
@@ -183,6 +182,8 @@ def write_tar(out: IO[bytes], directory: Path, files: Iterable[str], *, prefix: 
               extra: Mapping[str, bytes] | None = None) -> None:
     """A tar of ``files`` (under ``prefix``) plus ``extra`` generated files, with
     normalised owners and times so equal inputs give equal archives."""
+
+    import tarfile  # only when a build sends a context: a cache hit needs none of it
 
     def norm(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0

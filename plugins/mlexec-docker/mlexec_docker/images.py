@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -221,6 +220,8 @@ class Images:
         docker = _docker_sdk()
         steps: list[tuple[str, list[str]]] = []  # (step line, its output)
         image_id = None
+        import tempfile  # a build only
+
         with tempfile.TemporaryFile() as archive:
             ctx.write_tar(archive, directory, files, prefix=prefix, extra=extra)
             archive.seek(0)
