@@ -171,6 +171,7 @@ chmod 600 /etc/slurm/slurmdbd.conf
 if ! running /run/slurmdbd.pid; then
     log "starting slurmdbd"
     slurmdbd
+    changed=1  # a slurmctld already running must register with the new slurmdbd
 fi
 for _ in $(seq 300); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
 if ! sacctmgr -n -P list cluster format=cluster | grep -qx mlexec; then
