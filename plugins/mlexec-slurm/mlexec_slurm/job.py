@@ -203,7 +203,7 @@ class SlurmJob(SubmittedJob):
         deadline = time.monotonic() + CANCEL_WAIT
         while not self._gone.is_set() and time.monotonic() < deadline:
             try:
-                if self.client.queue(self.job_id) is None:
+                if self.client.queue(self.job_id, max_age=FAST_INTERVAL) is None:
                     self._gone.set()
                     break
             except MlexecError:
@@ -224,7 +224,8 @@ class SlurmJob(SubmittedJob):
             ending = self.cancelled or self.job_dir.exit_status.exists()
             if now >= next_query or ending:
                 try:
-                    entry = self.client.queue(self.job_id)
+                    # A task of an array may share an answer up to half an interval old, unless it is ending.
+                    entry = self.client.queue(self.job_id, max_age=0.0 if ending else QUEUE_INTERVAL / 2)
                 except MlexecError as exc:
                     self._controller_trouble(exc)
                     entry = ...  # unknown: ask again later
