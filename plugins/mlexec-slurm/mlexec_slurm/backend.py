@@ -215,6 +215,7 @@ class SlurmBackend(Backend):
         except BaseException:
             job_dir.remove()
             raise
+        prepared.client.watch_array(array_id)  # the tasks share one squeue of the array
         info = prepared.client.show_job(f"{array_id}_0") or {}
         partition = info.get("Partition") or config.partition or ""
         where = f" on cluster {prepared.cluster}" if prepared.cluster else ""

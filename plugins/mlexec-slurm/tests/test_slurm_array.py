@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 
 from mlexec_core.testing import assert_no_traceback, wait_until
@@ -35,8 +37,14 @@ def test_grid_sweep_is_one_array_within_its_bound_a_failing_task_fails_its_child
     stamps = tmp_path / "stamps"
     stamps.mkdir()
     config = slurm_config("time: '5:00'\n")
+    # squeue through a wrapper that writes down how it was asked
+    wrapper, calls = tmp_path / "bin", tmp_path / "squeue-calls"
+    wrapper.mkdir()
+    (wrapper / "squeue").write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {shutil.which("squeue")} "$@"\n')
+    (wrapper / "squeue").chmod(0o755)
     proc = mlexec("sweep", proj, "-b", "slurm", "-c", config, "--env-manager", "local", "-P", "x=0,1,2,3,4",
-                  "-P", f"stamps={stamps}", "--max-parallel", "2", check=None)
+                  "-P", f"stamps={stamps}", "--max-parallel", "2", check=None,
+                  env={"PATH": f"{wrapper}{os.pathsep}{os.environ['PATH']}"})
     assert_no_traceback(proc)
     assert proc.returncode != 0  # child 3 exits 7
     kids = children(store)
@@ -47,6 +55,10 @@ def test_grid_sweep_is_one_array_within_its_bound_a_failing_task_fails_its_child
     array = arrays.pop()
     assert sorted(t["mlexec.slurm.job-id"] for t in tags) == [f"{array}_{i}" for i in range(5)]
     assert f"Submitted Slurm job array {array} (5 tasks, 0-4%2)" in proc.stderr
+    # the children follow their tasks through one squeue of the whole array, never one each
+    asked = calls.read_text().splitlines()
+    assert asked and all(f"-j {array}_" not in line for line in asked), asked
+    assert any(f"-r -j {array} " in line for line in asked), asked
     by_x = {k.data.params["x"]: k for k in kids}
     assert {x: k.info.status for x, k in by_x.items()} == {
         "0": "FINISHED", "1": "FINISHED", "2": "FINISHED", "3": "FAILED", "4": "FINISHED"}
