@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Prepare a bare Debian 12 machine (as root) for the mlexec-slurm tests: a real
-# single-node Slurm cluster (munge, slurmctld and slurmd from Debian's
-# packages), started detached since there is no systemd.
-# Idempotent: packages, key and config are kept when present, and daemons
-# already running are left alone. Takes under a minute on a bare machine.
+# single-node Slurm cluster with accounting (munge, slurmctld, slurmd, slurmdbd
+# and MariaDB from Debian's packages), started detached since there is no
+# systemd.
+# Idempotent: packages, key, database and config are kept when present, and
+# daemons already running are left alone. Takes about a minute on a bare
+# machine, a few seconds when everything is there.
 #
 # The test cluster: partition `debug` (default, 60 minute MaxTime, limits
 # enforced at submission so `sbatch --test-only` refuses a longer --time) and
 # partition `urgent` on the same node, whose jobs preempt (cancel) debug's;
-# memory over --mem is killed (jobacct_gather OverMemoryKill, checked every
-# second); KillWait=2 so a job over its time limit ends promptly; no
-# accounting storage (sacct says it is disabled); finished jobs kept 300 s.
+# accounting in slurmdbd (MariaDB on loopback), associations enforced, so an
+# unknown --account is refused; memory over --mem ends the job OUT_OF_MEMORY
+# through cgroup v1 (task/cgroup) where the machine mounts the memory
+# controller read-write, else killed by job accounting (OverMemoryKill);
+# KillWait=2 so a job over its time limit ends promptly; finished jobs kept
+# only 5 s by the controller (MinJobAge), so the tests also reach the path
+# where a job's end comes from accounting (sacct).
 set -euo pipefail
 
 log() { echo "mlexec-slurm ci-setup: $*"; }
@@ -20,6 +26,8 @@ command -v slurmctld >/dev/null 2>&1 || need+=(slurmctld)
 command -v slurmd >/dev/null 2>&1 || need+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || need+=(slurm-client)
 command -v munged >/dev/null 2>&1 || need+=(munge)
+command -v slurmdbd >/dev/null 2>&1 || need+=(slurmdbd)
+command -v mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -34,6 +42,27 @@ real_mem=$(( mem_mib > 4096 ? mem_mib - 2048 : mem_mib / 2 ))
 
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
 
+# Memory limits through cgroup v1 where this machine has the memory controller
+# mounted read-write with swap accounting; else through job accounting.
+memcg=/sys/fs/cgroup/memory
+if [ -w "$memcg" ] && [ -e "$memcg/memory.memsw.limit_in_bytes" ] \
+        && grep -qs " $memcg cgroup .*memory" /proc/mounts; then
+    proctrack=proctrack/cgroup task=task/cgroup gather_params=""
+    memory_note="cgroup v1 (OUT_OF_MEMORY)"
+else
+    proctrack=proctrack/linuxproc task=task/none gather_params="JobAcctGatherParams=OverMemoryKill"
+    memory_note="job accounting (OverMemoryKill: no writable cgroup v1 memory controller)"
+fi
+cgroup_want=$(cat <<CONF
+# Written by plugins/mlexec-slurm/ci-setup.sh.
+CgroupPlugin=cgroup/v1
+CgroupAutomount=no
+ConstrainRAMSpace=yes
+ConstrainSwapSpace=yes
+AllowedSwapSpace=0
+CONF
+)
+
 conf=/etc/slurm/slurm.conf
 want=$(cat <<CONF
 # Written by plugins/mlexec-slurm/ci-setup.sh: a one-machine test cluster.
@@ -43,8 +72,8 @@ AuthType=auth/munge
 CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=$proctrack
+TaskPlugin=$task
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
@@ -58,13 +87,16 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 MpiDefault=none
 KillWait=2
 OverTimeLimit=0
-MinJobAge=300
+MinJobAge=5
 InactiveLimit=0
 EnforcePartLimits=ALL
 JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStorageEnforce=associations
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=1
-JobAcctGatherParams=OverMemoryKill
+$gather_params
 PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
 NodeName=$host CPUs=$cpus RealMemory=$real_mem State=UNKNOWN
@@ -76,6 +108,10 @@ changed=0
 if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
     log "writing $conf"
     printf '%s\n' "$want" >"$conf"
+    changed=1
+fi
+if [ ! -f /etc/slurm/cgroup.conf ] || [ "$(cat /etc/slurm/cgroup.conf)" != "$cgroup_want" ]; then
+    printf '%s\n' "$cgroup_want" >/etc/slurm/cgroup.conf
     changed=1
 fi
 
@@ -96,6 +132,56 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# Accounting: MariaDB on loopback, then slurmdbd, then the cluster, account and
+# user in it (slurmctld registers with slurmdbd when it starts).
+if ! mariadb -e 'select 1' >/dev/null 2>&1; then
+    log "starting mariadbd"
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    setsid -f /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --pid-file=/run/mysqld/mysqld.pid \
+        --log-error=/var/log/mysql-mlexec.err </dev/null >/dev/null 2>&1
+    for _ in $(seq 300); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+    CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'mlexec-test';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
+dbd_want=$(cat <<CONF
+# Written by plugins/mlexec-slurm/ci-setup.sh: accounting for the test cluster.
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+LogFile=/var/log/slurm/slurmdbd.log
+PidFile=/run/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=mlexec-test
+StorageLoc=slurm_acct_db
+CONF
+)
+if [ ! -f /etc/slurm/slurmdbd.conf ] || [ "$(cat /etc/slurm/slurmdbd.conf)" != "$dbd_want" ]; then
+    log "writing /etc/slurm/slurmdbd.conf"
+    printf '%s\n' "$dbd_want" >/etc/slurm/slurmdbd.conf
+    if running /run/slurmdbd.pid; then
+        kill "$(cat /run/slurmdbd.pid)"
+        for _ in $(seq 100); do running /run/slurmdbd.pid || break; sleep 0.1; done
+    fi
+fi
+chmod 600 /etc/slurm/slurmdbd.conf
+if ! running /run/slurmdbd.pid; then
+    log "starting slurmdbd"
+    slurmdbd
+fi
+for _ in $(seq 300); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
+if ! sacctmgr -n -P list cluster format=cluster | grep -qx mlexec; then
+    sacctmgr -i add cluster mlexec >/dev/null
+fi
+if ! sacctmgr -n -P list account format=account | grep -qx mlexec; then
+    sacctmgr -i add account mlexec Description=mlexec-tests Organization=mlexec >/dev/null
+fi
+if ! sacctmgr -n -P list assoc format=account,user | grep -qx 'mlexec|root'; then
+    sacctmgr -i add user root Account=mlexec >/dev/null
+fi
 if [ "$changed" = 1 ]; then
     # A new config: restart what runs so it reads it.
     for pidfile in /run/slurmd.pid /run/slurmctld.pid; do
@@ -133,6 +219,6 @@ case "$state" in
         ;;
 esac
 case "$state" in
-    idle|mix|alloc) log "ready: $(sinfo --version), node $host $state" ;;
+    idle|mix|alloc) log "ready: $(sinfo --version), node $host $state, accounting in slurmdbd, memory limits by $memory_note" ;;
     *) log "the node is not up (state '${state:-none}'):"; tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log; exit 1 ;;
 esac

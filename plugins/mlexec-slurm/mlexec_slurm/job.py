@@ -28,7 +28,7 @@ from mlexec_core.errors import MlexecError
 from mlexec_core.pipeline.plan import RunStatus
 from mlexec_core.plugin.interfaces import Reporter, SubmittedJob
 
-from mlexec_slurm.cluster import SlurmClient
+from mlexec_slurm.cluster import ACTIVE_STATES, SlurmClient
 from mlexec_slurm.script import JobDir
 
 OUTPUT_INTERVAL = 0.1
@@ -36,6 +36,8 @@ QUEUE_INTERVAL = 1.0
 FAST_INTERVAL = 0.05
 #: Seconds to wait for a cancelled job to leave the queue before saying so.
 CANCEL_WAIT = 120
+#: Seconds to wait for accounting (sacct) to record the end of a job the controller has forgotten.
+ACCOUNTING_WAIT = 5
 #: Seconds of controller errors in a row before the run is given up as FAILED.
 GIVE_UP_SECONDS = 300
 
@@ -310,14 +312,26 @@ class SlurmJob(SubmittedJob):
     # -- the end ------------------------------------------------------------------------
 
     def _final_info(self) -> dict[str, str] | None:
-        for ask in (self.client.show_job, self.client.accounting):
+        try:
+            info = self.client.show_job(self.job_id)
+        except MlexecError:
+            info = None
+        if info:
+            return info
+        # The controller has forgotten the job (MinJobAge): ask accounting. slurmdbd is
+        # written asynchronously, so a record may still say RUNNING for a moment.
+        deadline = time.monotonic() + ACCOUNTING_WAIT
+        while True:
             try:
-                info = ask(self.job_id)
+                info = self.client.accounting(self.job_id)
             except MlexecError:
                 info = None
-            if info:
+            state = (info or {}).get("JobState", "").split(" ")[0]
+            if info and state not in ACTIVE_STATES:
                 return info
-        return None
+            if info is None or time.monotonic() >= deadline:
+                return None  # no accounting, or it never caught up: the script's exit status says
+            time.sleep(0.2)
 
     def _output_says_out_of_memory(self) -> bool:
         try:

@@ -61,6 +61,7 @@ def test_config_mistakes_are_caught_by_dry_run_too(mlexec, project, store, slurm
     ("partition: nosuch\n", ["the cluster refuses the job", "nosuch"]),
     ("time: '2:00:00'\n", ["the cluster refuses the job", "time limit"]),
     ("nodes: 5\n", ["the cluster refuses the job"]),
+    ("account: nosuch\n", ["the cluster refuses the job", "Invalid account"]),  # associations are enforced
 ])
 def test_options_the_cluster_refuses_stop_before_any_run(mlexec, project, store, slurm_config, slurm, config,
                                                           needles, shared_dir):
