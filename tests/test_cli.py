@@ -63,6 +63,28 @@ def test_describe_unknown_type_is_a_warning(mlexec, project):
     assert json.loads(proc.stdout)["entry_points"][0]["parameters"][0]["type"] == "string"
 
 
+def test_describe_shows_the_warnings_a_run_shows(mlexec, project, store):
+    """The lenient cases (an unknown top-level key, another entry point's typo or odd default) are warned
+    about by describe on stderr, exactly as a run of that entry point warns; stdout stays clean JSON."""
+    proj = project("""\
+        bogus: 1
+        entry_points:
+          main: {command: 'true'}
+          other:
+            parameters:
+              a: {type: float, default: abc}
+              b: {tpye: int}
+            command: 'echo {a} {b}'
+        """)
+    described = mlexec("describe", proj, "--json", check=0)
+    warnings = [line for line in described.stderr.splitlines() if line.startswith("warning:")]
+    assert any("unknown key 'bogus'" in w for w in warnings)
+    assert any("entry_points.other.parameters.a.default: 'abc' is not a float" in w for w in warnings)
+    assert any("entry_points.other.parameters.b: unknown key 'tpye'" in w for w in warnings)
+    json.loads(described.stdout)
+    ran = mlexec("run", proj, "-e", "other", "-P", "b=1", "--env-manager", "local", check=0)
+    assert [line for line in ran.stderr.splitlines() if line.startswith("warning:")] == warnings
+
 def test_env_file(mlexec, project, tmp_path, store):
     proj = project("entry_points: {main: {command: 'echo $GREETING'}}\n")
     env_file = tmp_path / ".env"

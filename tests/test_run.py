@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback
+from mlexec_core.testing import MLEXEC, assert_no_traceback, wait_until
 
 PRINT_ENV = (
     "import json, os, sys; json.dump({'argv': sys.argv[1:], 'cwd': os.getcwd(), "
@@ -266,6 +266,8 @@ def test_default_store_is_sqlite_in_working_directory(mlexec, project, tmp_path,
     caller.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["XDG_CACHE_HOME"] = str(tmp_path / ".cache")
+    env["TMPDIR"] = str(tmp_path)
     proc = subprocess.run([*MLEXEC, "run", str(proj), "--env-manager", "local"], cwd=caller, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -293,12 +295,9 @@ entry_points:
 
 
 def _wait_for(path: Path, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return int(path.read_text())
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never appeared")
+    """The pid written in ``path``, once it is there."""
+    text = wait_until(lambda: path.exists() and path.read_text().strip(), timeout, f"{path}", interval=0.05)
+    return int(text)
 
 
 def _alive(pid: int) -> bool:
@@ -314,12 +313,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_dead(pid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(lambda: not _alive(pid), timeout, f"process {pid} to end", interval=0.05)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])

@@ -16,7 +16,7 @@ from mlexec_core.pipeline.plan import RunStatus
 from mlexec_core.plugin import hookimpl
 from mlexec_core.plugin.interfaces import Backend, SubmittedJob, command_env
 from mlexec_core.plugin.manager import build_plugins
-from mlexec_core.testing import assert_no_traceback, assert_processes_gone, process_alive
+from mlexec_core.testing import assert_no_traceback, assert_processes_gone, process_alive, wait_until
 
 
 class LeaderOnlyJob(SubmittedJob):
@@ -56,11 +56,8 @@ def plugin(name, **hooks):
 
 
 def wait_for_file(path, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text().strip()):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-    return int(path.read_text().split()[0])
+    text = wait_until(lambda: path.exists() and path.read_text().strip(), timeout, f"{path}", interval=0.05)
+    return int(text.split()[0])
 
 
 def test_a_backend_that_signals_only_its_shell_leaves_nothing(project, store, monkeypatch, tmp_path):
@@ -72,9 +69,7 @@ def test_a_backend_that_signals_only_its_shell_leaves_nothing(project, store, mo
     submitted = mlexec_core.run(str(proj), backend="leaky", env_manager="local", synchronous=False, plugins=plugins)
     pid = wait_for_file(child)
     submitted.cancel(signal.SIGINT)  # the shell dies; its & child ignores SIGINT
-    deadline = time.monotonic() + 30
-    while submitted.status is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: submitted.status is not None, 30, "the run to end", interval=0.05)
     assert submitted.status is RunStatus.KILLED
     assert pid in submitted.left_behind
     assert not process_alive(pid)
@@ -133,10 +128,7 @@ def test_killed_is_recorded_only_after_cancel_returned(project, store, monkeypat
     proj = project("entry_points: {main: {command: 'true'}}\n")
     submitted = mlexec_core.run(str(proj), backend="slow", env_manager="local", synchronous=False, plugins=plugins)
     threading.Thread(target=submitted.cancel, args=(signal.SIGTERM,)).start()
-    deadline = time.monotonic() + 30
-    while submitted.status is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    while "finished KILLED" not in log and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: submitted.status is not None and "finished KILLED" in log, 30,
+               lambda: f"the run to be recorded KILLED (so far: {log})", interval=0.05)
     assert log == ["cancel returned", "finished KILLED"]
     assert store.only_run().info.status == "KILLED"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback
+from mlexec_core.testing import MLEXEC, assert_no_traceback, wait_until
 
 SWEPT = """
 name: swept
@@ -244,13 +244,9 @@ def _start(cli_env, env, args, cwd):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+def _said(proc) -> str:
+    """For a wait_until message: what mlexec said, when it has exited already."""
+    return f" (mlexec exited {proc.returncode}: {proc.stderr.read()})" if proc.poll() is not None else ""
 
 
 def _alive(pid: int) -> bool:
@@ -274,7 +270,7 @@ def test_a_signal_stops_every_child_and_leaves_nothing(cli_env, project, store, 
     pids.mkdir()
     proc = _start(cli_env, {"PIDS": str(pids), "QUICK": "0"},
                   ["sweep", proj, "--env-manager", "local", "-P", "i=range(0, 6)", "--max-parallel", "3"], tmp_path)
-    assert _wait_for(lambda: len(list(pids.glob("*.pid"))) == 3), proc.stderr.read() if proc.poll() else "no pids"
+    wait_until(lambda: len(list(pids.glob("*.pid"))) == 3, 60, lambda: f"3 pid files{_said(proc)}")
     started = [int(p.read_text()) for p in pids.glob("*.pid")]
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
@@ -297,7 +293,8 @@ def test_resume_after_an_interrupted_sweep(cli_env, mlexec, project, store, tmp_
     env = {"PIDS": str(pids), "QUICK": "2"}  # children 0 and 1 end at once, the others nap
     proc = _start(cli_env, env, ["sweep", proj, "--env-manager", "local", "-P", "i=range(0, 5)",
                                  "--max-parallel", "2"], tmp_path)
-    assert _wait_for(lambda: {p.name for p in pids.glob("*.pid")} >= {"2.pid", "3.pid"})
+    wait_until(lambda: {p.name for p in pids.glob("*.pid")} >= {"2.pid", "3.pid"}, 60,
+               lambda: f"children 2 and 3 to start{_said(proc)}")
     napping = [int((pids / f"{i}.pid").read_text()) for i in (2, 3)]
     proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -383,7 +380,7 @@ def test_resume_continues_the_same_children(cli_env, mlexec, project, store, tmp
     planned = [(c["params"]["lr"], c["params"]["epochs"]) for c in dry["children"]]
     assert len(planned) == 6 and len(set(planned)) == 6
     proc = _start(cli_env, env, args, tmp_path)
-    assert _wait_for(lambda: len(list(pids.iterdir())) == 4), proc.stderr.read() if proc.poll() else "no pids"
+    wait_until(lambda: len(list(pids.iterdir())) == 4, 60, lambda: f"4 files in pids{_said(proc)}")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

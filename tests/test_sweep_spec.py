@@ -164,3 +164,13 @@ def test_option_errors():
         build_spec(["lr=1"], max_parallel=0)
     with pytest.raises(UsageError, match="--retries cannot be negative"):
         build_spec(["lr=1"], retries=-1)
+
+
+def test_the_built_in_strategies_are_registered_once_by_the_sweep_plugin():
+    import mlexec_core.sweeps.strategy as strategy
+    from mlexec_core.plugin.manager import build_plugins
+    from mlexec_core.sweeps.engine import search_strategies
+
+    assert not hasattr(strategy, "mlexec_search_strategies")  # no stray hook left beside the classes
+    found = search_strategies(build_plugins(entry_points=False))
+    assert found["grid"] is strategy.GridSearch and found["random"] is strategy.RandomSearch

@@ -5,7 +5,7 @@ and told how each child ended (:meth:`SearchStrategy.tell`), so adaptive ones
 (Optuna's TPE) can use the results while the sweep runs.  The sweep calls
 both from one thread.  Strategies register through the
 :func:`~mlexec_core.plugin.hookspecs.mlexec_search_strategies` hook, the built-in
-ones included.
+ones included (from :mod:`mlexec_core.builtins.sweep_plugin`; this module holds no hook).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, ClassVar, Mapping, Sequence
 from attrs import frozen
 
 from mlexec_core.errors import UsageError
-from mlexec_core.plugin import hookimpl
 from mlexec_core.sweeps.spec import Domain, SweepSpec
 
 
@@ -148,8 +147,3 @@ class RandomSearch(SearchStrategy):
 
     def size(self) -> int | None:
         return len(self._trials)
-
-
-@hookimpl
-def mlexec_search_strategies():
-    return [GridSearch, RandomSearch]

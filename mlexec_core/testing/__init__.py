@@ -14,8 +14,9 @@ Fixtures (docs/plugins.md, "Testing a plugin", says the same):
   the Default experiment keeps its artifacts in ``tmp_path/store/artifacts``.
 * ``cli_env``: the environment for the CLI (a dict): this process's, less every
   ``MLFLOW_*`` and ``MLEXEC_*`` variable and ``NO_COLOR``, plus
-  ``MLFLOW_TRACKING_URI`` (the store), ``MLEXEC_STOP_TIMEOUT=5`` and ``PYTHONPATH``
-  with the repository root first.
+  ``MLFLOW_TRACKING_URI`` (the store), ``MLEXEC_STOP_TIMEOUT=5``, ``PYTHONPATH``
+  with the repository root first, and ``XDG_CACHE_HOME`` and ``TMPDIR`` in the test's
+  folder (``tmp_path/.cache``, ``tmp_path/.tmp``), so nothing lands in ``~/.cache`` or ``/tmp``.
 * ``mlexec``: runs the CLI to the end, returns a ``subprocess.CompletedProcess``.
 * ``mlexec_background``: starts the CLI and returns a :class:`Background` at once.
 * ``project``: writes a project under ``tmp_path`` and returns its folder.
@@ -40,6 +41,21 @@ import pytest
 #: The repository root (for examples); mlexec_core lives directly below it.
 ROOT = Path(__file__).resolve().parents[2]
 MLEXEC = [sys.executable, "-m", "mlexec_core"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_home(tmp_path_factory):
+    """``XDG_CACHE_HOME`` in a session folder for this process, so that what runs in
+    the test process (``mlexec_core.run``, a CLI started with ``os.environ``) keeps its
+    caches (the YAML parse cache) out of the machine's ``~/.cache``.  ``cli_env`` gives
+    each test its own."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 @pytest.fixture(scope="session")
@@ -111,13 +127,20 @@ def store(tmp_path, template_db, mlflow_client_cls) -> Store:
 @pytest.fixture
 def cli_env(store, tmp_path):
     """The CLI's environment: this process's, less ``MLFLOW_*``, ``MLEXEC_*`` and
-    ``NO_COLOR``; plus ``MLFLOW_TRACKING_URI`` (``store``), ``MLEXEC_STOP_TIMEOUT=5``
-    and ``PYTHONPATH`` with the repository root first."""
+    ``NO_COLOR``; plus ``MLFLOW_TRACKING_URI`` (``store``), ``MLEXEC_STOP_TIMEOUT=5``,
+    ``PYTHONPATH`` with the repository root first, ``XDG_CACHE_HOME`` (``tmp_path/.cache``)
+    and ``TMPDIR`` (``tmp_path/.tmp``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLEXEC_"))}
     env["MLFLOW_TRACKING_URI"] = store.uri
     env["MLEXEC_STOP_TIMEOUT"] = "5"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("NO_COLOR", None)
+    # Caches (the YAML parse cache, environments, sources) and temporary files stay
+    # in the test's own folder, never in ~/.cache or /tmp of the machine.
+    for var, name in (("XDG_CACHE_HOME", ".cache"), ("TMPDIR", ".tmp")):
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        env[var] = str(folder)
     return env
 
 
@@ -254,18 +277,24 @@ def assert_processes_gone(pids, timeout: float = 10) -> None:
     assert not left, f"processes left running after mlexec exited: {left}"
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+def wait_until(predicate, timeout: float, what, interval: float = 0.1):
     """Call ``predicate()`` until it returns something true, and return that; fail
-    with ``timed out waiting for <what>`` after ``timeout`` seconds."""
+    with ``timed out waiting for <what>`` after ``timeout`` seconds.
+
+    ``what`` is a string, or a callable returning one that is called only on failure
+    (``lambda: f"3 pid files; mlexec said: {proc.stderr.read()}"``), so a message can
+    carry what was learnt at that moment, such as the stderr of a child that exited."""
     import time
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = predicate()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def registration_mismatches(plugins, kind: str, name: str) -> list[str]:

@@ -9,16 +9,7 @@ import time
 
 import pytest
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback
-
-
-def wait_until(predicate, timeout=60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from mlexec_core.testing import MLEXEC, assert_no_traceback, wait_until
 
 
 def processes_of(run_ids) -> list[int]:
@@ -84,7 +75,7 @@ def test_a_signal_stops_every_container_and_starts_no_queued_child(cli_env, dock
     def running():
         return [c for c in engine.containers(f"mlexec.project={name}") if c["State"] == "running"]
 
-    assert wait_until(lambda: len(running()) == 3 or proc.poll() is not None, timeout=120), "3 containers"
+    wait_until(lambda: len(running()) == 3 or proc.poll() is not None, 120, "3 running containers")
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
