@@ -50,12 +50,25 @@ def _private_cache_home(tmp_path_factory):
     caches (the YAML parse cache) out of the machine's ``~/.cache``.  ``cli_env`` gives
     each test its own."""
     old = os.environ.get("XDG_CACHE_HOME")
+    old_uv = os.environ.get("UV_CACHE_DIR")
+    os.environ["UV_CACHE_DIR"] = uv_download_cache()
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     yield
-    if old is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = old
+    for name, value in (("XDG_CACHE_HOME", old), ("UV_CACHE_DIR", old_uv)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def uv_download_cache() -> str:
+    """uv's own download cache as it was before the tests moved ``XDG_CACHE_HOME``:
+    ``$UV_CACHE_DIR``, else ``$XDG_CACHE_HOME/uv``, else ``~/.cache/uv``.  The tests keep
+    sharing it (it is content-addressed and safe under concurrency), so moving mlexec's
+    caches into each test's folder does not make every virtualenv test download its
+    packages again."""
+    return os.environ.get("UV_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "uv")
 
 
 @pytest.fixture(scope="session")
