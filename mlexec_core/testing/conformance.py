@@ -32,6 +32,14 @@ sqlite store, read back with ``MlflowClient``:
   class it names say the same, where the class says anything.
 * ``test_dry_run_has_no_side_effects``: ``--dry-run`` and ``--dry-run --json``
   exit 0, create no run, run nothing and leave nothing behind.
+* ``test_sweep_children_each_have_their_own_run`` (when ``sweeps``): a 3-child
+  grid sweep (``mlexec sweep -P alpha=0.1,0.2,0.3 --max-parallel 2``) exits 0,
+  the parent and each child FINISHED with its own ``alpha``, and (when
+  ``runs_command``) each child's ``mlexec/output.log`` holds its own output only.
+  A backend that declares ``fan_out`` gets these children in one ``submit_many``.
+* ``test_sweep_dry_run_has_no_side_effects`` (when ``sweeps``): ``mlexec sweep
+  --dry-run --json`` lists the 3 children, creates no run and runs nothing; with
+  ``fan_out``, its ``fan_out`` entry is what ``dry_run_many`` returned.
 * after every test: no run in the store is left RUNNING, and
   ``contract_leftovers()`` reports nothing new (containers, Jobs ...).
 
@@ -44,7 +52,8 @@ Override the class attributes below, and these fixtures when the defaults do not
 
 * ``contract_env``: more variables for every CLI call (a kubeconfig ...).
 * ``contract_arrange``: a callable ``arrange(case)`` called before each CLI run,
-  ``case`` being "success", "failure", "slow" or "dry-run"; a suite whose
+  ``case`` being "success", "failure", "slow", "dry-run" or "sweep" (before a
+  sweep of 3 children); a suite whose
   backend talks to a double scripts the double here.
 * ``contract_leftovers``: a callable returning what the backend leaves behind
   right now (container ids, Job names); it is called before and after each test.
@@ -64,7 +73,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import pytest
 
-from mlexec_core.testing import assert_no_traceback, assert_processes_gone, make_project
+from mlexec_core.testing import assert_no_traceback, assert_processes_gone, make_project, wait_until
 
 ENTRY_POINTS = """\
 main:
@@ -77,6 +86,8 @@ fail:
 slow:
   command: "sleep 300 & echo \\"contract-ready $$ $!\\"; wait"
 """
+#: The slow entry point's line once it runs: its shell's pid and its child's.
+READY = re.compile(r"contract-ready (\d+) (\d+)")
 
 
 class Contract:
@@ -113,6 +124,11 @@ class Contract:
     stops_its_own_processes: ClassVar[bool] = True
     #: Seconds to wait for the job to start (a pull, a solve ...).
     start_timeout: ClassVar[float] = 120
+    #: The command's stderr reaches mlexec's stderr (false where the remote system
+    #: keeps one stream, as Slurm's one output file does: then it is on stdout).
+    separates_stderr: ClassVar[bool] = True
+    #: Run the sweep cases (``mlexec sweep`` on this backend).
+    sweeps: ClassVar[bool] = True
 
     # -- fixtures a suite may override -------------------------------------------------
 
@@ -199,7 +215,7 @@ class Contract:
         else:
             assert proc.returncode == 1, f"exit {proc.returncode}\n{proc.stderr}"
         if self.runs_command:
-            assert "contract-failing" in proc.stderr
+            assert "contract-failing" in (proc.stderr if self.separates_stderr else proc.stdout)
         run = store.only_run()
         assert run.info.status == "FAILED"
         last = proc.stderr.strip().splitlines()[-1]
@@ -209,7 +225,11 @@ class Contract:
         proj = contract_project()
         contract_arrange("slow")
         bg = mlexec_background("run", proj, "-e", "slow", *self._args(), cwd=proj, env=contract_env)
-        bg.wait_for("contract-ready", timeout=self.start_timeout)
+        if self.runs_command:  # the job's own line, not the command mlexec echoes before it starts
+            wait_until(lambda: READY.search(bg.stdout), self.start_timeout,
+                       lambda: f"the job to print 'contract-ready PID PID'\nstdout:\n{bg.stdout}\nstderr:\n{bg.stderr}")
+        else:
+            bg.wait_for("contract-ready", timeout=self.start_timeout)
         bg.signal(signum)
         proc = bg.finish(timeout=60)
         assert proc.returncode == 128 + signum, f"exit {proc.returncode}\n{proc.stderr}"
@@ -219,7 +239,7 @@ class Contract:
         if self.stops_its_own_processes:
             assert "the job left" not in proc.stderr, proc.stderr
         if self.runs_here:
-            found = re.search(r"contract-ready (\d+) (\d+)", proc.stdout)
+            found = READY.search(proc.stdout)
             assert found, proc.stdout
             assert_processes_gone([int(found.group(1)), int(found.group(2))], timeout=5)
         return proc
@@ -285,5 +305,51 @@ class Contract:
         plan = json.loads(proc.stdout)
         assert plan["backend"] == self.backend
         assert "contract alpha=0.5" in plan["command"]
+        assert store.runs() == []
+        assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before
+
+    # -- sweeps --------------------------------------------------------------------------
+
+    def test_sweep_children_each_have_their_own_run(self, mlexec, store, contract_project, contract_env,
+                                                    contract_arrange, tmp_path):
+        if not self.sweeps:
+            pytest.skip("the suite runs no sweep cases (sweeps = False)")
+        proj = contract_project()
+        contract_arrange("sweep")
+        proc = mlexec("sweep", proj, *self._args(), "-P", "alpha=0.1,0.2,0.3", "--max-parallel", "2", cwd=proj,
+                      env=contract_env, timeout=self.start_timeout + 120)
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert_no_traceback(proc)
+        runs = store.runs()
+        [parent] = [r for r in runs if r.data.tags.get("mlexec.sweep") == "parent"]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert parent.info.status == "FINISHED"
+        assert sorted(c.data.params["alpha"] for c in children) == ["0.1", "0.2", "0.3"]
+        assert {c.info.status for c in children} == {"FINISHED"}
+        for child in children:
+            assert child.data.tags["mlflow.project.backend"] == self.backend
+            if self.runs_command:
+                alpha = child.data.params["alpha"]
+                where = store.client.download_artifacts(child.info.run_id, "mlexec/output.log",
+                                                        str(tmp_path / f"out-{alpha}"))
+                text = Path(where).read_text()
+                assert f"contract alpha={alpha} " in text, text
+                assert text.count("contract alpha=") == 1, text  # its own output, no other child's
+
+    def test_sweep_dry_run_has_no_side_effects(self, mlexec, store, contract_project, contract_env,
+                                               contract_arrange):
+        if not self.sweeps:
+            pytest.skip("the suite runs no sweep cases (sweeps = False)")
+        proj = contract_project(ENTRY_POINTS.replace("echo contract alpha", "touch ran-it; echo contract alpha"))
+        before = sorted(p.relative_to(proj) for p in proj.rglob("*"))
+        contract_arrange("dry-run")
+        proc = mlexec("sweep", proj, *self._args(), "-P", "alpha=0.1,0.2,0.3", "--max-parallel", "2",
+                      "--dry-run", "--json", cwd=proj, env=contract_env)
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}"
+        assert_no_traceback(proc)
+        plan = json.loads(proc.stdout)
+        assert len(plan["children"]) == 3
+        if "fan_out" in plan:  # the backend declares fan_out: dry_run_many must say what it would submit
+            assert plan["fan_out"], "dry_run_many returned nothing for 3 children"
         assert store.runs() == []
         assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before

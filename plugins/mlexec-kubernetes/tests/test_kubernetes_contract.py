@@ -44,7 +44,8 @@ class TestKubernetesContract(Contract):
 
     @pytest.fixture
     def contract_arrange(self, fake_cluster):
-        scenarios = {"success": _succeeds, "failure": failing("exit")[0], "slow": _runs_forever, "dry-run": None}
+        scenarios = {"success": _succeeds, "failure": failing("exit")[0], "slow": _runs_forever, "dry-run": None,
+                     "sweep": _succeeds}
 
         def arrange(case):
             fake_cluster.scenario = scenarios[case]
