@@ -362,7 +362,7 @@ COUNTED = """
 entry_points:
   main:
     parameters: {lr: float, epochs: int}
-    command: "echo $$ > $PIDS/$MLFLOW_RUN_ID.pid; [ -e $PIDS/fast ] || [ $(ls $PIDS | wc -l) -le 2 ] || { sleep 30 & wait; }"
+    command: "echo $$ > $PIDS/$MLFLOW_RUN_ID.pid; [ -e $PIDS/fast ] || [ -e $FAST/{lr}-{epochs} ] || { sleep 30 & wait; }"
 """
 
 
@@ -374,11 +374,15 @@ def test_resume_continues_the_same_children(cli_env, mlexec, project, store, tmp
     proj = project(COUNTED)
     pids = tmp_path / "pids"
     pids.mkdir()
-    env = {"PIDS": str(pids)}  # the first two children end at once, the next ones nap
+    fast = tmp_path / "fast"
+    fast.mkdir()
+    env = {"PIDS": str(pids), "FAST": str(fast)}
     args = ["sweep", proj, "--env-manager", "local", *search, "--max-parallel", "2"]
     dry = json.loads(mlexec(*args, "--dry-run", "--json", env=env).stdout)
     planned = [(c["params"]["lr"], c["params"]["epochs"]) for c in dry["children"]]
     assert len(planned) == 6 and len(set(planned)) == 6
+    for lr, epochs in planned[:2]:  # children 0 and 1 end at once, the next ones nap (by their values: no race)
+        (fast / f"{lr}-{epochs}").write_text("")
     proc = _start(cli_env, env, args, tmp_path)
     wait_until(lambda: len(list(pids.iterdir())) == 4, 60, lambda: f"4 files in pids{_said(proc)}")
     proc.send_signal(signal.SIGINT)
