@@ -168,20 +168,14 @@ class SlurmClient:
         array_id, sep, _ = job_id.partition("_")
         snapshot = self._arrays.get(array_id) if sep else None
         if snapshot is not None:
-            return snapshot.entries(lambda: self._array_queue(array_id), max_age).get(job_id)
-        proc = self.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%N|%P"])
-        if proc.returncode != 0:
-            if "Invalid job id" in proc.stderr:
-                return None
-            raise BackendError(f"squeue failed: {error_text(proc)}")
-        for line in proc.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) == 4 and parts[0] in ACTIVE_STATES:
-                return QueueEntry(*(p.strip() for p in parts))
-        return None
+            return snapshot.entries(lambda: self._squeue(array_id), max_age).get(job_id)
+        return self._squeue(job_id).get(job_id)
 
-    def _array_queue(self, array_id: str) -> dict[str, QueueEntry]:
-        proc = self.run(["squeue", "-h", "-r", "-j", array_id, "-o", "%i|%T|%r|%N|%P"])
+    def _squeue(self, job_id: str) -> dict[str, QueueEntry]:
+        """``squeue`` of a job (or of every task of an array) while in the queue, by job id
+        (``-r``: an array's pending tasks each as ``ARRAYID_i`` too); ``{}`` when the controller
+        does not know it (any more)."""
+        proc = self.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%i|%T|%r|%N|%P"])
         if proc.returncode != 0:
             if "Invalid job id" in proc.stderr:
                 return {}
