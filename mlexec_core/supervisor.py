@@ -198,52 +198,69 @@ def has_pending(uri: str, run_id: str) -> bool:
 
 
 class Repaired:
-    """One change a repair made, for the one-line notice and ``mlexec runs repair``."""
+    """One change a repair made (or, ``kind="stale"``, a kept status it dropped), for the
+    one-line notice and ``mlexec runs repair``."""
 
-    def __init__(self, run_id: str, status: str, why: str) -> None:
+    def __init__(self, run_id: str, status: str, why: str, kind: str = "orphaned") -> None:
         self.run_id = run_id
         self.status = status
         self.why = why
+        #: "orphaned" (ended FAILED: its mlexec is gone), "job" (its cluster job ended), "late" (a final
+        #: status kept locally, now written) or "stale" (a kept status not written: the run had ended).
+        self.kind = kind
 
     def __repr__(self) -> str:
-        return f"Repaired({self.run_id!r}, {self.status!r}, {self.why!r})"
+        return f"Repaired({self.run_id!r}, {self.status!r}, {self.why!r}, {self.kind!r})"
+
+
+ACTIVE = ("RUNNING", "SCHEDULED")
 
 
 def repair(store: Any, job_status=None) -> list[Repaired]:
     """Repair the runs of ``store`` whose supervisor is gone, and write pending final statuses.
 
     ``store`` is a tracking store of :mod:`mlexec_core.builtins.mlflow_tracking`
-    (``live_runs()``, ``end_run()``, ``set_tags()``, ``clear_live()``).
+    (``live_runs()``, ``finish()``, ``status()``, ``clear_live()``, ``log_artifact()``).
     ``job_status(run_id, tags)`` answers for runs whose job outlives its supervisor
     (a cluster Job): a terminal status string, ``"RUNNING"``, or ``None`` when it
     cannot tell (the run is then left alone).
+
+    Repair never overwrites an ended run: every status it writes is a compare-and-set
+    (``store.finish(..., force=False)``) that changes a run only while it is still RUNNING
+    or SCHEDULED.  A run whose mlexec ended it and exited between ``live_runs()`` and the
+    liveness check is judged orphaned, and then left as its mlexec recorded it.
     """
     changed: list[Repaired] = []
     for file, data in pending_for(store.uri):
+        run_id, status = data["run_id"], data["status"]
         try:
             tags = dict(data.get("tags") or {})
             if data.get("reason"):
                 tags["mlexec.failureReason"] = str(data["reason"])
-            if tags:
-                store.set_tags(data["run_id"], tags)
             log = data.get("log")
-            if log and Path(log).is_file():
-                store.log_artifact(data["run_id"], Path(log), "mlexec/output.log")
-            store.end_run(data["run_id"], data["status"], end_time=data.get("end_time"))
-            store.clear_live(data["run_id"])
+            now = store.status(run_id)
+            if now in ACTIVE and log and Path(log).is_file():
+                store.log_artifact(run_id, Path(log), "mlexec/output.log")
+            ended = now in ACTIVE and store.finish(run_id, status, tags, end_time=data.get("end_time"))
+            if not ended:
+                store.clear_live(run_id)
         except Exception:  # still unreachable: keep it for the next time
             break
         file.unlink(missing_ok=True)
         if log:
             Path(log).unlink(missing_ok=True)
-        changed.append(Repaired(data["run_id"], data["status"], "final status recorded late (kept locally while "
-                                                                  "the store was unreachable)"))
+        if ended:
+            changed.append(Repaired(run_id, status, "final status recorded late (kept locally while the store "
+                                                    "was unreachable)", "late"))
+        else:
+            changed.append(Repaired(run_id, now, f"the {status} kept locally was not written: the run had "
+                                                 f"ended {now} meanwhile", "stale"))
     done = {r.run_id for r in changed}
     host = hostname()
     for run_id, status, tags in store.live_runs():
         if run_id in done:
             continue
-        if status not in ("RUNNING", "SCHEDULED"):  # ended by the job itself or another tool
+        if status not in ACTIVE:  # ended by the job itself or another tool
             store.clear_live(run_id)
             continue
         live = tags.get(LIVE_TAG, "")
@@ -258,30 +275,27 @@ def repair(store: Any, job_status=None) -> list[Repaired]:
             answer = job_status(run_id, tags)
             if answer is None or answer == "RUNNING":
                 continue
-            store.end_run(run_id, answer)
-            store.clear_live(run_id)
-            changed.append(Repaired(run_id, answer, "its cluster job ended while no mlexec was attached"))
+            if store.finish(run_id, answer, {}):
+                changed.append(Repaired(run_id, answer, "its cluster job ended while no mlexec was attached", "job"))
             continue
         why = f"{REASON} (noticed {noticed()})"
-        store.set_tags(run_id, {"mlexec.failureReason": why})
-        store.end_run(run_id, "FAILED")
-        store.clear_live(run_id)
-        changed.append(Repaired(run_id, "FAILED", why))
+        if store.finish(run_id, "FAILED", {"mlexec.failureReason": why}):
+            changed.append(Repaired(run_id, "FAILED", why))
     return changed
 
 
 def summary(changed: Iterable[Repaired]) -> str:
     changed = list(changed)
-    failed = [r for r in changed if r.status == "FAILED" and r.why.startswith(REASON)]
     parts = []
-    if failed:
-        ids = ", ".join(r.run_id for r in failed[:3]) + (" ..." if len(failed) > 3 else "")
-        parts.append(f"marked {len(failed)} run{'s' if len(failed) != 1 else ''} FAILED whose mlexec exited "
-                     f"unexpectedly: {ids}")
-    late = [r for r in changed if r not in failed]
-    if late:
-        ids = ", ".join(r.run_id for r in late[:3]) + (" ..." if len(late) > 3 else "")
-        parts.append(f"recorded the final status of {len(late)} run{'s' if len(late) != 1 else ''}: {ids}")
+    for kind, said in (("orphaned", "marked {n} FAILED whose mlexec exited unexpectedly"),
+                       ("late", "recorded the final status of {n}"),
+                       ("job", "recorded the end of {n} whose cluster job ended unattended"),
+                       ("stale", "dropped the kept final status of {n} that had ended meanwhile")):
+        these = [r for r in changed if r.kind == kind]
+        if these:
+            ids = ", ".join(r.run_id for r in these[:3]) + (" ..." if len(these) > 3 else "")
+            n = f"{len(these)} run{'s' if len(these) != 1 else ''}"
+            parts.append(f"{said.format(n=n)}: {ids}")
     return "; ".join(parts) + " (`mlexec runs repair` lists such changes)"
 
 

@@ -158,8 +158,10 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def _db(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-        """One transaction (``immediate``: holding the write lock from its start, so what it reads
-        stays true until it commits); a store locked by another writer is waited for ``lock_timeout()`` s."""
+        """One transaction; a store locked by another writer is waited for ``lock_timeout()`` s.
+        ``immediate`` for a transaction that reads before it writes: it takes the write lock at
+        its start, where sqlite waits for it, instead of failing at once with SQLITE_BUSY when
+        another writer holds the lock by the time it writes."""
         wait = lock_timeout()
         with self._lock:
             try:
@@ -213,7 +215,7 @@ class SqliteStore:
         run_id = run_id or uuid.uuid4().hex
         run_name = run_name or tags.get("mlflow.runName") or random_run_name()
         tags = {**tags, "mlflow.runName": run_name}
-        with self._db() as db:
+        with self._db(immediate=True) as db:
             (location,) = db.execute("SELECT artifact_location FROM experiments WHERE experiment_id = ?",
                                      (int(experiment_id),)).fetchone()
             artifact_uri = f"{location.rstrip('/')}/{run_id}/artifacts"
@@ -231,7 +233,7 @@ class SqliteStore:
         return run_id, run_name
 
     def attach(self, run_id: str, params: Mapping[str, str]) -> tuple[str, str]:
-        with self._db() as db:
+        with self._db(immediate=True) as db:
             row = db.execute("SELECT experiment_id, name FROM runs WHERE run_uuid = ? AND lifecycle_stage = 'active'",
                              (run_id,)).fetchone()
             if row is None:
@@ -332,31 +334,27 @@ class SqliteStore:
         return row[0] if row else "RUNNING"
 
     def set_status(self, run_id: str, status: str) -> None:
+        """Move a run between RUNNING and SCHEDULED; a run that has ended stays as it is."""
         with self._taking(run_id) as waiting, self._db() as db:
+            db.execute(f"UPDATE runs SET status = ? WHERE run_uuid = ? AND status IN {_ACTIVE}", (status, run_id))
             self._write_tags(db, run_id, waiting)
-            db.execute("UPDATE runs SET status = ? WHERE run_uuid = ?", (status, run_id))
 
     def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
-        with self._taking(run_id) as waiting, self._db() as db:
-            self._write_tags(db, run_id, waiting)
-            db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
-                       (status, end_time or _now(), run_id))
-            db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
-        self._created.pop(run_id, None)
+        """End a run whatever its status (``finish`` is the compare-and-set)."""
+        self.finish(run_id, status, {}, end_time=end_time, force=True)
 
     def finish(self, run_id: str, status: str, tags: Mapping[str, str], end_time: int | None = None,
                force: bool = False) -> bool:
         """End a run in one transaction, with ``tags``; unless ``force``, only if it is still RUNNING
-        or SCHEDULED (the job may have ended it itself, and that stands).  The waiting tags are
-        written and the supervisor record removed either way.  Whether it was ended here."""
-        with self._taking(run_id) as waiting, self._db(immediate=True) as db:
-            self._write_tags(db, run_id, waiting)
-            row = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-            ended = force or row is None or row[0] in _ACTIVE
-            if ended:
-                self._write_tags(db, run_id, tags)
-                db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
-                           (status, end_time or _now(), run_id))
+        or SCHEDULED (the job may have ended it itself, or its mlexec did before a repair looked:
+        that stands).  The check and the write are one conditional UPDATE, so no other writer can
+        come between them.  The waiting tags are written and the supervisor record removed either
+        way.  Whether it was ended here."""
+        with self._taking(run_id) as waiting, self._db() as db:
+            only_active = "" if force else f" AND status IN {_ACTIVE}"
+            ended = db.execute(f"UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?{only_active}",
+                               (status, end_time or _now(), run_id)).rowcount > 0
+            self._write_tags(db, run_id, {**waiting, **tags} if ended else waiting)
             db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
         self._created.pop(run_id, None)
         return ended

@@ -26,7 +26,7 @@ from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.plugin import hookimpl
 from mlexec_core.plugin.interfaces import Context
 from mlexec_core.sources.urls import redact, scrub, secrets_of
-from mlexec_core.supervisor import LIVE_TAG
+from mlexec_core.supervisor import ACTIVE, LIVE_TAG
 
 DEFAULT_DB = "mlflow.db"
 #: Why a run failed or was killed, in one line (set by mlexec when it ends the run).
@@ -217,7 +217,9 @@ class ClientStore:
 
     @_bounded
     def set_status(self, run_id: str, status: str) -> None:
-        self.client.update_run(run_id, status=status)
+        """Move a run between RUNNING and SCHEDULED; a run that has ended stays as it is."""
+        if self.status(run_id) in ACTIVE:
+            self.client.update_run(run_id, status=status)
 
     @_bounded
     def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
@@ -228,13 +230,25 @@ class ClientStore:
     @_bounded
     def finish(self, run_id: str, status: str, tags: Mapping[str, str], end_time: int | None = None,
                force: bool = False) -> bool:
-        """End the run with ``tags`` unless the job already ended it (``force``: whatever it says);
-        the supervisor record goes either way.  Whether it was ended here."""
-        if not force and self.status(run_id) not in ("RUNNING", "SCHEDULED"):
+        """End the run with ``tags`` unless it has already ended (``force``: whatever it says);
+        the supervisor record goes either way.  Whether it was ended here.
+
+        A server has no conditional update, so the status is read before the tags are
+        written and again just before the status is (the tags first, so that a retry after a
+        failed request writes them again); another writer can still come between the last
+        read and the write, a single request's time (docs/cli.md, "runs repair")."""
+        def ended() -> bool:
+            if force or self.status(run_id) in ACTIVE:
+                return False
             self.clear_live(run_id)
+            return True
+
+        if ended():
             return False
         if tags:
             self.set_tags(run_id, tags)
+            if ended():
+                return False
         self.end_run(run_id, status, end_time=end_time)
         return True
 
@@ -244,7 +258,7 @@ class ClientStore:
         exps = [e.experiment_id for e in self.client.search_experiments()]
         if not exps:
             return []
-        runs = [run for status in ("RUNNING", "SCHEDULED")  # (a status IN (...) filter is refused)
+        runs = [run for status in ACTIVE  # (a status IN (...) filter is refused)
                 for run in self.client.search_runs(exps, filter_string=f"attributes.status = '{status}'",
                                                    max_results=1000)]
         return [(r.info.run_id, r.info.status, {k: v for k, v in r.data.tags.items() if k.startswith("mlexec.")})
@@ -442,9 +456,7 @@ FINAL_ATTEMPTS = 3
 def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
     """SCHEDULED while a batch scheduler queues the job, RUNNING once it starts (as MLflow's statuses)."""
     if run.tracker == "mlflow":
-        store = open_store(run.tracking_uri)
-        if store.status(run.run_id) in (RunStatus.RUNNING.value, RunStatus.SCHEDULED.value):
-            store.set_status(run.run_id, status.value)
+        open_store(run.tracking_uri).set_status(run.run_id, status.value)  # never un-ends a run
 
 
 @hookimpl
@@ -473,7 +485,7 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
                 except Exception as exc:
                     problem = TrackingError(f"the run's output could not be stored as {OUTPUT_ARTIFACT}: "
                                             f"{scrub(str(exc), secrets_of(run.tracking_uri or ''))}")
-            _end(store, run, status, reason, end_time)
+            record_end(store, run.run_id, status, reason, end_time)
         except Exception as exc:  # noqa: BLE001  (the store is down: try again, then keep it locally)
             error = exc
             continue
@@ -489,12 +501,13 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
     raise TrackingError(f"run {run.run_id} ended {status.value} but the store did not record it ({why}); {where}")
 
 
-def _end(store: Any, run: RunRecord, status: RunStatus, reason: str | None, end_time: int | None = None) -> None:
+def record_end(store: Any, run_id: str, status: RunStatus, reason: str | None, end_time: int | None = None) -> None:
+    """Record how a run this process supervises ended."""
     # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
     # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
     # One call (one transaction in a sqlite store), committed before it returns.
     tags = {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]} if reason else {}
-    store.finish(run.run_id, status.value, tags, end_time=end_time, force=status is RunStatus.KILLED)
+    store.finish(run_id, status.value, tags, end_time=end_time, force=status is RunStatus.KILLED)
 
 
 def outcome_unrecorded(run: RunRecord) -> bool:

@@ -221,7 +221,7 @@ def attach(run_id: str) -> None:
 
 def _end(store, run_id: str, status, reason: str | None, output=None) -> None:
     """Record how the run ended (and the output this command saw, as ``mlexec/output.log``)."""
-    from mlexec_core.builtins.mlflow_tracking import FAILURE_REASON_TAG
+    from mlexec_core.builtins.mlflow_tracking import record_end
     from mlexec_core.pipeline.output import ARTIFACT_PATH
 
     if output is not None:
@@ -232,9 +232,7 @@ def _end(store, run_id: str, status, reason: str | None, output=None) -> None:
             except Exception:  # noqa: BLE001  (the status matters more than the log)
                 pass
         output.discard()
-    if reason:
-        store.set_tags(run_id, {FAILURE_REASON_TAG: reason})
-    store.end_run(run_id, status.value)
+    record_end(store, run_id, status, reason)
 
 
 @click.command("cancel")
