@@ -375,3 +375,52 @@ def test_the_run_header_comes_before_the_commands_first_line(project, store, cli
     assert proc.returncode == 0, lines
     header = next(i for i, line in enumerate(lines) if line.startswith("=== Run ") and ": echo first-line" in line)
     assert header < lines.index("first-line") < next(i for i, line in enumerate(lines) if "succeeded ===" in line)
+
+
+LONG = "\n".join(["name: long", "entry_points:", "  main:", "    parameters:",
+                  *[f"      p{i}: string" for i in range(25)],
+                  "    command: \"echo " + " ".join(f"{{p{i}}}" for i in range(25)) + " | wc -c\""])
+
+
+@pytest.mark.parametrize("extra", [[], ["--dry-run"], ["--dry-run", "--json"]])
+def test_a_command_longer_than_the_system_accepts_is_refused_before_the_run_exists(mlexec, project, store,
+                                                                                  tmp_path, extra):
+    """25 values of 6,000 characters, each within MLflow's limit: the command is 150,000 bytes,
+    more than Linux lets one argument be, and `bash -c COMMAND` would fail with E2BIG."""
+    proj = project(LONG)
+    values = [f"-Pp{i}={'x' * 6000}" for i in range(25)]
+    store.runs()
+    before = set(os.listdir(tmp_path / ".tmp")) if (tmp_path / ".tmp").exists() else set()
+    proc = mlexec("run", proj, *values, "--env-manager", "local", *extra, check=2)
+    assert proc.returncode == 2, proc.stderr
+    assert_no_traceback(proc)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "entry point 'main' is 150,0" in errors[0] and "131,071 bytes" in errors[0]
+    assert "MAX_ARG_STRLEN" in errors[0] and "p0 (6,000 characters)" in errors[0]
+    assert "a file" in proc.stderr  # the hint
+    assert proc.stdout == ""
+    assert store.runs() == []
+    after = set(os.listdir(tmp_path / ".tmp")) if (tmp_path / ".tmp").exists() else set()
+    assert after <= before
+
+
+def test_a_command_just_within_the_limit_runs(mlexec, project, store):
+    proj = project(LONG)
+    # 25 values and 25 spaces and "echo " and " | wc -c": as long as one argument may be
+    size = 131071 - len("echo ") - 24 - len(" | wc -c")
+    values = [f"-Pp{i}={'y' * (size // 25 + (1 if i < size % 25 else 0))}" for i in range(25)]
+    proc = mlexec("run", proj, *values, "--env-manager", "local", check=0)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(size + 24 + 1)  # the values, the spaces between them, echo's newline
+    assert store.only_run().info.status == "FINISHED"
+
+
+def test_a_sweep_refuses_a_child_whose_command_is_too_long_before_any_run(mlexec, project, store):
+    proj = project(LONG)
+    values = [f"-Pp{i}={'x' * 6000}" for i in range(24)]
+    proc = mlexec("sweep", proj, *values, "-P", f"p24=short,{'z' * 6000}", "--env-manager", "local", check=2)
+    assert proc.returncode == 2, proc.stderr
+    assert_no_traceback(proc)
+    assert "MAX_ARG_STRLEN" in proc.stderr
+    assert store.runs() == []

@@ -185,6 +185,43 @@ def _check_length(name: str, value: str) -> None:
                              f"{MAX_PARAM_VALUE}", hint="pass a path to a file holding it instead")
 
 
+#: Linux's limit on one argument of a program (``MAX_ARG_STRLEN``: 32 pages, with its closing NUL).
+MAX_ARG_STRLEN = 32 * 4096
+
+
+def check_command_size(command: str, entry_point: str, values: Mapping[str, str], *,
+                       as_argument: bool = True) -> None:
+    """Refuse a rendered command the system would not start (``Argument list too long``).
+
+    ``as_argument``: the backend hands the command to a shell as one argument (``sh -c
+    COMMAND``), so on Linux it must fit ``MAX_ARG_STRLEN``; with mlexec's environment (what a
+    local job inherits) it must also fit ``ARG_MAX``.  A backend that writes the command into
+    a script (Slurm) has neither limit on the command as a whole.
+    """
+    if not as_argument:
+        return
+    size = len(command.encode("utf-8", "surrogateescape"))
+    limits = []
+    if os.uname().sysname == "Linux":
+        limits.append((MAX_ARG_STRLEN - 1, "the most one argument may hold on this system (MAX_ARG_STRLEN), "
+                                           "and the command goes to the shell as one argument"))
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        arg_max = os.sysconf("SC_ARG_MAX")
+        environ = sum(len(k) + len(v) + 2 + 8 for k, v in os.environ.items())
+        if arg_max > 0:
+            limits.append((arg_max - environ - 4096, f"what this system's ARG_MAX ({arg_max:,} bytes) leaves "
+                                                     f"beside mlexec's environment ({environ:,} bytes)"))
+    for limit, what in limits:
+        if size > limit:
+            largest = sorted(values.items(), key=lambda kv: -len(kv[1]))[:3]
+            named = ", ".join(f"{name} ({len(value):,} characters)" for name, value in largest if value)
+            raise ParameterError(
+                f"the command of entry point {entry_point!r} is {size:,} bytes once its parameters are "
+                f"substituted; {limit:,} bytes is {what}" + (f". Largest values: {named}" if named else ""),
+                hint="pass large data through a file: write it to a file and give its name "
+                     "(a `path` parameter), or have the job read it from where it is stored")
+
+
 def _resolve_path(value: str, base: Path) -> str:
     parsed = urlparse(value)
     if parsed.scheme == "file" and not parsed.netloc:
@@ -339,6 +376,8 @@ def resolve_plan(
         config, config_base = load_backend_config(backend_config, cwd)
         parsed_config = backend_obj.parse_config(config, config_base)
     command = render_command(ep.command, {n: p.value for n, p in values.items()}, extra)
+    check_command_size(command, ep.name, {**{n: p.value for n, p in values.items()}, **extra},
+                       as_argument=backend_obj.command_as_argument)
     plan = RunPlan(
         project=project,
         source=fetched.source,

@@ -286,6 +286,11 @@ class Backend(abc.ABC):
     #: is allowed, a run whose mlexec died is not failed while its job lives, and
     #: :meth:`attach` picks the job up again (``mlexec attach``, ``cancel``, ``logs``).
     detachable: ClassVar[bool] = False
+    #: Whether the command reaches a shell as one argument (``sh -c COMMAND``), as on this
+    #: machine, in a container or a pod: a command longer than the system lets one argument
+    #: be is then refused before any run exists.  ``False`` for a backend that writes the
+    #: command into a script (Slurm's batch script).
+    command_as_argument: ClassVar[bool] = True
 
     def __init__(self, context: Context) -> None:
         self.context = context

@@ -102,15 +102,18 @@ class SweepPlan:
     earlier: T.EarlierSweep | None = None
 
 
-def child_plan(base: RunPlan, params: Mapping[str, str], cwd: Path, *, tags: Mapping[str, str] | None = None,
-               run_name: str | None = None) -> RunPlan:
-    """``base`` with ``params``: resolved and rendered as ``mlexec run`` would, reusing the loaded project."""
-    from mlexec_core.pipeline.resolve import resolve_parameters
+def child_plan(base: RunPlan, params: Mapping[str, str], cwd: Path, backend, *,
+               tags: Mapping[str, str] | None = None, run_name: str | None = None) -> RunPlan:
+    """``base`` with ``params``: resolved, rendered and checked as ``mlexec run`` would, reusing the
+    loaded project (``backend``: the plan's :class:`~mlexec_core.plugin.interfaces.Backend`)."""
+    from mlexec_core.pipeline.resolve import check_command_size, resolve_parameters
     from mlexec_core.project.params import render_command
 
     given = {n: v for n, v in params.items()}
     values, extra = resolve_parameters(base.entry_point, given, base.project.directory, cwd)
     command = render_command(base.entry_point.command, {n: p.value for n, p in values.items()}, extra)
+    check_command_size(command, base.entry_point.name, {**{n: p.value for n, p in values.items()}, **extra},
+                       as_argument=backend.command_as_argument)
     tracking = attrs.evolve(base.tracking, run_name=run_name, run_id=None,
                             tags={**base.tracking.tags, **(tags or {})})
     return attrs.evolve(base, parameters=values, extra_parameters=extra, command=command, tracking=tracking)
@@ -199,8 +202,9 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
     if not cls.adaptive:
         strat.start(spec, ())
         children = []
+        backend_obj = plugins.backend(base.backend)
         while (params := strat.ask()) is not None:
-            children.append((dict(params), child_plan(base, params, cwd)))
+            children.append((dict(params), child_plan(base, params, cwd, backend_obj)))
     parallel = spec.max_parallel or default_parallelism(plugins.backend(base.backend))
     local = os.path.join(cwd, uri)
     if isinstance(backend_config, str) and os.path.isfile(os.path.join(cwd, backend_config)):
@@ -575,7 +579,8 @@ class Sweep:
         parent_name = self.parent.run_name or "sweep"
         name = f"{parent_name}-{child.number}" + (f"-attempt{child.attempt}" if child.attempt > 1 else "")
         try:
-            child.plan = child_plan(self.plan.base, child.params, cwd, tags=tags, run_name=name)
+            child.plan = child_plan(self.plan.base, child.params, cwd, self.plugins.backend(self.plan.base.backend),
+                                    tags=tags, run_name=name)
         except MlexecError as exc:
             child.status, child.reason = "FAILED", str(exc).splitlines()[0]
             with self._lock:

@@ -65,6 +65,8 @@ def job_tracking_uri(uri: str | None, cwd: Path | None = None) -> str | None:
 class SlurmBackend(Backend):
     name = "slurm"
     description = "submits the project as a Slurm batch job; output streamed, Slurm's own status and reasons"
+    #: The command is written into the batch script, not passed as one argument: no size limit on it.
+    command_as_argument = False
 
     def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
         return parse_config(config, base_dir)
