@@ -176,17 +176,71 @@ def test_store_locked_as_the_run_ends_keeps_the_status_and_a_signal_cuts_the_ret
     assert not list(pending.iterdir())
 
 
-def test_bounded_retries_apply_only_around_mlexecs_own_calls(monkeypatch):
-    """The job inherits mlexec's environment: MLflow's defaults must stay there for it."""
+def test_bounded_retries_apply_only_to_mlexecs_own_calls_and_never_to_the_environment(monkeypatch):
+    """The job inherits mlexec's environment: MLflow's defaults must stay there for it, and a
+    thread that starts a job while another one talks to the store must not see the limits."""
+    import threading
+
+    from mlflow import environment_variables as variables
+
     from mlexec_core.builtins.mlflow_tracking import CLIENT_LIMITS, bounded_client
 
     for key in CLIENT_LIMITS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "33")  # the user's own setting wins
+    defaults = {key: getattr(variables, key).get() for key in CLIENT_LIMITS}
+    before = dict(os.environ)
+    inside, elsewhere = threading.Event(), {}
+    done = threading.Event()
+
+    def other_thread():  # a sweep's child starting while another child's end is written
+        inside.wait(10)
+        elsewhere.update({key: getattr(variables, key).get() for key in CLIENT_LIMITS})
+        elsewhere["environ"] = dict(os.environ)
+        done.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
     with bounded_client():
         with bounded_client():
-            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
-        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
-        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "33"
+            assert variables.MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 1
+            assert variables.MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 1
+        assert variables.MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 33
+        assert variables.MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 1
+        assert dict(os.environ) == before
+        inside.set()
+        assert done.wait(10)
+    thread.join()
+    assert elsewhere.pop("environ") == before
+    assert elsewhere == defaults
+    assert {key: getattr(variables, key).get() for key in CLIENT_LIMITS} == defaults
+    assert dict(os.environ) == before
+
+
+def test_sweep_children_on_a_server_start_with_the_users_environment(cli_env, project, tmp_path, template_db):
+    """Children start while other children's runs are ended through the server (mlexec's bounded
+    client at work on other threads): each child's environment is still the user's."""
+    db = tmp_path / "server.db"
+    db.write_bytes(template_db.read_bytes())
+    port = free_port()
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    proj = project(f"""
+        entry_points:
+          main:
+            parameters: {{i: int}}
+            command: "env | grep ^MLFLOW_HTTP_REQUEST_ > {seen}/{{i}}.txt; echo child {{i}}"
+    """)
+    env = {**cli_env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    server = _start_server(db, tmp_path / "artifacts", port, tmp_path / "server.log")
+    try:
+        proc = subprocess.run([*MLEXEC, "sweep", str(proj), "-P", "i=range(0, 12)", "--max-parallel", "4",
+                               "--env-manager", "local"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        _stop_server(server)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(seen.glob("*.txt"))
+    assert len(files) == 12
+    leaked = {f.name: f.read_text() for f in files if f.read_text().strip()}
+    assert not leaked, f"children saw mlexec's own client limits: {leaked}"

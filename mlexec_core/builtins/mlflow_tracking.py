@@ -14,6 +14,7 @@ file, a server, a file store, Databricks) goes through ``MlflowClient``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 import time
@@ -77,30 +78,46 @@ def forget_store(uri: str) -> None:
 
 #: What mlexec's own calls to an MLflow server use unless these variables are set:
 #: about 10 s to give up on an unreachable server, not MLflow's minutes of retries.
-#: The job keeps MLflow's defaults (these values are set only around mlexec's calls).
+#: The job keeps MLflow's defaults: the limits live in this process's MLflow only, for
+#: the calls inside :func:`bounded_client`, and never in ``os.environ`` (which every
+#: job started meanwhile, on any thread, would inherit).
 CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "6"}
+_bounded_here: contextvars.ContextVar[bool] = contextvars.ContextVar("mlexec_bounded_client", default=False)
 _limits_lock = threading.Lock()
-_limits_depth = [0]
+_limits_installed: list[bool] = []
+
+
+def _install_limits() -> None:
+    """Make MLflow's readers of :data:`CLIENT_LIMITS` answer with mlexec's values inside
+    :func:`bounded_client` (on that thread only) when the user has not set the variable."""
+    with _limits_lock:
+        if _limits_installed:
+            return
+        from mlflow import environment_variables as variables
+
+        for name, value in CLIENT_LIMITS.items():
+            variable = getattr(variables, name, None)
+            if variable is None:  # an MLflow without this setting
+                continue
+
+            def get(read=variable.get, name=name, value=variable.type(value)):
+                return value if _bounded_here.get() and name not in os.environ else read()
+
+            variable.get = get
+        _limits_installed.append(True)
 
 
 @contextlib.contextmanager
 def bounded_client() -> Iterator[None]:
-    """MLflow's HTTP retries bounded (:data:`CLIENT_LIMITS`) for the calls inside."""
-    with _limits_lock:
-        if _limits_depth[0] == 0:
-            _limits_depth.append([k for k in CLIENT_LIMITS if k not in os.environ])
-            for key in _limits_depth[-1]:
-                os.environ[key] = CLIENT_LIMITS[key]
-        _limits_depth[0] += 1
+    """MLflow's HTTP retries bounded (:data:`CLIENT_LIMITS`) for the calls inside, on this thread."""
+    if not _limits_installed:
+        _install_limits()
+    token = _bounded_here.set(True)
     try:
         yield
     finally:
-        with _limits_lock:
-            _limits_depth[0] -= 1
-            if _limits_depth[0] == 0:
-                for key in _limits_depth.pop():
-                    os.environ.pop(key, None)
+        _bounded_here.reset(token)
 
 
 def _bounded(method):
