@@ -60,7 +60,23 @@ def test_describe_unknown_type_is_a_warning(mlexec, project):
     assert proc.returncode == 0, proc.stderr
     assert ("entry_points.main.parameters.a.type: unknown type 'flaot': the parameter is a string, as in MLflow "
             "(did you mean 'float'?") in proc.stderr
-    assert json.loads(proc.stdout)["entry_points"][0]["parameters"][0]["type"] == "string"
+    assert json.loads(proc.stdout)["entry_points"][0]["parameters"][0]["type"] == "flaot"  # as written, as MLflow
+
+
+def test_an_unknown_type_is_reported_as_declared_and_treated_as_a_string(mlexec, project, store):
+    """`type: list[int]` (seen in a public project): MLflow keeps the declared name and passes
+    the value as a string; describe and --dry-run show the name as written."""
+    proj = project("entry_points: {main: {command: 'echo {ids}', parameters: {ids: {type: 'list[int]', "
+                   "default: '[1, 2]'}}}}\n")
+    described = mlexec("describe", proj, "--json", check=0)
+    assert json.loads(described.stdout)["entry_points"][0]["parameters"][0]["type"] == "list[int]"
+    assert "unknown type 'list[int]'" in described.stderr
+    assert "\tids\tlist[int]\t[1, 2]" in mlexec("describe", proj, check=0).stdout
+    plan = json.loads(mlexec("run", proj, "-P", "ids=[3, x]", "--env-manager", "local", "--dry-run", "--json",
+                             check=0).stdout)
+    assert plan["parameters"] == [{"name": "ids", "type": "list[int]", "value": "[3, x]", "source": "user"}]
+    ran = mlexec("run", proj, "-P", "ids=[3, x]", "--env-manager", "local", check=0)
+    assert ran.stdout == "[3, x]\n"
 
 
 def test_describe_shows_the_warnings_a_run_shows(mlexec, project, store):

@@ -184,3 +184,45 @@ def test_git_work_tree_source_tags_as_mlflow_run(mlexec, fixtures, tmp_path, sto
     mine, theirs = sorted(store.runs(), key=lambda r: r.info.start_time)
     for tag in ("mlflow.source.name", "mlflow.source.git.repoURL", "mlflow.source.git.commit"):
         assert mine.data.tags[tag] == theirs.data.tags[tag], tag
+
+
+def _work_tree(fixtures, tmp_path, remote: bool):
+    work = tmp_path / "work"
+    shutil.copytree(fixtures / "yaml-values", work / "projects" / "yaml-values")
+    shutil.copy(fixtures / "argv.py", work / "projects" / "argv.py")
+    _git("init", "-q", cwd=work)
+    if remote:
+        origin = tmp_path / "origin.git"
+        subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+        _git("remote", "add", "origin", origin.as_uri(), cwd=work)
+    _git("add", ".", cwd=work)
+    _git("commit", "-qm", "x", cwd=work)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
+    return work, commit
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_file_uri_with_a_version_records_the_repo_url_mlflow_records(mlexec, fixtures, tmp_path, store, remote):
+    """With --version, MLflow fetches the version from the repository's remote, and adds the URI as
+    given (without #sub) as that remote when there is none: that is the repoURL it records."""
+    work, commit = _work_tree(fixtures, tmp_path, remote)
+    uri = f"{work.as_uri()}#projects/yaml-values"
+    mlexec("run", uri, "--env-manager", "local", "-v", commit, env={"OUT": str(tmp_path / "argv.json")}, check=0)
+    tags = store.only_run().data.tags
+    assert tags["mlflow.source.git.repoURL"] == ((tmp_path / "origin.git").as_uri() if remote else work.as_uri())
+    assert tags["mlflow.source.git.commit"] == commit
+
+
+@pytest.mark.slow
+def test_file_uri_with_a_version_source_tags_as_mlflow_run(mlexec, fixtures, tmp_path, store):
+    work, commit = _work_tree(fixtures, tmp_path, remote=False)
+    uri = f"{work.as_uri()}#projects/yaml-values"
+    env = {**os.environ, "OUT": str(tmp_path / "argv.json"), "MLFLOW_TRACKING_URI": store.uri}
+    mlexec("run", uri, "--env-manager", "local", "-v", commit, env={"OUT": env["OUT"]}, check=0)
+    # (mlflow run adds a remote to the repository and checks the version out in it: it goes second)
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", uri, "--env-manager", "local", "-v", commit],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    mine, theirs = sorted(store.runs(), key=lambda r: r.info.start_time)
+    for tag in ("mlflow.source.git.repoURL", "mlflow.source.git.commit"):
+        assert mine.data.tags[tag] == theirs.data.tags[tag], tag

@@ -37,7 +37,7 @@ def project_summary(project: Project) -> dict[str, Any]:
                 "command": ep.command,
                 "description": ep.description,
                 "parameters": [
-                    {"name": p.name, "type": p.type.value, "default": p.default, "required": p.required,
+                    {"name": p.name, "type": p.type_name, "default": p.default, "required": p.required,
                      "description": p.description}
                     for p in ep.parameters.values()
                 ],
@@ -58,7 +58,8 @@ def plan_summary(plugins: Plugins, plan: RunPlan) -> dict[str, Any]:
         "entry_point": plan.entry_point.name,
         "command": plan.command,
         "parameters": [
-            {"name": p.name, "type": p.type.value, "value": p.value, "source": p.source}
+            {"name": p.name, "type": plan.entry_point.parameters[p.name].type_name, "value": p.value,
+             "source": p.source}
             for p in plan.parameters.values()
         ] + [{"name": k, "type": "string", "value": v, "source": "extra"} for k, v in plan.extra_parameters.items()],
         "environment": environment_summary(plan.project)["description"],

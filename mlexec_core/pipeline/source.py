@@ -107,8 +107,9 @@ def _fetch_path(path: Path, uri: str, shown: str, sub: str | None, version: str 
         top, prefix = found
         inner = "/".join(p for p in (prefix, sub) if p) or None
         origin = _origin(top)
-        return _fetch_git(str(top), shown, inner, version, reporter, local=True, repo_url=origin or str(top),
-                          origin=origin)
+        # MLflow's repoURL here: the repository's remote, else the URI as given (it adds that as the remote)
+        return _fetch_git(str(top), shown, inner, version, reporter, local=True,
+                          repo_url=origin or shown.split("#", 1)[0], origin=origin)
     directory = path
     if sub:
         directory = _subdirectory(path, sub, shown)

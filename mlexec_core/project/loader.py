@@ -249,7 +249,7 @@ def _parameter(path: Path, key: str, name: str, spec: Any, warn: Warn) -> Parame
                            f"{_yaml_type(spec)}", context=str(path),
                            hint=f"{name}: float  or  {name}: {{type: float, default: 0.5}}")
     spec = _unknown_keys(spec, PARAMETER_KEYS, key, warn)
-    ptype = _parameter_type(key, spec.get("type"), warn)
+    ptype, unknown = _parameter_type(key, spec.get("type"), warn)
     default = spec.get("default")
     if default is not None:
         if not _scalar(default) and not isinstance(default, bool):
@@ -263,21 +263,23 @@ def _parameter(path: Path, key: str, name: str, spec: Any, warn: Warn) -> Parame
                 warn(f"{key}.default: {exc}; it is passed as written ({shorten(default, 80)!r}), as MLflow "
                      f"passes it (a value given with -P {name}=... is checked)")
     return Parameter(name=name, type=ptype, default=default,
-                     description=_description(spec.get("description"), f"{key}.description", warn))
+                     description=_description(spec.get("description"), f"{key}.description", warn),
+                     declared_type=spec["type"] if unknown else None)
 
 
-def _parameter_type(key: str, value: Any, warn: Warn) -> ParamType:
+def _parameter_type(key: str, value: Any, warn: Warn) -> tuple[ParamType, bool]:
+    """The type, and whether it was a type name mlexec does not know (then a string)."""
     if value is None:
-        return ParamType.STRING
+        return ParamType.STRING, False
     if not isinstance(value, str):
         warn(f"{key}.type: expected a type name, got {_yaml_type(value)}; the parameter is a string, as in MLflow")
-        return ParamType.STRING
+        return ParamType.STRING, False
     type_name = value.strip().lower()
     known = PARAM_TYPE_ALIASES.get(type_name)
     if known is not None:
-        return known
+        return known, False
     try:
-        return ParamType(type_name)
+        return ParamType(type_name), False
     except ValueError:
         pass
     names = [t.value for t in ParamType]
@@ -291,7 +293,7 @@ def _parameter_type(key: str, value: Any, warn: Warn) -> ParamType:
         hint = f"did you mean {close[0]!r}? " if close else ""
     warn(f"{key}.type: unknown type {shorten(value, 60)!r}: the parameter is a string, as in MLflow "
          f"({hint}mlexec checks {', '.join(names)})")
-    return ParamType.STRING
+    return ParamType.STRING, True
 
 
 def _environment(directory: Path, path: Path, data: dict, warn: Warn) -> EnvironmentSpec:

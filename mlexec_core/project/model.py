@@ -52,6 +52,14 @@ class Parameter:
     #: ``None`` means required: the run fails before it starts without a value.
     default: str | None = None
     description: str | None = None
+    #: The ``type:`` as written when mlexec does not know it (``list[int]``): the parameter is a
+    #: string, as in MLflow, and ``describe`` reports the declared name, as MLflow keeps it.
+    declared_type: str | None = None
+
+    @property
+    def type_name(self) -> str:
+        """The type as ``describe`` and ``--dry-run`` report it."""
+        return self.declared_type or self.type.value
 
     @property
     def required(self) -> bool:
