@@ -24,10 +24,12 @@ from mlexec_core.plugin.interfaces import (
 from mlexec_core.project.model import EnvKind, Project
 from mlexec_core.yamlfile import quiet_file_warnings
 
-from mlexec_conda.engines import Engine, find_engine, install_pip
+from mlexec_conda.engines import Engine, compile_bytecode, find_engine, install_pip
 from mlexec_conda.spec import CondaSpec, parse_conda_yaml
 
 ACTIVATE_D = Path("etc", "conda", "activate.d")
+#: Part of the cache key: environments are built with their site-packages compiled (older ones were not).
+BYTECODE = "compiled"
 
 
 def conda_platform() -> str:
@@ -78,7 +80,8 @@ class CondaEnvironment(EnvironmentManager):
         return EnvironmentCache(self.name)
 
     def key(self, spec: CondaSpec, engine: Engine) -> str:
-        return spec_key({**spec.key_data(), "platform": conda_platform(), "engine": engine.name})
+        return spec_key({**spec.key_data(), "platform": conda_platform(), "engine": engine.name,
+                         "bytecode": BYTECODE})
 
     def check(self, project: Project, requested_as: str) -> None:
         find_engine().validate(self._spec(project))
@@ -110,6 +113,7 @@ class CondaEnvironment(EnvironmentManager):
             engine.build(spec, prefix, reporter)
             if spec.pip:
                 install_pip(spec, prefix, reporter)
+            compile_bytecode(prefix, reporter, str(spec.file))
 
         prefix, built = cache.ensure(
             key, build, summary=spec.summary(), spec={**spec.key_data(), "engine": engine.name,

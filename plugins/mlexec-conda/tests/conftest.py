@@ -92,7 +92,8 @@ def make_wheel(dest: Path, name: str = "greet", version: str = "1.0") -> Path:
 
 @pytest.fixture(scope="session")
 def channel(tmp_path_factory) -> str:
-    """``file://`` URL of a local channel: leaf 1.0/2.0, mid -> leaf, top -> mid + leaf <2, python, activated."""
+    """``file://`` URL of a local channel: leaf 1.0/2.0, mid -> leaf, top -> mid + leaf <2, python, activated,
+    pymod (a Python package in site-packages, with one file that does not compile)."""
     root = tmp_path_factory.mktemp("channel")
     make_conda_package(root, "leaf", "1.0")
     make_conda_package(root, "leaf", "2.0")
@@ -106,6 +107,11 @@ def channel(tmp_path_factory) -> str:
     make_conda_package(root, "python", version, files={
         "pyvenv.cfg": f"home = {os.path.dirname(base)}\ninclude-system-site-packages = false\nversion = {version}\n",
     }, symlinks={"bin/python": base})
+    site = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
+    make_conda_package(root, "pymod", "1.0", depends=["python"], files={  # Python files, shipped uncompiled
+        f"{site}/pymod/__init__.py": "VALUE = 42\n",
+        f"{site}/pymod/tests/data/py2_only.py": "print 'this is Python 2'\n",  # does not compile
+    })
     index_channel(root)
     return root.as_uri()
 

@@ -3,11 +3,13 @@ through the real CLI, into a real MLflow store."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -164,6 +166,35 @@ def test_pip_section_installed_with_uv(mlexec, store, conda_project, channel, co
     assert "hello from pip greet 1.0" in proc.stdout
     assert _prefix(proc).startswith(conda_env["MLEXEC_ENV_ROOT"])
     assert store.only_run().info.status == "FINISHED"
+
+
+def _compiled(source) -> bool:
+    """``source`` has a ``.pyc`` (of the Python running the tests, the stand-in python's) that matches it."""
+    pyc = importlib.util.cache_from_source(str(source))
+    if not os.path.isfile(pyc):
+        return False
+    with open(pyc, "rb") as f:
+        header = f.read(16)
+    st = os.stat(source)
+    return (int.from_bytes(header[4:8], "little") & 1 == 1  # hash-based, SOURCE_DATE_EPOCH set
+            or (int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+                and int.from_bytes(header[12:16], "little") == st.st_size & 0xFFFFFFFF))
+
+
+def test_site_packages_compiled_at_build_when_python_writes_no_bytecode(mlexec, store, conda_project, channel,
+                                                                      conda_env, wheel):
+    command = 'python -c "import sys, pymod, greet; print(\'value\', pymod.VALUE); print(\'prefix=\' + sys.prefix)"'
+    proj = conda_project([channel], ["python", "pymod"], command, pip=["./wheels/greet-1.0-py3-none-any.whl"])
+    wheel(proj / "wheels")
+    # the command imports both packages, but with PYTHONDONTWRITEBYTECODE=1 it can write no .pyc itself
+    proc = mlexec("run", proj, env={**conda_env, "PYTHONDONTWRITEBYTECODE": "1"}, check=0)
+    assert_no_traceback(proc)
+    assert "value 42" in proc.stdout  # the file that does not compile failed nothing
+    assert store.only_run().info.status == "FINISHED"
+    site = os.path.join(_prefix(proc), "lib", "python%d.%d" % sys.version_info[:2], "site-packages")
+    assert _compiled(os.path.join(site, "pymod", "__init__.py"))  # a conda package, linked by rattler
+    assert _compiled(os.path.join(site, "greet.py"))  # the pip: part, installed by uv
+    assert not os.path.exists(importlib.util.cache_from_source(os.path.join(site, "pymod", "tests", "data", "py2_only.py")))
 
 
 def test_pip_failure_leaves_no_environment(mlexec, store, conda_project, channel, conda_env, env_root):

@@ -9,13 +9,25 @@ hits both alike:
 * warm: the environment already exists;
 * ``mlexec run --env-manager local``: the core's local run, the floor for warm.
 
+Then, unless ``--no-real``, a real project (issue 19): MLflow's own example
+``sklearn_logistic_regression`` (python_env: this Python, scikit-learn and
+mlflow at the versions installed here; the command imports them, fits, logs a
+metric and the model), warm, mlexec vs ``mlflow run --env-manager virtualenv``,
+and the import of ``mlflow, mlflow.sklearn, sklearn.linear_model`` alone in
+each tool's environment.  Everything runs with ``PYTHONDONTWRITEBYTECODE=1``
+(as on these machines and many CI runners), so an environment that was not
+compiled when it was built is never compiled.  Last, what compiling adds to a
+cold build: the same uv steps mlexec runs for that project (venv, venv's seed,
+the requirements; warm uv cache), with and without ``--compile-bytecode``,
+alternating.
+
 Targets (issue 3): cold at most a third of MLflow's time; warm within 50 ms of
 the core's local run.  MLflow's virtualenv manager needs pyenv with the exact
 Python version installed; if it cannot run here, this says so and compares
 against ``mlflow run --env-manager uv`` instead.  A benchmark, not a test: it
 asserts nothing.
 
-    python plugins/mlexec-virtualenv/benchmarks/bench_virtualenv.py [--repeat 3]
+    python plugins/mlexec-virtualenv/benchmarks/bench_virtualenv.py [--repeat 3] [--no-real]
 """
 
 from __future__ import annotations
@@ -53,7 +65,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--warm-repeat", type=int, default=15,
                         help="extra alternating warm/local mlexec runs, for the 50 ms comparison")
+    parser.add_argument("--no-real", action="store_true",
+                        help="skip the real project (scikit-learn + mlflow; its first MLflow build takes minutes)")
+    parser.add_argument("--real-only", action="store_true", help="only the real project")
     args = parser.parse_args()
+    if args.real_only:
+        real_project(args.repeat)
+        return
 
     mlexec_bin, mlflow_bin = tools()
 
@@ -137,6 +155,128 @@ def main() -> None:
     print(f"environment creation (mlexec cold - warm)  = {med['mlexec cold'] - med['mlexec warm']:.3f} s")
     print(f"warm: check() + prepare() in process       = {statistics.median(inprocess):.1f} ms median, "
           f"{min(inprocess):.1f} ms min (n={len(inprocess)}; what the manager adds to a local run)")
+    if not args.no_real:
+        print()
+        real_project(args.repeat)
+
+
+#: MLflow's examples/sklearn_logistic_regression/train.py (mlflow 3.x).
+SKLEARN_TRAIN = """\
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+import mlflow
+import mlflow.sklearn
+from mlflow.models import infer_signature
+
+if __name__ == "__main__":
+    X = np.array([-2, -1, 0, 1, 2, 1]).reshape(-1, 1)
+    y = np.array([0, 0, 1, 1, 1, 0])
+    lr = LogisticRegression()
+    lr.fit(X, y)
+    score = lr.score(X, y)
+    print(f"Score: {score}")
+    mlflow.log_metric("score", score)
+    predictions = lr.predict(X)
+    signature = infer_signature(X, predictions)
+    mlflow.sklearn.log_model(lr, name="model", signature=signature)
+    print(f"Model saved in run {mlflow.active_run().info.run_id}")
+"""
+IMPORTS = "import mlflow, mlflow.sklearn, sklearn.linear_model"
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def real_project(repeat: int) -> None:
+    """The warm real project, mlexec vs `mlflow run --env-manager virtualenv`, and what compiling costs."""
+    mlexec_bin, mlflow_bin = tools()
+    deps = [f"scikit-learn=={_version('scikit-learn')}", f"mlflow=={_version('mlflow')}"]
+    with tempfile.TemporaryDirectory(prefix="mlexec-bench-real-") as tmp:
+        tmp = Path(tmp)
+        project = tmp / "sklearn_logistic_regression"
+        project.mkdir()
+        (project / "MLproject").write_text(
+            "name: sklearn_example\npython_env: python_env.yaml\nentry_points:\n  main:\n"
+            "    command: \"python train.py\"\n")
+        (project / "python_env.yaml").write_text(
+            f'python: "{VERSION}"\nbuild_dependencies:\n  - pip\ndependencies:\n'
+            + "".join(f"  - {d}\n" for d in deps))
+        (project / "train.py").write_text(SKLEARN_TRAIN)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLEXEC_"))}
+        env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        mlexec_env = {**env, "MLEXEC_ENV_ROOT": str(tmp / "mlexec-envs")}
+        mlflow_env = {**env, "MLFLOW_ENV_ROOT": str(tmp / "mlflow-envs")}
+        mlexec_cmd = [mlexec_bin, "run", str(project), "--env-manager", "virtualenv"]
+        mlflow_cmd = [mlflow_bin, "run", str(project), "--env-manager", "virtualenv"]
+        print(f"real project: MLflow's sklearn_logistic_regression; python {VERSION}, pip, {', '.join(deps)}; "
+              f"PYTHONDONTWRITEBYTECODE=1; repeat {repeat}", flush=True)
+        first = {}
+        for name, cmd, cenv in (("mlexec", mlexec_cmd, mlexec_env), ("mlflow", mlflow_cmd, mlflow_env)):
+            first[name] = must(timed(cmd, cenv, tmp), cmd)  # builds the environment (MLflow's: minutes)
+            print(f"  {name}: environment built and first run in {first[name]:.1f} s", flush=True)
+        pythons = {"mlexec": next((tmp / "mlexec-envs").glob("virtualenv-*/bin/python")),
+                   "mlflow": next((tmp / "mlflow-envs").glob("*/bin/python"))}
+        samples: dict[str, list[float]] = {n: [] for n in ("mlexec warm", "mlflow virtualenv warm",
+                                                           "mlexec env: import", "mlflow env: import")}
+        for i in range(repeat):
+            samples["mlexec warm"].append(must(timed(mlexec_cmd, mlexec_env, tmp), mlexec_cmd))
+            samples["mlflow virtualenv warm"].append(must(timed(mlflow_cmd, mlflow_env, tmp), mlflow_cmd))
+            for name in ("mlexec", "mlflow"):
+                cmd = [str(pythons[name]), "-c", IMPORTS]
+                samples[f"{name} env: import"].append(must(timed(cmd, env, tmp), cmd))
+            print(f"  round {i + 1}/{repeat} done", flush=True)
+        compile_samples = compile_cost(project, deps, tmp, repeat)
+
+    print()
+    print(f"{'case (real project)':<28} {'median s':>9} {'min s':>7} {'max s':>7}   (n={repeat})")
+    for name, values in samples.items():
+        print(f"{name:<28} {statistics.median(values):>9.3f} {min(values):>7.3f} {max(values):>7.3f}")
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    print()
+    print(f"warm real project: mlexec / mlflow --env-manager virtualenv = "
+          f"{med['mlexec warm'] / med['mlflow virtualenv warm']:.3f}")
+    print(f"`{IMPORTS}`: mlexec's env / MLflow's = {med['mlexec env: import'] / med['mlflow env: import']:.3f}")
+    print()
+    print(f"{'cold build, uv steps only':<28} {'median s':>9} {'min s':>7} {'max s':>7}   (n={repeat})")
+    for name, values in compile_samples.items():
+        print(f"{name:<28} {statistics.median(values):>9.3f} {min(values):>7.3f} {max(values):>7.3f}")
+    with_c, without = (statistics.median(compile_samples[n]) for n in ("compiled", "not compiled"))
+    print(f"compiling adds {with_c - without:+.2f} s to a cold build of this environment "
+          f"({with_c / without:.2f}x the uncompiled build; paid once, the environment is cached)")
+
+
+def compile_cost(project: Path, deps: list[str], tmp: Path, repeat: int) -> dict[str, list[float]]:
+    """The uv steps mlexec's build runs for ``deps`` (venv, venv's seed, the requirements), with and
+    without ``--compile-bytecode``, alternating; uv's cache is warm (the real project was built)."""
+    from mlexec_virtualenv.build import seed_wheels, uv_binary
+    from mlexec_virtualenv.interpreters import choose, find_interpreters
+
+    uv = uv_binary()
+    interpreter = choose(find_interpreters(), VERSION)
+    wheels = seed_wheels(interpreter)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env.pop("UV_COMPILE_BYTECODE", None)
+    samples: dict[str, list[float]] = {"compiled": [], "not compiled": []}
+    for i in range(repeat):
+        for name, flags in (("compiled", ["--compile-bytecode"]), ("not compiled", [])):
+            target = tmp / f"compile-{name.replace(' ', '-')}-{i}"
+            start = time.perf_counter()
+            for cmd in ([uv, "venv", "-q", str(target), "--relocatable", "--no-project", "--python",
+                         interpreter.path],
+                        [uv, "pip", "install", "-q", "--python", str(target / "bin" / "python"), *flags,
+                         "--no-index", "--no-deps", *wheels],
+                        [uv, "pip", "install", "-q", "--python", str(target / "bin" / "python"), *flags, *deps]):
+                must(timed(cmd, env, project), cmd)
+            samples[name].append(time.perf_counter() - start)
+            shutil.rmtree(target, ignore_errors=True)
+    return samples
 
 
 def warm_prepare_ms(project: Path, root: Path, n: int) -> list[float]:

@@ -7,12 +7,28 @@ interpreter is always one found on this machine and passed by path.  The
 virtualenv is made ``--relocatable``, so it still works after the cache
 renames it from its temporary folder into place (scripts in ``bin/`` find
 their Python relative to themselves).
+
+Two things follow MLflow's ``python -m venv`` rather than uv's defaults:
+
+* **seeding** (``--env-manager virtualenv`` only): the environment gets what
+  ``venv`` puts in one, the pip wheel bundled with that interpreter's
+  ``ensurepip`` (and its setuptools wheel, for Python < 3.12, where ensurepip
+  still bundles one), at exactly those versions, installed offline from the
+  interpreter's own wheel files;
+* **bytecode**: every install step compiles what it installs
+  (``uv pip install --compile-bytecode``), as pip does by default, so the
+  environment is compiled once, inside the cached build, and imports stay fast
+  where ``PYTHONDONTWRITEBYTECODE=1`` stops Python from writing ``.pyc`` files
+  itself.  uv skips a file that does not compile (test data with Python 2
+  syntax, templates) and the build goes on.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from mlexec_core.errors import EnvironmentBuildError
@@ -68,9 +84,56 @@ def _run_uv(args: list[str], cwd: Path, what: str, context: str, hint: str) -> s
     return proc.stdout
 
 
+#: Run by the chosen interpreter: the wheels its ``python -m venv`` would seed (``ensurepip``'s).
+_SEED_PROBE = """\
+import glob, json, os, sys, sysconfig
+try:
+    import ensurepip
+except ImportError as exc:
+    print(json.dumps({"error": "no ensurepip (%s)" % exc})); sys.exit()
+names = ["pip"] + (["setuptools"] if sys.version_info < (3, 12) else [])
+dirs = [os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")]
+if sysconfig.get_config_var("WHEEL_PKG_DIR"):  # Debian, Fedora: ensurepip takes its wheels from there
+    dirs.insert(0, sysconfig.get_config_var("WHEEL_PKG_DIR"))
+found = {}
+for name in names:
+    for folder in dirs:
+        hits = sorted(glob.glob(os.path.join(folder, name + "-*.whl")))
+        if hits:
+            found[name] = hits[-1]
+            break
+print(json.dumps({"wheels": found, "missing": [n for n in names if n not in found]}))
+"""
+
+
+def seed_wheels(interpreter: Interpreter) -> list[str]:
+    """The wheel files ``python -m venv`` would install with ``interpreter`` (pip; setuptools before 3.12)."""
+    hint = (f"install Python {interpreter.version}'s venv support (Debian: apt-get install "
+            f"python{'.'.join(interpreter.version.split('.')[:2])}-venv), or use --env-manager uv, "
+            "which seeds nothing")
+    try:
+        proc = subprocess.run([interpreter.path, "-I", "-c", _SEED_PROBE], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        raise EnvironmentBuildError(f"cannot ask {interpreter.path} which pip its venv module seeds",
+                                    hint="check that this Python works, or pick another version with python:") \
+            from None
+    if answer.get("error") or answer.get("missing"):
+        what = answer.get("error") or f"no bundled {' or '.join(answer['missing'])} wheel"
+        raise EnvironmentBuildError(
+            f"Python {interpreter.version} ({interpreter.path}) cannot seed a virtualenv as `python -m venv` does: "
+            f"{what}", hint=hint)
+    return list(answer["wheels"].values())
+
+
 def build_environment(target: Path, project: Project, spec: PythonEnvSpec, interpreter: Interpreter,
-                      reporter: Reporter) -> None:
-    """Make the virtualenv in ``target`` (an empty folder) and install what ``spec`` asks for."""
+                      reporter: Reporter, *, seed: bool = False) -> None:
+    """Make the virtualenv in ``target`` (an empty folder) and install what ``spec`` asks for.
+
+    ``seed``: first install what ``python -m venv`` seeds (``--env-manager virtualenv``, as MLflow).
+    Every install step compiles the bytecode of what it installs.
+    """
     uv = uv_binary()
     context = str(spec.source or project.directory)
     source_name = spec.source.name if spec.source else "the project"
@@ -80,11 +143,18 @@ def build_environment(target: Path, project: Project, spec: PythonEnvSpec, inter
                 hint="check that this Python works, or pick another version with python:")
     python = str(target / "bin" / "python")
     install = [uv, "pip", "install", "--python", python]
+    # (status, uv arguments, what failed, where, hint)
+    steps: list[tuple[str, list[str], str, str, str]] = []
+    if seed:
+        wheels = seed_wheels(interpreter)
+        names = ", ".join(Path(w).name.split("-")[0] + "==" + Path(w).name.split("-")[1] for w in wheels)
+        steps.append((f"seeding as venv does: {names}", ["--no-index", "--no-deps", *wheels],
+                      f"installing {names} (what `python -m venv` seeds)", context,
+                      "the wheels come from the interpreter's ensurepip; use --env-manager uv to seed nothing"))
     if spec.build_dependencies:
         deps = list(spec.build_dependencies)
-        with reporter.status(f"installing build dependencies: {', '.join(deps)}"):
-            _run_uv([*install, *deps], project.directory, "installing build_dependencies", context,
-                    hint=f"fix build_dependencies in {source_name}")
+        steps.append((f"installing build dependencies: {', '.join(deps)}", deps, "installing build_dependencies",
+                      context, f"fix build_dependencies in {source_name}"))
     requirements = list(spec.dependencies)
     if spec.lock is not None:
         with reporter.status("reading uv.lock"):
@@ -102,7 +172,10 @@ def build_environment(target: Path, project: Project, spec: PythonEnvSpec, inter
         file.write_text("\n".join(requirements) + "\n", encoding="utf-8")
         count = sum(1 for line in requirements if not line.startswith("-"))
         label = f"{count} requirement{'s' if count != 1 else ''}" + (" from uv.lock" if spec.lock else "")
-        with reporter.status(f"installing {label}"):
-            _run_uv([*install, "-r", str(file)], project.directory, f"installing the requirements of {source_name}",
-                    context, hint=f"fix the requirement uv names above in {source_name}; no environment was created "
-                                  "and no run was started")
+        steps.append((f"installing {label}", ["-r", str(file)], f"installing the requirements of {source_name}",
+                      context, f"fix the requirement uv names above in {source_name}; no environment was created "
+                               "and no run was started"))
+    for status, args, what, where, hint in steps:
+        # uv compiles what this call installs (not the rest of site-packages): every step compiles
+        with reporter.status(status):
+            _run_uv([*install, "--compile-bytecode", *args], project.directory, what, where, hint=hint)

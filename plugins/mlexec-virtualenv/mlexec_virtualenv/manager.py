@@ -2,7 +2,9 @@
 
 The environment for a run is named by a hash of what decides its contents
 (the interpreter's full version, build dependencies, requirement lines with
-``-r`` files expanded, constraint files, the uv.lock, the manager), and lives
+``-r`` files expanded, constraint files, the uv.lock, the manager, whether it
+is seeded as ``python -m venv`` seeds, which ``--env-manager virtualenv`` asks
+for and ``uv`` does not, and that its bytecode is compiled), and lives
 in the shared :class:`~mlexec_core.envcache.EnvironmentCache`.  A hit costs a
 few ``stat`` calls and no uv call at all; a miss builds a relocatable
 virtualenv in a temporary folder under a file lock and renames it into place,
@@ -29,6 +31,15 @@ from mlexec_virtualenv.spec import PythonEnvSpec, read_spec
 
 MANAGER = "virtualenv"
 INTERPRETER_CACHE = ".interpreters.json"
+#: The --env-manager name that asks for a lean environment: nothing seeded (as MLflow's uv manager).
+LEAN = "uv"
+#: What a seeded environment holds besides its requirements (``python -m venv``: ensurepip's wheels).
+SEED = "venv (ensurepip's pip; setuptools before Python 3.12)"
+
+
+def seeded(requested_as: str | None) -> bool:
+    """``--env-manager virtualenv`` (or no manager named: MLflow's default is virtualenv) seeds; ``uv`` does not."""
+    return requested_as != LEAN
 
 
 @frozen
@@ -41,14 +52,18 @@ class Resolved:
     summary: str
     #: What the key is a hash of (stored with the environment, for `mlexec env list --json`).
     key_spec: dict
+    #: Seeded as ``python -m venv`` seeds (``--env-manager virtualenv``).
+    seed: bool = False
 
 
 #: check() and prepare() run on different manager objects of one process; resolve once per project.
-_resolved: dict[int, tuple[Project, Resolved]] = {}
+_resolved: dict[tuple[int, bool], tuple[Project, Resolved]] = {}
+#: The name check() was called with, per project: describe() (for --dry-run) is not told it.
+_requested: dict[int, tuple[Project, str]] = {}
 
 
-def _summary(spec: PythonEnvSpec, interp: interp_mod.Interpreter) -> str:
-    parts = [f"python {interp.version}"]
+def _summary(spec: PythonEnvSpec, interp: interp_mod.Interpreter, seed: bool) -> str:
+    parts = [f"python {interp.version}" + (" with venv's pip" if seed else "")]
     if spec.lock is not None:
         parts.append("uv.lock")
     reqs = [line for line in spec.dependencies if not line.startswith("-")]
@@ -60,9 +75,13 @@ def _summary(spec: PythonEnvSpec, interp: interp_mod.Interpreter) -> str:
     return "; ".join(parts)
 
 
-def resolve(project: Project) -> Resolved:
-    """Read the project's environment files and pick the interpreter (no installs)."""
-    memo = _resolved.get(id(project))
+def resolve(project: Project, requested_as: str | None = MANAGER) -> Resolved:
+    """Read the project's environment files and pick the interpreter (no installs).
+
+    ``requested_as``: the ``--env-manager`` name used (``virtualenv`` seeds the environment, ``uv`` does not).
+    """
+    seed = seeded(requested_as)
+    memo = _resolved.get((id(project), seed))
     if memo is not None and memo[0] is project:
         return memo[1]
     spec = read_spec(project)
@@ -93,12 +112,19 @@ def resolve(project: Project) -> Resolved:
         "requirements": list(spec.dependencies),
         "constraints": [list(c) for c in spec.constraints],
         "uv.lock": spec.lock_digest,
+        "seed": SEED if seed else None,
+        "bytecode": "compiled",
     }
-    resolved = Resolved(spec, interp, spec_key(key_spec), _summary(spec, interp), key_spec)
+    resolved = Resolved(spec, interp, spec_key(key_spec), _summary(spec, interp, seed), key_spec, seed)
     if len(_resolved) > 32:  # a long-lived Python API process: keep the memo small
         _resolved.clear()
-    _resolved[id(project)] = (project, resolved)
+    _resolved[(id(project), seed)] = (project, resolved)
     return resolved
+
+
+def _requested_for(project: Project) -> str:
+    memo = _requested.get(id(project))
+    return memo[1] if memo is not None and memo[0] is project else MANAGER
 
 
 class VirtualenvManager(EnvironmentManager):
@@ -112,11 +138,14 @@ class VirtualenvManager(EnvironmentManager):
         return EnvironmentCache(MANAGER)
 
     def check(self, project: Project, requested_as: str) -> None:
-        resolve(project)
+        if len(_requested) > 32:
+            _requested.clear()
+        _requested[id(project)] = (project, requested_as)
+        resolve(project, requested_as)
 
     def describe(self, project: Project) -> str:
         try:
-            resolved = resolve(project)
+            resolved = resolve(project, _requested_for(project))
         except Exception as exc:  # --dry-run shows the problem rather than failing on it
             return f"uv virtualenv ({exc})"
         cache = self.cache()
@@ -127,7 +156,7 @@ class VirtualenvManager(EnvironmentManager):
         from mlexec_virtualenv.build import build_environment
 
         reporter = self.context.reporter
-        resolved = resolve(plan.project)
+        resolved = resolve(plan.project, plan.env_manager_requested)
         spec = resolved.spec
         if spec.dropped:
             reporter.warning(
@@ -147,7 +176,7 @@ class VirtualenvManager(EnvironmentManager):
         def build(target: Path) -> None:
             reporter.info(f"creating environment {path.name} ({resolved.summary})")
             started = time.monotonic()
-            build_environment(target, plan.project, spec, resolved.interpreter, reporter)
+            build_environment(target, plan.project, spec, resolved.interpreter, reporter, seed=resolved.seed)
             reporter.info(f"created environment {path.name} in {time.monotonic() - started:.1f} s")
 
         def on_wait() -> None:

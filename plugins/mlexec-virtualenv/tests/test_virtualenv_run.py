@@ -80,13 +80,14 @@ def test_python_env_installed_cached_and_keyed_on_requirement_files(mlexec, proj
     run = store.only_run()
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.env"] == "virtualenv"
-    assert uv_wrapper.subcommands() == ["venv", "pip install", "pip install"]
+    # venv, then what `python -m venv` seeds (virtualenv is the default), the build dependency, the requirements
+    assert uv_wrapper.subcommands() == ["venv", "pip install", "pip install", "pip install"]
 
     # the environment was built elsewhere and renamed into place: its scripts still work
     pip = mlexec("run", proj, "-e", "pip", check=0)
     assert f"{env_root / name}/lib/python{version}/site-packages/pip" in pip.stdout
     assert f"reusing environment {name}" in pip.stderr and "creating" not in pip.stderr
-    assert len(uv_wrapper.calls()) == 3  # the cache hit ran uv not even once
+    assert len(uv_wrapper.calls()) == 4  # the cache hit ran uv not even once
 
     # a changed -r file is a new spec, hence a new environment; the old one stays
     (proj / "requirements.txt").write_text("idna==3.6\n")
@@ -97,15 +98,19 @@ def test_python_env_installed_cached_and_keyed_on_requirement_files(mlexec, proj
     assert [r.info.status for r in store.runs()] == ["FINISHED"] * 3
 
 
-def test_uv_alias_tags_the_run_uv_and_shares_the_environment(mlexec, project, store, env_root, uv_wrapper, out,
-                                                             tmp_path):
+def test_uv_alias_tags_the_run_uv_and_gets_its_own_lean_environment(mlexec, project, store, env_root, uv_wrapper,
+                                                                     out, tmp_path):
     proj = make(project, python_env(RUNNING_VERSION, ["six==1.16.0"]))
     mlexec("run", proj, "--env-manager", "uv", env=out, check=0)
+    assert report(tmp_path)["modules"]["six"] == "1.16.0"
     mlexec("run", proj, "--env-manager", "virtualenv", env=out, check=0)
+    assert report(tmp_path)["modules"]["six"] == "1.16.0"
     tags = sorted(r.data.tags["mlflow.project.env"] for r in store.runs())
     assert tags == ["uv", "virtualenv"]
-    assert len(env_dirs(env_root)) == 1 and uv_wrapper.subcommands().count("venv") == 1
-    assert report(tmp_path)["modules"]["six"] == "1.16.0"
+    # virtualenv is seeded as `python -m venv` seeds, uv is not: two environments
+    assert len(env_dirs(env_root)) == 2 and uv_wrapper.subcommands().count("venv") == 2
+    again = mlexec("run", proj, "--env-manager", "uv", env=out, check=0)
+    assert "reusing environment" in again.stderr and uv_wrapper.subcommands().count("venv") == 2
 
 
 def test_bad_requirement_gives_uvs_error_and_no_run(mlexec, project, store, env_root):
@@ -159,7 +164,7 @@ def test_concurrent_first_runs_build_one_environment(cli_env, project, store, en
     stderrs = [err for _, err in results]
     assert sum("creating environment" in err for err in stderrs) == 1, stderrs
     assert sum("reusing environment" in err for err in stderrs) == 1, stderrs
-    assert uv_wrapper.subcommands() == ["venv", "pip install"]
+    assert uv_wrapper.subcommands() == ["venv", "pip install", "pip install"]  # seeded, then six
     (name,) = env_dirs(env_root)
     for i in range(2):
         seen = json.loads((tmp_path / f"r{i}.json").read_text())
