@@ -380,3 +380,18 @@ def test_node_failure_fails_the_run_with_node_fail(cli_env, project, store, slur
     assert proc.returncode == 1, err
     assert "a node running the job failed (NODE_FAIL" in err
     assert store.only_run().info.status == "FAILED"
+
+
+def test_a_command_longer_than_one_argument_may_be_runs_from_the_batch_script(mlexec, project, store, slurm_config,
+                                                                              no_jobs_left):
+    """Locally such a command is refused (it would go to `bash -c` as one argument, over Linux's
+    MAX_ARG_STRLEN); Slurm writes it into the batch script, where no such limit applies."""
+    proj = project("\n".join(["name: long", "entry_points:", "  main:", "    parameters:",
+                              *[f"      p{i}: string" for i in range(25)],
+                              "    command: \"echo " + " ".join(f"{{p{i}}}" for i in range(25)) + " | wc -c\""]))
+    values = [f"-Pp{i}={'x' * 6000}" for i in range(25)]
+    refused = mlexec("run", proj, *values, "--env-manager", "local", "--dry-run", check=2)
+    assert "MAX_ARG_STRLEN" in refused.stderr
+    proc = mlexec("run", proj, *values, "-b", "slurm", "-c", slurm_config(), "--env-manager", "local", check=0)
+    assert proc.stdout.strip().splitlines()[-1].strip() == str(25 * 6000 + 24 + 1)
+    assert store.only_run().info.status == "FINISHED"
