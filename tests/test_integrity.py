@@ -129,10 +129,11 @@ def test_two_sweeps_single_runs_and_repairs_into_one_store(store, cli_env, tmp_p
 
 
 def _stores(store):
-    from mlexec_core.builtins import _mlflow_sqlite
-    from mlexec_core.builtins.mlflow_tracking import ClientStore
+    from mlexec_core.builtins.mlflow.client import ClientStore
+    from mlexec_core.builtins.mlflow.sqlite import SqliteStore
 
-    return {"sqlite": _mlflow_sqlite.SqliteStore.open(store.uri), "client": ClientStore(store.uri)}
+    return {"sqlite": SqliteStore.open(store.uri, fallback=lambda: ClientStore(store.uri)),
+            "client": ClientStore(store.uri)}
 
 
 def _orphan_to_be(store, tracking):

@@ -183,7 +183,7 @@ def test_bounded_retries_apply_only_to_mlexecs_own_calls_and_never_to_the_enviro
 
     from mlflow import environment_variables as variables
 
-    from mlexec_core.builtins.mlflow_tracking import CLIENT_LIMITS, bounded_client
+    from mlexec_core.builtins.mlflow.client import CLIENT_LIMITS, bounded_client
 
     for key in CLIENT_LIMITS:
         monkeypatch.delenv(key, raising=False)

@@ -118,7 +118,7 @@ def test_terminal_shows_a_live_view_and_failures(cli_env, project, store):
 def test_the_direct_sqlite_store_is_safe_from_many_threads(store):
     import threading
 
-    from mlexec_core.builtins.mlflow_tracking import forget_store, open_store
+    from mlexec_core.builtins.mlflow.store import forget_store, open_store
 
     forget_store(store.uri)
     stores, errors, ids = [], [], []

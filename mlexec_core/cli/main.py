@@ -200,7 +200,7 @@ def _run_plan(terminal, plugins, plan, stopper: _Stopper, detach: bool = False) 
         return _detach(terminal, plugins, submitted)
     submitted.wait()
     status = submitted.status
-    from mlexec_core.builtins.mlflow_tracking import outcome_unrecorded
+    from mlexec_core.builtins.mlflow.hooks import outcome_unrecorded
 
     if outcome_unrecorded(submitted.run):  # a run whose outcome is not recorded is not a success
         terminal.failure(f"=== Run {submitted.run_id} {status.value.lower()}, but the tracking store did not "
@@ -228,10 +228,11 @@ def failed_exit_status(code: int | None) -> int:
 def _detach(terminal, plugins, submitted) -> int:
     """Leave the submitted job running without us; say how to follow it."""
     from mlexec_core import supervisor
+    from mlexec_core.pipeline.livelog import stop_live_log
 
     run_id = submitted.run_id
     plugins.broadcast("mlexec_run_tags", run=submitted.run, tags={supervisor.DETACHED_TAG: "true"})
-    supervisor.stop_live_log(run_id)
+    stop_live_log(run_id)
     submitted.run.output.close()
     submitted.run.output.discard()
     terminal.success(f"=== Run {run_id} detached: its job goes on without mlexec ===")

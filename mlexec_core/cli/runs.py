@@ -31,14 +31,15 @@ def _fail(terminal, exc: MlexecError) -> None:
 
 def _store(terminal, repair: bool = True):
     """The store of ``$MLFLOW_TRACKING_URI``, repaired as every mlexec command does on opening it."""
-    from mlexec_core.builtins.mlflow_tracking import open_store, repair_store, tracking_uri
+    from mlexec_core.builtins.mlflow.hooks import repair_store
+    from mlexec_core.builtins.mlflow.store import open_store, tracking_uri
     from mlexec_core.sources.urls import redact
 
     uri = tracking_uri()
     store = open_store(uri)
-    if getattr(store, "_client", True) is None:
+    if not store.connected:
         with terminal.status(f"Opening the MLflow tracking store {redact(uri)}"):
-            store.client  # noqa: B018
+            store.connect()
     if repair:
         repair_store(store, terminal)
     return store
@@ -68,7 +69,7 @@ def _job_status(plugins):
 
 
 def _record(run_id: str, tags: dict[str, str]):
-    from mlexec_core.builtins.mlflow_tracking import tracking_uri
+    from mlexec_core.builtins.mlflow.store import tracking_uri
     from mlexec_core.pipeline.plan import RunRecord
 
     return RunRecord(run_id=run_id, tracking_uri=tracking_uri(), tracker="mlflow")
@@ -154,7 +155,7 @@ def _attachable(terminal, plugins, run_id: str, status: str, tags: dict[str, str
     if not backend_name:
         _fail(terminal, MlexecError(f"run {run_id} does not run on a cluster: only cluster runs can be attached",
                                     hint=f"follow its output with: mlexec logs -f {run_id}"))
-    from mlexec_core.builtins.mlflow_tracking import tracking_uri
+    from mlexec_core.builtins.mlflow.store import tracking_uri
     from mlexec_core.pipeline.output import RunOutput
     from mlexec_core.pipeline.plan import RunRecord
 
@@ -221,7 +222,7 @@ def attach(run_id: str) -> None:
 
 def _end(store, run_id: str, status, reason: str | None, output=None) -> None:
     """Record how the run ended (and the output this command saw, as ``mlexec/output.log``)."""
-    from mlexec_core.builtins.mlflow_tracking import record_end
+    from mlexec_core.builtins.mlflow.hooks import record_end
     from mlexec_core.pipeline.output import ARTIFACT_PATH
 
     if output is not None:

@@ -32,7 +32,7 @@ _PROCESS_NAMES = frozenset({"ProcessLauncher", "ProcessExecution", "ExecutionJob
 
 #: Helpers that live elsewhere in the core, public here (imported when first used).
 _HELPERS = {"redact": ("mlexec_core.sources.urls", "redact"),
-            "tracking_uri": ("mlexec_core.builtins.mlflow_tracking", "tracking_uri")}
+            "tracking_uri": ("mlexec_core.builtins.mlflow.store", "tracking_uri")}
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,7 @@ DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
 #: Built-in plugins: (name, module), registered exactly like installed ones.
 BUILTINS: tuple[tuple[str, str], ...] = (
     ("local", "mlexec_core.builtins.local_plugin"),
-    ("mlflow", "mlexec_core.builtins.mlflow_tracking"),
+    ("mlflow", "mlexec_core.builtins.mlflow.hooks"),
     ("sweep", "mlexec_core.builtins.sweep_plugin"),
 )
 

@@ -126,7 +126,7 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
                storage_dir: str | None = None, run_name: str | None = None, build_image: bool | None = None,
                resume: str | None = None, cwd: Path | None = None) -> SweepPlan:
     """Check everything; raise :class:`MlexecError` on the first problem.  Creates nothing."""
-    from mlexec_core.builtins.mlflow_tracking import tracking_uri
+    from mlexec_core.builtins.mlflow.store import tracking_uri
     from mlexec_core.pipeline.resolve import resolve_plan
 
     cwd = Path(cwd or os.getcwd())

@@ -34,7 +34,7 @@ def latest_metric(run: RunRecord, key: str) -> float | None:
     """The latest value of metric ``key`` logged to ``run``, or ``None``."""
     if run.tracker != "mlflow" or not run.tracking_uri:
         return None
-    from mlexec_core.builtins.mlflow_tracking import open_store
+    from mlexec_core.builtins.mlflow.store import open_store
 
     store = open_store(run.tracking_uri)
     if getattr(store, "kind", None) == "sqlite":
@@ -77,7 +77,7 @@ class EarlierSweep:
 
 def read_sweep(tracking_uri: str, parent_run_id: str) -> EarlierSweep:
     """The sweep whose parent run is ``parent_run_id`` (through ``MlflowClient``)."""
-    from mlexec_core.builtins.mlflow_tracking import ClientStore
+    from mlexec_core.builtins.mlflow.client import ClientStore
     from mlexec_core.sources.urls import redact
 
     client = ClientStore(tracking_uri).client

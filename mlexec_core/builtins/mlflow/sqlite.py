@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from mlexec_core.errors import TrackingError
 from mlexec_core.supervisor import LIVE_TAG
@@ -90,12 +90,20 @@ def installed_head_revision() -> str | None:
 
 
 class SqliteStore:
-    kind = "sqlite"
+    """A :class:`~mlexec_core.builtins.mlflow.store.TrackingStore` written directly.
 
-    def __init__(self, uri: str, path: Path, workspace: bool) -> None:
+    ``fallback()`` gives the same store through ``MlflowClient``, for what is not
+    written here (a new experiment, artifacts that are not local files)."""
+
+    kind = "sqlite"
+    #: Nothing to open: the connection is made by the first transaction, in milliseconds.
+    connected = True
+
+    def __init__(self, uri: str, path: Path, workspace: bool, fallback: Callable[[], Any]) -> None:
         self.uri = uri
         self.path = path
         self.workspace = workspace
+        self._fallback = fallback
         self._lock = threading.RLock()  # one connection, used by one thread at a time
         self._conn: sqlite3.Connection | None = None
         self._conn_key: tuple[int, int, int] | None = None
@@ -108,8 +116,11 @@ class SqliteStore:
         self._flusher: threading.Thread | None = None
         self._at_exit = False
 
+    def connect(self) -> None:
+        """(Nothing to do: see :attr:`connected`.)"""
+
     @classmethod
-    def open(cls, uri: str) -> "SqliteStore | None":
+    def open(cls, uri: str, fallback: Callable[[], Any]) -> "SqliteStore | None":
         if not uri.startswith("sqlite:///"):
             return None
         path = Path(uri[len("sqlite:///"):])
@@ -137,7 +148,7 @@ class SqliteStore:
                   "deleted_time"}
         if head is None or rev != head or not needed <= run_cols:
             return None
-        return cls(uri, path, "workspace" in cols)
+        return cls(uri, path, "workspace" in cols, fallback)
 
     def _connection(self, wait: float) -> sqlite3.Connection:
         """The kept connection; a new one when the file was replaced or this is a forked child."""
@@ -201,9 +212,7 @@ class SqliteStore:
                                  f"WHERE name = ?{ws}", (name or "Default",)).fetchone()
                 if row is None:
                     # New experiments take MLflow's own rules for artifact locations.
-                    from mlexec_core.builtins.mlflow_tracking import ClientStore
-
-                    return ClientStore(self.uri).experiment_id(name, None)
+                    return self._fallback().experiment_id(name, None)
         if row[2] != "active":
             raise TrackingError(f"experiment {row[1]!r} ({row[0]}) is deleted",
                                 hint="restore it with `mlflow experiments restore`, or pick another")
@@ -400,9 +409,7 @@ class SqliteStore:
                 return None
             except OSError as exc:
                 raise TrackingError(f"cannot read the output of run {run_id}: {exc}") from None
-        from mlexec_core.builtins.mlflow_tracking import ClientStore
-
-        return ClientStore(self.uri).download_output(run_id)
+        return self._fallback().download_output(run_id)
 
     def clear_live(self, run_id: str) -> None:
         with self._db() as db:
@@ -417,9 +424,7 @@ class SqliteStore:
             uri = row[0] if row else None
         root = _local_path(uri) if uri else None
         if root is None:
-            from mlexec_core.builtins.mlflow_tracking import ClientStore
-
-            ClientStore(self.uri).log_artifact(run_id, local_path, artifact_path)
+            self._fallback().log_artifact(run_id, local_path, artifact_path)
             return
         target = root / artifact_path
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,5 @@
-"""The built-in ``mlflow`` tracker: records every run in MLflow tracking.
-
-The store is ``$MLFLOW_TRACKING_URI``, or, as in current MLflow, a sqlite
-file ``mlflow.db`` in the working directory (made absolute, so the job logs
-to the same file from the project directory).
-
-Importing mlflow costs seconds, so a sqlite store that MLflow has already
-created and that is at the schema revision the installed mlflow expects is
-written directly (:mod:`mlexec_core.builtins._mlflow_sqlite`): the same rows
-``MlflowClient`` writes, in milliseconds.  Every other store (a new sqlite
-file, a server, a file store, Databricks) goes through ``MlflowClient``.
+"""Tracking through ``mlflow.tracking.MlflowClient``: any store MLflow supports (a server, a new
+sqlite file, a file store, Databricks), with mlexec's own calls bounded in time.
 """
 
 from __future__ import annotations
@@ -17,63 +8,15 @@ import contextlib
 import contextvars
 import os
 import threading
-import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 from mlexec_core.errors import TrackingError
-from mlexec_core.pipeline.output import ARTIFACT_PATH as OUTPUT_ARTIFACT
-from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
-from mlexec_core.plugin import hookimpl
-from mlexec_core.plugin.interfaces import Context
 from mlexec_core.sources.urls import redact, scrub, secrets_of
 from mlexec_core.supervisor import ACTIVE, LIVE_TAG
 
-DEFAULT_DB = "mlflow.db"
-#: Why a run failed or was killed, in one line (set by mlexec when it ends the run).
-FAILURE_REASON_TAG = "mlexec.failureReason"
-MAX_TAG_VALUE = 8000
-
-_stores: dict[str, Any] = {}
-#: ``open_store`` and the lazy MlflowClient are reached from many threads at once (a sweep's children).
-_stores_lock = threading.RLock()
-
-
-def tracking_uri(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
-    """The tracking URI for this process, with local paths made absolute."""
-    environ = os.environ if environ is None else environ
-    cwd = cwd or Path.cwd()
-    uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if not uri:
-        return f"sqlite:///{cwd / DEFAULT_DB}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        rest = uri[len("sqlite:///"):]
-        if rest and rest != ":memory:" and not rest.startswith("/"):
-            return f"sqlite:///{(cwd / rest).resolve()}"
-        return uri
-    if uri.startswith("file:"):
-        return uri
-    if "://" not in uri and ":" not in uri.split("/")[0]:
-        return Path(cwd, uri).resolve().as_uri()
-    return uri
-
-
-def open_store(uri: str):
-    """The fastest store that can serve ``uri`` (cached per URI)."""
-    store = _stores.get(uri)
-    if store is None:
-        from mlexec_core.builtins import _mlflow_sqlite
-
-        with _stores_lock:
-            store = _stores.get(uri)
-            if store is None:
-                store = _mlflow_sqlite.SqliteStore.open(uri) or ClientStore(uri)
-                _stores[uri] = store
-    return store
-
-
-def forget_store(uri: str) -> None:
-    _stores.pop(uri, None)
+#: One MlflowClient per store, however many threads (a sweep's children) ask at once.
+_client_lock = threading.RLock()
 
 
 #: What mlexec's own calls to an MLflow server use unless these variables are set:
@@ -140,9 +83,18 @@ class ClientStore:
         self._client = None
 
     @property
+    def connected(self) -> bool:
+        """Whether MLflow is imported and the store opened (the first time takes seconds)."""
+        return self._client is not None
+
+    def connect(self) -> None:
+        """Import MLflow and open the store now (errors here, as a :class:`TrackingError`)."""
+        self.client  # noqa: B018
+
+    @property
     def client(self):
         if self._client is None:
-            with _stores_lock:  # one MlflowClient, however many threads (a sweep's children) ask at once
+            with _client_lock:  # one MlflowClient, however many threads (a sweep's children) ask at once
                 if self._client is None:
                     import logging
 
@@ -158,7 +110,7 @@ class ClientStore:
                                 client.search_experiments(max_results=1)
                         self._client = client
                     except Exception as exc:
-                        raise _tracking_error(self.uri, exc) from None
+                        raise tracking_error(self.uri, exc) from None
         return self._client
 
     @_bounded
@@ -176,7 +128,7 @@ class ClientStore:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "No Experiment with id" in str(exc):
                 raise TrackingError(f"no experiment with id {experiment_id!r} in {redact(self.uri)}",
                                     hint="check --experiment-id, or use --experiment-name to create one") from None
-            raise _tracking_error(self.uri, exc) from None
+            raise tracking_error(self.uri, exc) from None
         if exp.lifecycle_stage != "active":
             raise TrackingError(f"experiment {exp.name!r} ({exp.experiment_id}) is deleted",
                                 hint="restore it with `mlflow experiments restore`, or pick another")
@@ -190,14 +142,14 @@ class ClientStore:
         try:
             run = self.client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
         except Exception as exc:
-            raise _tracking_error(self.uri, exc) from None
+            raise tracking_error(self.uri, exc) from None
         try:
             if params:
                 self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         except Exception as exc:  # the run exists: it must not stay RUNNING
             with contextlib.suppress(Exception):
                 self.client.set_terminated(run.info.run_id, "FAILED")
-            raise _tracking_error(self.uri, exc) from None
+            raise tracking_error(self.uri, exc) from None
         return run.info.run_id, run.info.run_name
 
     @_bounded
@@ -209,7 +161,7 @@ class ClientStore:
         except Exception as exc:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc):
                 raise TrackingError(f"no run with id {run_id!r} in {redact(self.uri)}", hint="check --run-id") from None
-            raise _tracking_error(self.uri, exc) from None
+            raise tracking_error(self.uri, exc) from None
         for key, value in params.items():
             if key in run.data.params and run.data.params[key] != value:
                 raise TrackingError(f"run {run_id} already has param {key}={run.data.params[key]!r}, not {value!r}",
@@ -219,7 +171,7 @@ class ClientStore:
                                                   if k not in run.data.params])
             self.client.update_run(run_id, status="RUNNING")
         except Exception as exc:
-            raise _tracking_error(self.uri, exc) from None
+            raise tracking_error(self.uri, exc) from None
         return run.info.experiment_id, run.info.run_name
 
     @_bounded
@@ -290,7 +242,7 @@ class ClientStore:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc):
                 raise TrackingError(f"no run with id {run_id!r} in {redact(self.uri)}",
                                     hint="check the id (the `=== Run ID ... ===` line of mlexec run)") from None
-            raise _tracking_error(self.uri, exc) from None
+            raise tracking_error(self.uri, exc) from None
         return run.info.status, dict(run.data.tags), {"artifact_uri": run.info.artifact_uri or ""}
 
     @_bounded
@@ -303,7 +255,7 @@ class ClientStore:
             except Exception as exc:
                 if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "No such file" in str(exc) or "not found" in str(exc):
                     return None
-                raise _tracking_error(self.uri, exc) from None
+                raise tracking_error(self.uri, exc) from None
             return Path(path).read_bytes()
 
     @_bounded
@@ -324,7 +276,8 @@ class ClientStore:
             self.client.log_artifact(run_id, str(staged), folder or None)
 
 
-def _tracking_error(uri: str, exc: BaseException) -> TrackingError:
+def tracking_error(uri: str, exc: BaseException) -> TrackingError:
+    """One clear :class:`TrackingError` for what MLflow raised (credentials removed)."""
     if isinstance(exc, TrackingError):
         return exc
     text = scrub(str(exc), secrets_of(uri)).strip().splitlines()
@@ -339,196 +292,3 @@ def _tracking_error(uri: str, exc: BaseException) -> TrackingError:
                 "(MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT change that)")
     return TrackingError(f"tracking store {redact(uri)} refused: {message}", hint=hint)
 
-
-def _run_tags(plan: RunPlan) -> dict[str, str]:
-    source = plan.source
-    tags = {
-        "mlflow.user": _user(),
-        # the URI as the user gave it (credentials removed); for a directory used in place
-        # inside a git work tree, file://<root>#<subdirectory>, as mlflow run does
-        "mlflow.source.name": source.name or source.uri,
-        "mlflow.source.type": "PROJECT",
-        "mlflow.project.entryPoint": plan.entry_point.name,
-        "mlflow.project.backend": plan.backend,
-    }
-    if source.git_commit:
-        tags["mlflow.source.git.commit"] = source.git_commit
-    if source.git_repo_url:
-        tags["mlflow.source.git.repoURL"] = source.git_repo_url
-    if source.git_branch:
-        tags["mlflow.source.git.branch"] = source.git_branch
-    parent = os.environ.get("MLFLOW_RUN_ID")
-    if parent and not plan.tracking.run_id:
-        tags["mlflow.parentRunId"] = parent
-    tags.update(plan.tracking.tags)
-    from mlexec_core import supervisor
-
-    tags.update(supervisor.record())
-    return {k: v[:MAX_TAG_VALUE] for k, v in tags.items()}
-
-
-def _user() -> str:
-    """``getpass.getuser()``, without importing getpass (and termios) on every run."""
-    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        if os.environ.get(name):
-            return os.environ[name]
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid())[0]
-    except Exception:
-        return "unknown"
-
-
-#: Seconds between two repairs of one store by one process (a sweep creates runs by the hundred).
-REPAIR_INTERVAL = 30.0
-_repaired: dict[str, float] = {}
-#: The live log path written with each run at its creation (sqlite stores), until it starts.
-_live_paths: dict[str, str] = {}
-
-
-def _repair_due(uri: str) -> bool:
-    now = time.monotonic()
-    with _stores_lock:
-        last = _repaired.get(uri)
-        if last is not None and now - last < REPAIR_INTERVAL:
-            return False
-        _repaired[uri] = now
-        return True
-
-
-@hookimpl
-def mlexec_run_create(plan: RunPlan, context: Context) -> RunRecord:
-    uri = tracking_uri()
-    store = open_store(uri)
-    if isinstance(store, ClientStore) and store._client is None:
-        with context.reporter.status(f"Opening the MLflow tracking store {redact(uri)} "
-                                     "(through MLflow: a few seconds)"):
-            store.client  # noqa: B018
-    if _repair_due(uri):
-        repair_store(store, context.reporter)
-    params = plan.logged_params()
-    if plan.tracking.run_id:
-        experiment_id, run_name = store.attach(plan.tracking.run_id, params)
-        run_id = plan.tracking.run_id
-        store.set_tags(run_id, _run_tags(plan))
-    else:
-        experiment_id = store.experiment_id(plan.tracking.experiment_name, plan.tracking.experiment_id)
-        tags = _run_tags(plan)
-        if store.kind == "sqlite":  # the live log's path is known: write it with the run, not after
-            import uuid
-
-            from mlexec_core import supervisor
-
-            new_id = uuid.uuid4().hex
-            live = str(supervisor.live_dir() / f"{new_id}.log")  # as start_live_log names it (checked there)
-            run_id, run_name = store.create_run(experiment_id, plan.tracking.run_name,
-                                                {**tags, supervisor.LOG_TAG: live}, params, run_id=new_id)
-            _live_paths[run_id] = live
-        else:
-            run_id, run_name = store.create_run(experiment_id, plan.tracking.run_name, tags, params)
-    env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": str(experiment_id)}
-    return RunRecord(run_id=run_id, experiment_id=str(experiment_id), tracking_uri=uri, env=env,
-                     tracker="mlflow", run_name=run_name)
-
-
-@hookimpl
-def mlexec_run_tags(run: RunRecord, tags: Mapping[str, str]) -> None:
-    if run.tracker == "mlflow" and tags:
-        open_store(run.tracking_uri).set_tags(run.run_id, {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()})
-
-
-def repair_store(store, reporter=None, job_status=None) -> list:
-    """Repair runs of ``store`` whose mlexec is gone (:func:`mlexec_core.supervisor.repair`);
-    say so in one line.  Never fails a command: a store that cannot be repaired now is left."""
-    from mlexec_core import supervisor
-
-    try:
-        changed = supervisor.repair(store, job_status)
-    except Exception:  # noqa: BLE001  (repair is a courtesy; the command goes on)
-        return []
-    if changed and reporter is not None:
-        reporter.warning(supervisor.summary(changed))
-    return changed
-
-
-@hookimpl
-def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
-    """Keep a live copy of the output for ``mlexec logs -f``, and say where it is."""
-    if run.tracker != "mlflow" or run.output is None:
-        return
-    from mlexec_core import supervisor
-
-    written = _live_paths.pop(run.run_id, None)
-    live = supervisor.start_live_log(run.run_id, run.output)
-    if live is not None and str(live.path) != written:
-        open_store(run.tracking_uri).set_tags(run.run_id, {supervisor.LOG_TAG: str(live.path)})
-
-
-#: Attempts at writing a run's final status before it is kept locally.
-FINAL_ATTEMPTS = 3
-
-
-@hookimpl
-def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
-    """SCHEDULED while a batch scheduler queues the job, RUNNING once it starts (as MLflow's statuses)."""
-    if run.tracker == "mlflow":
-        open_store(run.tracking_uri).set_status(run.run_id, status.value)  # never un-ends a run
-
-
-@hookimpl
-def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
-    if run.tracker != "mlflow":
-        return
-    from mlexec_core import supervisor
-
-    _live_paths.pop(run.run_id, None)
-    supervisor.stop_live_log(run.run_id)
-    end_time = int(time.time() * 1000)
-    log = run.output.log_path
-    logged = log is None
-    problem: TrackingError | None = None
-    error: BaseException | None = None
-    for attempt in range(FINAL_ATTEMPTS):
-        if attempt and supervisor.interrupted.wait(2 ** (attempt - 1)):
-            break  # the user wants out: keep the status locally now
-        try:
-            store = open_store(run.tracking_uri)
-            # The output first, whatever the status: a run that ends has its log beside it.
-            if not logged:
-                try:
-                    store.log_artifact(run.run_id, log, OUTPUT_ARTIFACT)
-                    logged = True
-                except Exception as exc:
-                    problem = TrackingError(f"the run's output could not be stored as {OUTPUT_ARTIFACT}: "
-                                            f"{scrub(str(exc), secrets_of(run.tracking_uri or ''))}")
-            record_end(store, run.run_id, status, reason, end_time)
-        except Exception as exc:  # noqa: BLE001  (the store is down: try again, then keep it locally)
-            error = exc
-            continue
-        if problem is not None and not logged:
-            raise problem
-        return
-    tags = {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]} if reason else {}
-    kept = supervisor.save_pending(run.tracking_uri, run.run_id, status.value, None, end_time, tags,
-                                   log=None if logged else log)
-    why = _tracking_error(run.tracking_uri, error).message if error else "interrupted"
-    where = (f"kept in {kept}; the next mlexec command on this store (or `mlexec runs repair`) records it"
-             if kept else "it could not be kept locally either")
-    raise TrackingError(f"run {run.run_id} ended {status.value} but the store did not record it ({why}); {where}")
-
-
-def record_end(store: Any, run_id: str, status: RunStatus, reason: str | None, end_time: int | None = None) -> None:
-    """Record how a run this process supervises ended."""
-    # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
-    # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
-    # One call (one transaction in a sqlite store), committed before it returns.
-    tags = {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]} if reason else {}
-    store.finish(run_id, status.value, tags, end_time=end_time, force=status is RunStatus.KILLED)
-
-
-def outcome_unrecorded(run: RunRecord) -> bool:
-    """Whether the final status of ``run`` is waiting locally for the store."""
-    from mlexec_core import supervisor
-
-    return run.tracker == "mlflow" and supervisor.has_pending(run.tracking_uri, run.run_id)
