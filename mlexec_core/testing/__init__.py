@@ -2,7 +2,7 @@
 
 Use from a plugin's tests with ``pytest_plugins = ["mlexec_core.testing"]`` in its
 conftest.py; helpers (``make_project``, ``assert_no_traceback``, ``MLEXEC``,
-``Background``, ``assert_processes_gone``) import from here, and the contract
+``Background``, ``assert_processes_gone``, ``build_wheel``) import from here, and the contract
 tests every backend and environment manager should pass from
 :mod:`mlexec_core.testing.conformance`.  Test modules must have names unique
 across the repository (``test_<plugin>_*.py``), since all suites run in one
@@ -357,6 +357,33 @@ def project(tmp_path):
 def assert_no_traceback(proc) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stdout, proc.stdout
+
+
+def build_wheel(dest: Path, name: str, version: str, files: dict[str, str],
+                entry_points: str | None = None) -> Path:
+    """A pure-Python wheel ``<name>-<version>-py3-none-any.whl`` in ``dest`` holding ``files``
+    (path in the wheel: text), with its METADATA, WHEEL and RECORD (and ``entry_points.txt``)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{name}-{version}.dist-info"
+    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    if entry_points is not None:
+        files[f"{info}/entry_points.txt"] = entry_points
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{name}-{version}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(path, "w") as wheel:
+        for rel, text in files.items():
+            data = text.encode()
+            wheel.writestr(rel, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{rel},sha256={digest},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        wheel.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return path
 
 
 def free_port() -> int:

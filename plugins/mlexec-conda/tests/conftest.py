@@ -11,7 +11,6 @@ tests, so the ``pip:`` part (uv) can be tested on rattler-built prefixes too.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import io
 import json
@@ -19,10 +18,11 @@ import os
 import sys
 import tarfile
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
+
+from mlexec_core.testing import build_wheel
 
 pytest_plugins = ["mlexec_core.testing"]
 
@@ -69,25 +69,8 @@ def index_channel(channel: Path) -> None:
 
 def make_wheel(dest: Path, name: str = "greet", version: str = "1.0") -> Path:
     """A pure-Python wheel with a ``<name>`` console script printing ``hello from pip <name> <version>``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"{name}-{version}-py3-none-any.whl"
-    info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": f"def main():\n    print('hello from pip {name} {version}')\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{info}/entry_points.txt": f"[console_scripts]\n{name} = {name}:main\n",
-    }
-    record = []
-    with zipfile.ZipFile(path, "w") as wheel:
-        for rel, text in files.items():
-            data = text.encode()
-            wheel.writestr(rel, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{rel},sha256={digest},{len(data)}")
-        record.append(f"{info}/RECORD,,")
-        wheel.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
-    return path
+    return build_wheel(dest, name, version, {f"{name}.py": f"def main():\n    print('hello from pip {name} {version}')\n"},
+                       entry_points=f"[console_scripts]\n{name} = {name}:main\n")
 
 
 @pytest.fixture(scope="session")

@@ -10,18 +10,15 @@ Real uv, real installs, the real CLI.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 from virtualenv_helpers import env_dirs, need
 
-from mlexec_core.testing import assert_no_traceback
+from mlexec_core.testing import assert_no_traceback, build_wheel
 from mlexec_virtualenv.build import seed_wheels
 from mlexec_core.errors import EnvironmentBuildError
 from mlexec_virtualenv.interpreters import Interpreter, choose, find_interpreters
@@ -127,26 +124,9 @@ def test_virtualenv_holds_what_mlflows_venv_holds_and_uv_stays_lean(mlexec, proj
 
 def _wheel(dest: Path) -> Path:
     """A wheel whose package holds a file that does not compile (Python 2 test data, as real packages ship)."""
-    name, version = "withbadfile", "1.0"
-    info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": "VALUE = 42\n",
-        f"{name}/tests/data/py2_only.py": "print 'this is Python 2'\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    dest.mkdir(parents=True, exist_ok=True)
-    path = dest / f"{name}-{version}-py3-none-any.whl"
-    record = []
-    with zipfile.ZipFile(path, "w") as wheel:
-        for rel, text in files.items():
-            data = text.encode()
-            wheel.writestr(rel, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{rel},sha256={digest},{len(data)}")
-        record.append(f"{info}/RECORD,,")
-        wheel.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
-    return path
+    name = "withbadfile"
+    return build_wheel(dest, name, "1.0", {f"{name}/__init__.py": "VALUE = 42\n",
+                                           f"{name}/tests/data/py2_only.py": "print 'this is Python 2'\n"})
 
 
 @pytest.mark.parametrize("manager", ["virtualenv", "uv"])
