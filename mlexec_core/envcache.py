@@ -49,8 +49,9 @@ def env_root(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     if environ.get(ENV_ROOT_VAR):
         return Path(environ[ENV_ROOT_VAR]).expanduser().resolve()
-    cache = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache, "mlexec", "envs").resolve()
+    from mlexec_core.xdg import cache_home
+
+    return (cache_home(environ) / "envs").resolve()
 
 
 def spec_key(spec: Mapping[str, Any], length: int = 16) -> str:

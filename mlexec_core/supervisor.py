@@ -144,8 +144,9 @@ def noticed() -> str:
 def pending_dir() -> Path:
     if os.environ.get(PENDING_VAR):
         return Path(os.environ[PENDING_VAR]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache, "mlexec", "pending")
+    from mlexec_core.xdg import cache_home
+
+    return cache_home() / "pending"
 
 
 def save_pending(uri: str, run_id: str, status: str, reason: str | None, end_time: int,

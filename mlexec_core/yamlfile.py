@@ -325,8 +325,9 @@ _MISS: Any = object()
 
 
 def parse_cache_dir() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache, "mlexec", "parsed")
+    from mlexec_core.xdg import cache_home
+
+    return cache_home() / "parsed"
 
 
 def _slot(text: str) -> Path:

@@ -38,8 +38,9 @@ def cache_root(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     if environ.get(CACHE_VAR):
         return Path(environ[CACHE_VAR]).expanduser().resolve()
-    cache = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache, "mlexec", "sources").resolve()
+    from mlexec_core.xdg import cache_home
+
+    return (cache_home(environ) / "sources").resolve()
 
 
 @frozen
