@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import attrs
 from attrs import frozen
 
-from mlexec_core.configmodel import NonEmpty, Style, Text, TextValue, setting, structure
+from mlexec_core.configmodel import NonEmpty, Style, Text, TextValue, keys, setting, structure
 from mlexec_core.errors import UsageError
 
 #: Where environments and job folders go when ``shared-dir`` is not set.
@@ -61,7 +61,6 @@ _OWNED_OPTIONS = {
     "--hold": "a held job would never start",
 }
 
-_STYLE = Style(backend="slurm", known_hint="; other sbatch options go in sbatch-args")
 
 
 @frozen
@@ -149,6 +148,11 @@ class _SlurmFile:
     sbatch_args: Any = setting("sbatch-args")
     tracking_uri: NonEmpty | None = setting("tracking-uri")
     shared_dir: NonEmpty | None = setting("shared-dir")
+
+
+_STYLE = Style(backend="slurm", known_hint="; other sbatch options go in sbatch-args")
+#: The keys, in the order the README documents them.
+KNOWN_KEYS = keys(_SlurmFile)
 
 
 def _name(key: str, value: str | None, what: str) -> str | None:
