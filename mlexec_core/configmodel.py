@@ -44,7 +44,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from mlexec_core.errors import MlexecError, UsageError
 from mlexec_core.yamlfile import shorten
 
-__all__ = ["NonEmpty", "Text", "TextValue", "setting", "keys", "structure", "Style", "BACKEND_CONFIG", "FILE"]
+__all__ = ["NonEmpty", "Text", "TextValue", "setting", "keys", "structure", "Style", "FILE"]
 
 T = TypeVar("T")
 
@@ -92,8 +92,6 @@ class Style:
         return self.words.get(kind) or _WORDS[kind]
 
 
-#: The wording of ``--backend-config`` ("--backend-config key 'ntasks' must be a whole number, got 'x'").
-BACKEND_CONFIG = Style(backend="")
 #: The wording of mlexec's own files ("trials: expected a whole number, got 'many'").
 FILE = Style(words={"bool": "bool", "str": "str"})
 
