@@ -271,6 +271,8 @@ def _where(path: tuple, style: Style) -> str:
         for part in path:
             text += f"[{part}]" if isinstance(part, int) else f".{part}"
         return text
+    if not path:
+        return "--backend-config"
     head, rest = path[0], path[1:]
     while rest and isinstance(rest[0], int):
         head, rest = f"{head}[{rest[0]}]", rest[1:]
@@ -299,7 +301,7 @@ def _rename(path: tuple, cls: type) -> Any:
     current: Any = cls
     for part in path:
         if isinstance(part, str) and not isinstance(part, _Entry) and attrs.has(current):
-            fields = {f.name: f for f in attrs.fields(current)}
+            fields = {f.name: f for f in attrs.fields(attrs.resolve_types(current))}
             field = fields.get(part)
             if field is not None:
                 yield field.metadata.get(_KEY, part)

@@ -76,6 +76,7 @@ def test_every_mistake_names_the_path_and_the_file(data, message):
     ({"env": {"A": {"b": 1}}}, "--backend-config key 'env': A must be a string or a number, got {'b': 1}"),
     ({"items": [{"itemSeconds": "5"}]}, "--backend-config key 'items[0]'.itemSeconds must be a whole number, got '5'"),
     ({"cuont": 1}, "unknown --backend-config key 'cuont' for the demo backend"),
+    (["count"], "--backend-config must be a mapping, got ['count']"),
     ({"items": [{"nmae": 1}]}, "--backend-config key 'items[0]': unknown key 'nmae'"),
 ])
 def test_the_backend_config_wording(data, message):
