@@ -53,14 +53,14 @@ def cache_list(kind: str | None, as_json: bool) -> None:
 def cache_prune(older_than: str | None, all_: bool, kind: str | None, dry_run: bool) -> None:
     """Remove cached sources; never a checkout or archive a run is using."""
     from mlexec_core.cli import housekeeping
-    from mlexec_core.cli.main import _fail
+    from mlexec_core.cli.main import fail
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
     try:
         cutoff = housekeeping.prune_cutoff(older_than, all_)
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     store, entries = _entries(kind)
     items = [(entry, lambda entry=entry: store.remove(entry)) for entry in entries]
     housekeeping.prune(terminal, items, cutoff, dry_run, ("cache entry", "cache entries"))

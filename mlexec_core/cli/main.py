@@ -54,7 +54,7 @@ def cli(env_file: str | None) -> None:
         _load_env_file(env_file)
 
 
-def _plugins(terminal, warn: bool = True):
+def load_plugins(terminal, warn: bool = True):
     from mlexec_core.plugin.manager import build_plugins
 
     plugins = build_plugins(reporter=terminal)
@@ -98,10 +98,10 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
 
     terminal = Terminal()
     if as_json and not dry_run:
-        _fail(terminal, MlexecError("--json goes with --dry-run"))
+        fail(terminal, MlexecError("--json goes with --dry-run"))
     stopper = _Stopper(terminal)
     try:
-        plugins = _plugins(terminal)
+        plugins = load_plugins(terminal)
         from mlexec_core.pipeline.resolve import resolve_plan
 
         plan = resolve_plan(
@@ -117,14 +117,14 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
             if as_json:
                 terminal.echo(json.dumps(summary, indent=2))
             else:
-                _print_plan(terminal, summary)
+                print_plan(terminal, summary)
             return
         if detach and not getattr(plugins.backend(plan.backend), "detachable", False):
             raise MlexecError(f"--detach: the {plan.backend!r} backend's jobs do not live on without mlexec",
                               hint="use a cluster backend (-b kubernetes), or leave out --detach")
         code = _run_plan(terminal, plugins, plan, stopper, detach=detach)
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     except (KeyboardInterrupt, _Terminated) as exc:
         terminal.failure("Interrupted before the run started; no run was created.")
         sys.exit(128 + (exc.signum if isinstance(exc, _Terminated) else signal.SIGINT))
@@ -241,12 +241,12 @@ def _detach(terminal, plugins, submitted) -> int:
     return 0
 
 
-def _fail(terminal, exc: MlexecError) -> None:
+def fail(terminal, exc: MlexecError) -> None:
     terminal.error(exc)
     sys.exit(exc.exit_code)
 
 
-def _print_plan(terminal, summary: dict[str, Any]) -> None:
+def print_plan(terminal, summary: dict[str, Any]) -> None:
     shown = dict(summary, backend_plan={k: v for k, v in summary["backend_plan"].items() if k != "text"})
     rows = [(k, v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in shown.items()
             if k != "parameters"]
@@ -275,7 +275,7 @@ def describe(uri: str, as_json: bool) -> None:
 
         project = load_project_reporting(fetch(uri, None, Path.cwd(), reporter=terminal).directory, terminal)
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     summary = project_summary(project)
     if as_json:
         terminal.echo(json.dumps(summary, indent=2))
@@ -303,7 +303,7 @@ def plugins_cmd(as_json: bool) -> None:
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
-    infos = _plugins(terminal, warn=False).infos(import_classes=True)  # a class that does not import is shown
+    infos = load_plugins(terminal, warn=False).infos(import_classes=True)  # a class that does not import is shown
     if as_json:
         import attrs
 
@@ -322,7 +322,7 @@ def env_group() -> None:
 
 
 def _managers(terminal):
-    plugins = _plugins(terminal)
+    plugins = load_plugins(terminal)
     seen = {}
     for cls in plugins.environment_managers().values():
         seen.setdefault(cls.name, cls)
@@ -332,7 +332,7 @@ def _managers(terminal):
 def _all_envs(terminal, manager: str | None):
     managers = _managers(terminal)
     if manager and manager not in {m.name for m in managers}:
-        _fail(terminal, MlexecError(f"unknown environment manager {manager!r} (--manager)",
+        fail(terminal, MlexecError(f"unknown environment manager {manager!r} (--manager)",
                                     hint=f"installed: {', '.join(m.name for m in managers)}"))
     envs = []
     for mgr in managers:
@@ -378,7 +378,7 @@ def env_prune(older_than: str | None, all_: bool, manager: str | None, dry_run: 
     try:
         cutoff = housekeeping.prune_cutoff(older_than, all_)
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     items = [(info, lambda mgr=mgr, info=info: mgr.remove_environment(info))
              for mgr, info in _all_envs(terminal, manager)]
     housekeeping.prune(terminal, items, cutoff, dry_run, ("environment", "environments"))
@@ -403,7 +403,7 @@ def main() -> None:
         except MlexecError as exc:  # raised outside a command (e.g. --env-file)
             from mlexec_core.cli.terminal import Terminal
 
-            _fail(Terminal(), exc)
+            fail(Terminal(), exc)
     except SystemExit as exc:
         _exit(exc)
         raise

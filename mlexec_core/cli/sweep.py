@@ -100,7 +100,7 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
       mlexec sweep . -P lr='loguniform(1e-4, 1e-1)' --trials 20 --metric rmse
       mlexec sweep --resume PARENT_RUN_ID
     """
-    from mlexec_core.cli.main import _fail, _plugins
+    from mlexec_core.cli.main import fail, load_plugins
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
@@ -114,7 +114,7 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
         if not uri and not resume:
             raise UsageError("give the project URI (or --resume PARENT_RUN_ID)",
                               hint="mlexec sweep . -P lr=0.001,0.01")
-        plugins = _plugins(terminal)
+        plugins = load_plugins(terminal)
         spec = build_spec(param_list, sweep_file=sweep_file, strategy=strategy, trials=trials, seed=seed,
                           metric=metric, goal=goal, max_parallel=max_parallel, max_failures=max_failures,
                           fail_fast=fail_fast, retries=retries, entry_point=entry_point)
@@ -146,7 +146,7 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
     except MlexecError as exc:
         if view is not None:
             view.close()
-        _fail(terminal, exc)
+        fail(terminal, exc)
     except (KeyboardInterrupt, _Terminated) as exc:
         if view is not None:
             view.close()
@@ -158,7 +158,7 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
 
 
 def _report(terminal, runner, as_json: bool) -> None:
-    from mlexec_core.sweeps.view import _duration
+    from mlexec_core.sweeps.view import format_duration
 
     summary = runner.summary()
     if as_json:
@@ -173,7 +173,7 @@ def _report(terminal, runner, as_json: bool) -> None:
                          child.status.lower() + (f" (attempt {child.attempt})" if child.attempt > 1 else "")
                          + (" (earlier)" if child.earlier else ""),
                          *([("" if child.value is None else f"{child.value:.6g}")] if metric else []),
-                         _duration(child.duration), child.run_id or ""])
+                         format_duration(child.duration), child.run_id or ""])
         title = f"Sweep {summary['parent_run_id']}" + (f", by {metric} ({runner.spec.goal})" if metric else "")
         terminal.table(title, columns, rows)
     counts = summary["counts"]
@@ -235,9 +235,9 @@ def _dry_run(terminal, plugins, plan, as_json: bool) -> None:
                        [[n, d.text] for n, d in plan.spec.parameters.items()])
     terminal.echo(f"{summary['count']} children, strategy {plan.strategy_name}, at most {plan.max_parallel} at once"
                   + (f", ranked by {plan.spec.metric} ({plan.spec.goal})" if plan.spec.metric else ""))
-    from mlexec_core.cli.main import _print_plan
+    from mlexec_core.cli.main import print_plan
 
-    _print_plan(terminal, summary["plan"])
+    print_plan(terminal, summary["plan"])
     if summary.get("fan_out", {}).get("text"):
         terminal.echo(f"The children as one submission (backend {plan.base.backend}):")
         terminal.echo(summary["fan_out"]["text"])

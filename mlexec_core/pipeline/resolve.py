@@ -374,7 +374,13 @@ def resolve_plan(
         manager, requested, env_error = "", env_manager or "", exc
     with reporting_file_warnings(reporter):
         config, config_base = load_backend_config(backend_config, cwd)
-        parsed_config = backend_obj.parse_config(config, config_base)
+        try:
+            parsed_config = backend_obj.parse_config(config, config_base)
+        except MlexecError as exc:
+            from_file = isinstance(backend_config, str) and not backend_config.lstrip().startswith(("{", "["))
+            if exc.context is None and from_file:  # the message names the key; name the file too
+                exc.context = shorten(backend_config, 300)
+            raise
     command = render_command(ep.command, {n: p.value for n, p in values.items()}, extra)
     check_command_size(command, ep.name, {**{n: p.value for n, p in values.items()}, **extra},
                        as_argument=backend_obj.command_as_argument)

@@ -266,16 +266,33 @@ class SweepSpec:
                    strategy_options=data.get("strategy_options") or {})
 
 
-SWEEP_FILE_KEYS = {
-    "entry_point": str, "strategy": str, "trials": int, "seed": int, "metric": str, "goal": str,
-    "max_parallel": int, "max_failures": int, "fail_fast": bool, "retries": int, "parameters": dict,
-    "strategy_options": dict,
-}
+@frozen
+class _SweepFile:
+    """A sweep file as written: its keys and their types, structured by :mod:`mlexec_core.configmodel`.
+
+    The parameters' values are domains with a syntax of their own (``range(1, 4)``), which
+    :func:`parse_domain` reads; here they are only a mapping of names to values.
+    """
+
+    entry_point: str | None = None
+    strategy: str | None = None
+    trials: int | None = None
+    seed: int | None = None
+    metric: str | None = None
+    goal: str | None = None
+    max_parallel: int | None = None
+    max_failures: int | None = None
+    fail_fast: bool | None = None
+    retries: int | None = None
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
+    strategy_options: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def load_sweep_file(path: Path) -> dict[str, Any]:
-    """A sweep file's keys, checked: an unknown key or a wrong type is an error naming it."""
+    """A sweep file's keys, checked: an unknown key or a wrong type is an error naming it and the file."""
     import yaml
+
+    from mlexec_core.configmodel import structure  # imports cattrs: only when a sweep file is read
 
     where = str(path)
     try:
@@ -291,26 +308,11 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise UsageError("expected a mapping of keys (parameters, strategy, metric ...)", context=where)
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        kind = SWEEP_FILE_KEYS.get(key) if isinstance(key, str) else None
-        if kind is None:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), list(SWEEP_FILE_KEYS), n=1)
-            raise UsageError(f"unknown key {key!r}", context=where,
-                             hint=(f"did you mean {close[0]!r}? " if close else "")
-                             + f"keys: {', '.join(sorted(SWEEP_FILE_KEYS))}")
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise UsageError(f"{key}: expected a whole number, got {value!r}", context=where)
-        if kind is not int and not isinstance(value, kind):
-            raise UsageError(f"{key}: expected {kind.__name__ if kind is not dict else 'a mapping'}, got {value!r}",
-                             context=where)
-        out[key] = value
-    for name in out.get("parameters", {}):
-        if not isinstance(name, str) or not name:
+    raw = structure(data, _SweepFile, context=where)
+    for name in raw.parameters:
+        if not name:
             raise UsageError(f"parameters: {name!r} is not a parameter name", context=where)
-    return out
+    return {k: v for k, v in attrs.asdict(raw, recurse=False).items() if v is not None}
 
 
 def build_spec(

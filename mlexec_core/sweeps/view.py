@@ -19,7 +19,7 @@ def params_text(params: Mapping[str, str], limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
     if seconds < 60:
@@ -75,7 +75,7 @@ class TerminalView(Events):
         if self.live is None:
             total = sweep.queued_total
             self.terminal.info(f"[{self.ended_count}/{total}] {child.status.lower()}: child {child.number} "
-                               f"{params_text(child.params)}{_metric(sweep, child)}  {_duration(child.duration)}  "
+                               f"{params_text(child.params)}{_metric(sweep, child)}  {format_duration(child.duration)}  "
                                f"run {child.run_id}")
         self.tick(sweep)
 
@@ -119,7 +119,7 @@ class TerminalView(Events):
         width = max(20, self.terminal.err.width - 4)
         running = sorted(list(sweep.running.values()), key=lambda ch: ch.number)
         for child in running[:20]:
-            label = f"#{child.number} {params_text(child.params, 40)} {_duration(child.duration)}"
+            label = f"#{child.number} {params_text(child.params, 40)} {format_duration(child.duration)}"
             last = child.last_line.strip()
             text = Text(label, style="bold")
             if last:

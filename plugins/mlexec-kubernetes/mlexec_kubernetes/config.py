@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import attrs
 from attrs import frozen
 
+from mlexec_core.configmodel import NonEmpty, Style, Text, TextValue, keys, setting, structure
 from mlexec_core.errors import UsageError
 from mlexec_core.yamlfile import FileWarning, exists, is_file, load_yaml, shorten, text_problem
 
@@ -26,7 +27,6 @@ _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
-_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 _TOLERATION_OPERATORS = {"Exists", "Equal"}
 _TOLERATION_EFFECTS = {"NoSchedule", "PreferNoSchedule", "NoExecute"}
 
@@ -53,22 +53,44 @@ class KubernetesConfig:
     ttl_seconds_after_finished: int | None = None
 
 
+@frozen
+class _Toleration:
+    key: Text | None = setting()
+    operator: Any = setting()
+    value: Text | None = setting()
+    effect: Any = setting()
+    tolerationSeconds: int | None = setting()  # noqa: N815 (Kubernetes' name)
+
+
+@frozen
+class _KubernetesFile:
+    """The backend config as written: the keys and their types (the formats are checked in :func:`parse_config`).
+
+    The keys, in the order the README documents them.
+    """
+
+    kube_context: NonEmpty | None = setting("kube-context")
+    repository_uri: NonEmpty | None = setting("repository-uri")
+    kube_job_template_path: NonEmpty | None = setting("kube-job-template-path")
+    namespace: NonEmpty | None = setting()
+    service_account: NonEmpty | None = setting("service-account")
+    image_pull_secrets: Any = setting("image-pull-secrets")
+    env: Mapping[str, TextValue] = setting(factory=dict)
+    resources: Any = setting()
+    node_selector: Mapping[str, TextValue] = setting("node-selector", factory=dict)
+    tolerations: tuple[_Toleration, ...] = setting(default=())
+    backoff_limit: int | None = setting("backoff-limit")
+    active_deadline_seconds: int | None = setting("active-deadline-seconds")
+    ttl_seconds_after_finished: int | None = setting("ttl-seconds-after-finished")
+
+
+_STYLE = Style(backend="kubernetes", words={"int": "an integer"})
+#: The keys of ``--backend-config``.
+KNOWN_KEYS = keys(_KubernetesFile)
+
+
 def _where(key: str) -> str:
     return f"--backend-config key {key!r}"
-
-
-def _string(config: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
-    if key not in config or config[key] is None:
-        if required:
-            raise UsageError(f"{_where(key)} is required for the kubernetes backend",
-                             hint=f"add {key}: ... to the backend config"
-                             + (" (the registry the cluster pulls from, e.g. registry.example.com/team/proj)"
-                                if key == "repository-uri" else ""))
-        return None
-    value = config[key]
-    if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{_where(key)} must be a non-empty string, got {shorten(repr(value))}")
-    return value.strip()
 
 
 def _dns(key: str, value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
@@ -78,13 +100,8 @@ def _dns(key: str, value: str | None, pattern: re.Pattern[str], what: str) -> st
     return value
 
 
-def _int(config: Mapping[str, Any], key: str, minimum: int) -> int | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{_where(key)} must be an integer, got {shorten(repr(value))}")
-    if value < minimum:
+def _at_least(key: str, value: int | None, minimum: int) -> int | None:
+    if value is not None and value < minimum:
         raise UsageError(f"{_where(key)} must be at least {minimum}, got {value}")
     return value
 
@@ -97,18 +114,11 @@ def _scalar(key: str, value: Any) -> str:
     raise UsageError(f"{key} must be a string or a number, got {type(value).__name__} {shorten(repr(value))}")
 
 
-def _string_map(config: Mapping[str, Any], key: str, name_pattern: re.Pattern[str], what: str) -> dict[str, str]:
-    value = config.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise UsageError(f"{_where(key)} must be a mapping of {what} to values, got {shorten(repr(value))}")
-    out = {}
-    for name, item in value.items():
-        if not isinstance(name, str) or not name_pattern.match(name):
+def _names(key: str, value: Mapping[str, str], name_pattern: re.Pattern[str], what: str) -> dict[str, str]:
+    for name in value:
+        if not name_pattern.match(name):
             raise UsageError(f"{_where(key)}: {shorten(repr(name))} is not a valid {what}")
-        out[name] = _scalar(f"{_where(key)}: {name}", item)
-    return out
+    return dict(value)
 
 
 def _quantities(key: str, value: Any) -> dict[str, str]:
@@ -126,8 +136,7 @@ def _quantities(key: str, value: Any) -> dict[str, str]:
     return out
 
 
-def _resources(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    value = config.get("resources")
+def _resources(value: Any) -> dict[str, dict[str, str]]:
     if value is None:
         return {}
     if isinstance(value, Mapping) and value and set(value) <= {"requests", "limits"}:
@@ -137,45 +146,25 @@ def _resources(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return {"requests": dict(flat), "limits": dict(flat)} if flat else {}
 
 
-def _tolerations(config: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
-    value = config.get("tolerations")
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise UsageError(f"{_where('tolerations')} must be a list of mappings (key, operator, value, effect)")
+def _tolerations(value: tuple[_Toleration, ...]) -> tuple[dict[str, Any], ...]:
     out = []
     for index, item in enumerate(value):
         key = f"tolerations[{index}]"
-        if not isinstance(item, Mapping):
-            raise UsageError(f"{_where(key)} must be a mapping, got {shorten(repr(item))}")
-        unknown = {str(k) for k in item} - _TOLERATION_KEYS
-        if unknown:
-            raise UsageError(f"{_where(key)}: unknown key {sorted(unknown)[0]!r}",
-                             hint=f"a toleration has {', '.join(sorted(_TOLERATION_KEYS))}")
         tol: dict[str, Any] = {}
-        for name in ("key", "value"):
-            if name in item:
-                tol[name] = _scalar(f"{_where(key)}.{name}", item[name])
-        if "operator" in item:
-            if not isinstance(item["operator"], str) or item["operator"] not in _TOLERATION_OPERATORS:
-                raise UsageError(f"{_where(key)}.operator must be Exists or Equal, got {shorten(item['operator'])}")
-            tol["operator"] = item["operator"]
-        if "effect" in item:
-            if not isinstance(item["effect"], str) or item["effect"] not in _TOLERATION_EFFECTS:
-                raise UsageError(f"{_where(key)}.effect must be one of {', '.join(sorted(_TOLERATION_EFFECTS))}, "
-                                 f"got {shorten(item['effect'])}")
-            tol["effect"] = item["effect"]
-        if "tolerationSeconds" in item:
-            seconds = item["tolerationSeconds"]
-            if isinstance(seconds, bool) or not isinstance(seconds, int):
-                raise UsageError(f"{_where(key)}.tolerationSeconds must be an integer, got {shorten(repr(seconds))}")
-            tol["tolerationSeconds"] = seconds
+        for name in ("key", "operator", "value", "effect", "tolerationSeconds"):
+            if getattr(item, name) is not None:
+                tol[name] = getattr(item, name)
+        if item.operator is not None and (not isinstance(item.operator, str)
+                                          or item.operator not in _TOLERATION_OPERATORS):
+            raise UsageError(f"{_where(key)}.operator must be Exists or Equal, got {shorten(item.operator)}")
+        if item.effect is not None and (not isinstance(item.effect, str) or item.effect not in _TOLERATION_EFFECTS):
+            raise UsageError(f"{_where(key)}.effect must be one of {', '.join(sorted(_TOLERATION_EFFECTS))}, "
+                             f"got {shorten(item.effect)}")
         out.append(tol)
     return tuple(out)
 
 
-def _pull_secrets(config: Mapping[str, Any]) -> tuple[str, ...]:
-    value = config.get("image-pull-secrets")
+def _pull_secrets(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
@@ -289,48 +278,35 @@ def check_template(template: Mapping[str, Any], context: str) -> None:
                          context=context)
 
 
-KNOWN_KEYS = (
-    "kube-context", "repository-uri", "kube-job-template-path", "namespace", "service-account",
-    "image-pull-secrets", "env", "resources", "node-selector", "tolerations", "backoff-limit",
-    "active-deadline-seconds", "ttl-seconds-after-finished",
-)
-
-
 def parse_config(config: Mapping[str, Any], base_dir: Path) -> KubernetesConfig:
-    import difflib
-
-    for key in config:
-        if key not in KNOWN_KEYS:
-            close = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1)
-            raise UsageError(f"unknown --backend-config key {shorten(repr(key))} for the kubernetes backend",
-                             hint=(f"did you mean {close[0]!r}? " if close else "")
-                             + f"known keys: {', '.join(KNOWN_KEYS)}")
-    template_value = _string(config, "kube-job-template-path")
+    raw = structure(config, _KubernetesFile, style=_STYLE)
     template = path = None
-    if template_value is not None:
-        path = template_path(template_value, base_dir)
+    if raw.kube_job_template_path is not None:
+        path = template_path(raw.kube_job_template_path, base_dir)
         template = load_template(path)
+    if raw.repository_uri is None:
+        raise UsageError(f"{_where('repository-uri')} is required for the kubernetes backend",
+                         hint="add repository-uri: ... to the backend config (the registry the cluster pulls from, "
+                              "e.g. registry.example.com/team/proj)")
     return KubernetesConfig(
-        repository_uri=_repository(_string(config, "repository-uri", required=True)),
-        kube_context=_string(config, "kube-context"),
+        repository_uri=_repository(raw.repository_uri),
+        kube_context=raw.kube_context,
         job_template=template,
         job_template_path=path,
-        namespace=_dns("namespace", _string(config, "namespace"), _DNS_LABEL, "namespace name"),
-        service_account=_dns("service-account", _string(config, "service-account"), _DNS_SUBDOMAIN,
-                             "ServiceAccount name"),
-        image_pull_secrets=_pull_secrets(config),
-        env=_string_map(config, "env", _ENV_NAME, "environment variable name"),
-        resources=_resources(config),
-        node_selector=_string_map(config, "node-selector", _LABEL_KEY, "label key"),
-        tolerations=_tolerations(config),
-        backoff_limit=_int(config, "backoff-limit", 0),
-        active_deadline_seconds=_int(config, "active-deadline-seconds", 1),
-        ttl_seconds_after_finished=_int(config, "ttl-seconds-after-finished", 0),
+        namespace=_dns("namespace", raw.namespace, _DNS_LABEL, "namespace name"),
+        service_account=_dns("service-account", raw.service_account, _DNS_SUBDOMAIN, "ServiceAccount name"),
+        image_pull_secrets=_pull_secrets(raw.image_pull_secrets),
+        env=_names("env", raw.env, _ENV_NAME, "environment variable name"),
+        resources=_resources(raw.resources),
+        node_selector=_names("node-selector", raw.node_selector, _LABEL_KEY, "label key"),
+        tolerations=_tolerations(raw.tolerations),
+        backoff_limit=_at_least("backoff-limit", raw.backoff_limit, 0),
+        active_deadline_seconds=_at_least("active-deadline-seconds", raw.active_deadline_seconds, 1),
+        ttl_seconds_after_finished=_at_least("ttl-seconds-after-finished", raw.ttl_seconds_after_finished, 0),
     )
 
 
-def _repository(value: str | None) -> str:
-    assert value is not None
+def _repository(value: str) -> str:
     name = value.rsplit("/", 1)[-1]
     if "@" in value or any(c.isspace() for c in value) or ":" in name:
         raise UsageError(f"{_where('repository-uri')}: {shorten(repr(value))} must be a repository without tag or digest",

@@ -311,3 +311,33 @@ def test_every_documented_key_is_known():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for key in KNOWN_KEYS:
         assert f"`{key}`" in readme, key
+
+
+@pytest.mark.parametrize("config, message", [
+    # the rules mlexec_core.configmodel gives both backends (test_slurm_config.py has the same cases)
+    ({"backoff-limit": "4"}, "--backend-config key 'backoff-limit' must be an integer, got '4'"),
+    ({"tolerations": [{"value": True}]},
+     "--backend-config key 'tolerations[0]'.value must be a string or a number, got True"),
+    ({"env": {"A": [1]}}, "--backend-config key 'env': A must be a string or a number, got [1]"),
+    ({"namspace": "ml"}, "unknown --backend-config key 'namspace' for the kubernetes backend"),
+])
+def test_config_rules_are_the_same_as_slurms(config, message, tmp_path):
+    with pytest.raises(UsageError) as info:
+        parse_config({"repository-uri": "r/x", **config}, tmp_path)
+    assert info.value.message == message
+
+
+def test_config_values_taken_as_slurm_takes_them(tmp_path):
+    config = parse_config({"repository-uri": "r/x", "env": {"DEBUG": True, "SEED": 4}, "backoff-limit": None,
+                           "tolerations": [{"key": 5, "operator": "Equal", "value": "true"}]}, tmp_path)
+    assert config.env == {"DEBUG": "true", "SEED": "4"} and config.backoff_limit is None
+    assert config.tolerations == ({"key": "5", "operator": "Equal", "value": "true"},)
+
+
+def test_a_config_file_mistake_names_the_file(tmp_path):
+    (tmp_path / "MLproject").write_text("entry_points:\n  main:\n    command: 'echo hi'\n")
+    (tmp_path / "k8s.yaml").write_text("repository-uri: r/x\nbackoff-limit: '4'\n")
+    plugins = build_plugins(entry_points=False, extra=[("kubernetes", kubernetes_plugin)])
+    with pytest.raises(UsageError) as info:
+        resolve_plan(plugins, str(tmp_path), backend="kubernetes", backend_config="k8s.yaml", cwd=tmp_path)
+    assert info.value.context == "k8s.yaml" and "'backoff-limit' must be an integer" in info.value.message

@@ -14,7 +14,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from mlexec_core.errors import UsageError
-from mlexec_core.sweeps.spec import Domain, SweepSpec
+from mlexec_core.sweeps.strategy import Domain, SweepSpec
 from mlexec_core.sweeps.strategy import SearchStrategy, TrialResult
 
 #: ``strategy_options:`` keys of a sweep file, for this strategy.

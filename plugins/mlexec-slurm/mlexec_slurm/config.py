@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import attrs
 from attrs import frozen
 
+from mlexec_core.configmodel import NonEmpty, Style, Text, TextValue, keys, setting, structure
 from mlexec_core.errors import UsageError
 
 #: Where environments and job folders go when ``shared-dir`` is not set.
@@ -60,12 +61,6 @@ _OWNED_OPTIONS = {
     "--hold": "a held job would never start",
 }
 
-#: The keys, in the order the README documents them.
-KNOWN_KEYS = (
-    "partition", "account", "qos", "time", "nodes", "ntasks", "ntasks-per-node", "cpus-per-task", "mem",
-    "mem-per-cpu", "gres", "gpus", "constraint", "exclusive", "job-name", "env", "setup", "sbatch-args",
-    "tracking-uri", "shared-dir",
-)
 
 
 @frozen
@@ -129,33 +124,56 @@ def _where(key: str) -> str:
     return f"--backend-config key {key!r}"
 
 
-def _scalar(key: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise UsageError(f"{_where(key)} must be a string or a number, got {value!r}")
-    return str(value).strip()
+@frozen
+class _SlurmFile:
+    """The backend config as written: the keys and their types (the formats are checked in :func:`parse_config`)."""
+
+    partition: Text | None = setting()
+    account: Text | None = setting()
+    qos: Text | None = setting()
+    time: Any = setting()
+    nodes: Text | None = setting()
+    ntasks: int | None = setting()
+    ntasks_per_node: int | None = setting("ntasks-per-node")
+    cpus_per_task: int | None = setting("cpus-per-task")
+    mem: Text | None = setting()
+    mem_per_cpu: Text | None = setting("mem-per-cpu")
+    gres: Any = setting()
+    gpus: Text | None = setting()
+    constraint: Text | None = setting()
+    exclusive: Any = setting()
+    job_name: Text | None = setting("job-name")
+    env: Mapping[str, TextValue] = setting(factory=dict)
+    setup: Any = setting()
+    sbatch_args: Any = setting("sbatch-args")
+    tracking_uri: NonEmpty | None = setting("tracking-uri")
+    shared_dir: NonEmpty | None = setting("shared-dir")
 
 
-def _name(config: Mapping[str, Any], key: str, what: str) -> str | None:
-    value = config.get(key)
+_STYLE = Style(backend="slurm", known_hint="; other sbatch options go in sbatch-args")
+#: The keys, in the order the README documents them.
+KNOWN_KEYS = keys(_SlurmFile)
+
+
+def _name(key: str, value: str | None, what: str) -> str | None:
     if value is None:
         return None
-    text = _scalar(key, value)
+    text = value.strip()
     if not text or not _NAME.match(text):
         raise UsageError(f"{_where(key)}: {value!r} is not a {what} (one word, no spaces or commas)")
     return text
 
 
-def _int(config: Mapping[str, Any], key: str, minimum: int = 1) -> int | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{_where(key)} must be a whole number, got {value!r}")
-    if value < minimum:
+def _at_least(key: str, value: int | None, minimum: int = 1) -> int | None:
+    if value is not None and value < minimum:
         raise UsageError(f"{_where(key)} must be at least {minimum}, got {value}")
     return value
+
+
+def _scalar(key: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UsageError(f"{_where(key)} must be a string or a number, got {value!r}")
+    return str(value).strip()
 
 
 def parse_time(value: Any, key: str = "time") -> str | None:
@@ -193,19 +211,17 @@ def parse_time(value: Any, key: str = "time") -> str | None:
     return text
 
 
-def _memory(config: Mapping[str, Any], key: str) -> str | None:
-    value = config.get(key)
+def _memory(key: str, value: str | None) -> str | None:
     if value is None:
         return None
-    text = _scalar(key, value)
+    text = value.strip()
     if not _MEMORY.match(text):
         raise UsageError(f"{_where(key)}: {value!r} is not a Slurm memory size",
                          hint="a number of megabytes (4000) or a number with a unit K, M, G or T (4G, 500M)")
     return text.upper()
 
 
-def _gres(config: Mapping[str, Any]) -> str | None:
-    value = config.get("gres")
+def _gres(value: Any) -> str | None:
     if value is None:
         return None
     items = value if isinstance(value, list) else _scalar("gres", value).split(",")
@@ -221,18 +237,16 @@ def _gres(config: Mapping[str, Any]) -> str | None:
     return ",".join(out)
 
 
-def _pattern(config: Mapping[str, Any], key: str, pattern: re.Pattern[str], hint: str) -> str | None:
-    value = config.get(key)
+def _pattern(key: str, value: str | None, pattern: re.Pattern[str], hint: str) -> str | None:
     if value is None:
         return None
-    text = _scalar(key, value)
+    text = value.strip()
     if not pattern.match(text):
         raise UsageError(f"{_where(key)}: {value!r} is not valid", hint=hint)
     return text
 
 
-def _exclusive(config: Mapping[str, Any]) -> bool | str:
-    value = config.get("exclusive", False)
+def _exclusive(value: Any) -> bool | str:
     if value is None or value is False:
         return False
     if value is True or value in ("user", "mcs"):
@@ -240,25 +254,15 @@ def _exclusive(config: Mapping[str, Any]) -> bool | str:
     raise UsageError(f"{_where('exclusive')} must be true, false, 'user' or 'mcs', got {value!r}")
 
 
-def _env(config: Mapping[str, Any]) -> dict[str, str]:
-    value = config.get("env")
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise UsageError(f"{_where('env')} must be a mapping of variable names to values, got {value!r}")
-    out = {}
-    for name, item in value.items():
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
+def _env(value: Mapping[str, str]) -> dict[str, str]:
+    for name in value:
+        if not _ENV_NAME.match(name):
             raise UsageError(f"{_where('env')}: {name!r} is not an environment variable name",
                              hint="letters, digits and '_', not starting with a digit")
-        if isinstance(item, bool):
-            item = "true" if item else "false"
-        out[name] = _scalar(f"env.{name}", item) if not isinstance(item, str) else item
-    return out
+    return dict(value)
 
 
-def _lines(config: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = config.get(key)
+def _lines(key: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
@@ -269,8 +273,7 @@ def _lines(config: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _sbatch_args(config: Mapping[str, Any]) -> tuple[str, ...]:
-    value = config.get("sbatch-args")
+def _sbatch_args(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
@@ -290,23 +293,10 @@ def _sbatch_args(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _shared_dir(config: Mapping[str, Any], base_dir: Path) -> Path:
-    value = config.get("shared-dir")
+def _shared_dir(value: str | None, base_dir: Path) -> Path:
     if value is None:
         return Path(os.path.expanduser(DEFAULT_SHARED_DIR))
-    if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{_where('shared-dir')} must be a folder path, got {value!r}")
-    return (base_dir / os.path.expanduser(value.strip())).resolve()
-
-
-def _tracking_uri(config: Mapping[str, Any]) -> str | None:
-    value = config.get("tracking-uri")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{_where('tracking-uri')} must be a tracking URI such as http://mlflow.cluster:5000, "
-                         f"got {value!r}")
-    return value.strip()
+    return (base_dir / os.path.expanduser(value)).resolve()
 
 
 def parse_config(config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
@@ -319,37 +309,30 @@ def parse_config(config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
 
 
 def _parse(config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
-    import difflib
-
-    for key in config:
-        if key not in KNOWN_KEYS:
-            close = difflib.get_close_matches(str(key).replace("_", "-"), KNOWN_KEYS, n=1)
-            raise UsageError(f"unknown --backend-config key {key!r} for the slurm backend",
-                             hint=(f"did you mean {close[0]!r}? " if close else "")
-                             + f"known keys: {', '.join(KNOWN_KEYS)}; other sbatch options go in sbatch-args")
-    if config.get("mem") is not None and config.get("mem-per-cpu") is not None:
+    raw = structure(config, _SlurmFile, style=_STYLE)
+    if raw.mem is not None and raw.mem_per_cpu is not None:
         raise UsageError(f"{_where('mem')} and {_where('mem-per-cpu')} exclude each other (as in sbatch)",
                          hint="keep one of them")
     return SlurmConfig(
-        partition=_name(config, "partition", "partition name"),
-        account=_name(config, "account", "account name"),
-        qos=_name(config, "qos", "QOS name"),
-        time=parse_time(config.get("time")),
-        nodes=_pattern(config, "nodes", _NODES, "a number of nodes (2) or a range (1-4)"),
-        ntasks=_int(config, "ntasks"),
-        ntasks_per_node=_int(config, "ntasks-per-node"),
-        cpus_per_task=_int(config, "cpus-per-task"),
-        mem=_memory(config, "mem"),
-        mem_per_cpu=_memory(config, "mem-per-cpu"),
-        gres=_gres(config),
-        gpus=_pattern(config, "gpus", _GPUS, "a number of GPUs (2) or type:count (a100:2)"),
-        constraint=_pattern(config, "constraint", re.compile(r"^[^\s]+$"),
+        partition=_name("partition", raw.partition, "partition name"),
+        account=_name("account", raw.account, "account name"),
+        qos=_name("qos", raw.qos, "QOS name"),
+        time=parse_time(raw.time),
+        nodes=_pattern("nodes", raw.nodes, _NODES, "a number of nodes (2) or a range (1-4)"),
+        ntasks=_at_least("ntasks", raw.ntasks),
+        ntasks_per_node=_at_least("ntasks-per-node", raw.ntasks_per_node),
+        cpus_per_task=_at_least("cpus-per-task", raw.cpus_per_task),
+        mem=_memory("mem", raw.mem),
+        mem_per_cpu=_memory("mem-per-cpu", raw.mem_per_cpu),
+        gres=_gres(raw.gres),
+        gpus=_pattern("gpus", raw.gpus, _GPUS, "a number of GPUs (2) or type:count (a100:2)"),
+        constraint=_pattern("constraint", raw.constraint, re.compile(r"^[^\s]+$"),
                             "a node feature expression without spaces, for example 'a100|h100' or 'intel&ib'"),
-        exclusive=_exclusive(config),
-        job_name=_name(config, "job-name", "job name"),
-        env=_env(config),
-        setup=_lines(config, "setup"),
-        sbatch_args=_sbatch_args(config),
-        tracking_uri=_tracking_uri(config),
-        shared_dir=_shared_dir(config, base_dir),
+        exclusive=_exclusive(raw.exclusive),
+        job_name=_name("job-name", raw.job_name, "job name"),
+        env=_env(raw.env),
+        setup=_lines("setup", raw.setup),
+        sbatch_args=_sbatch_args(raw.sbatch_args),
+        tracking_uri=raw.tracking_uri,
+        shared_dir=_shared_dir(raw.shared_dir, base_dir),
     )
