@@ -8,7 +8,6 @@ Every test checks that it leaves no job of its own in the queue.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import textwrap
@@ -17,17 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from mlexec_core.testing import missing_infrastructure
 from mlexec_slurm_testkit import queued_jobs, slurm_cmd
 
 pytest_plugins = ["mlexec_core.testing"]
 
-SETUP = Path(__file__).resolve().parents[1] / "ci-setup.sh"
 
 
 def _unavailable(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is an error: {SETUP} should have provided it)")
-    pytest.skip(f"{reason}; run {SETUP} as root to get it")
+    missing_infrastructure("Slurm cluster", reason, how="run as root: bash plugins/mlexec-slurm/ci-setup.sh")
 
 
 @pytest.fixture(scope="session")
