@@ -127,6 +127,8 @@ def _summarize(terminalreporter) -> None:
             tr.line(f"    (all of its output: {log})")
     for piece, entry in sorted(pieces.items(), key=lambda item: -item[1]["count"]):
         count = entry["count"]
-        tr.line(f"{piece}: {count} test{'s' if count != 1 else ''} skipped ({entry['reason']})", yellow=True)
+        reason = " ".join(entry["reason"].split())  # one line, however the tool said it
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        tr.line(f"{piece}: {count} test{'s' if count != 1 else ''} skipped ({reason})", yellow=True)
         if entry["how"]:
             tr.line(f"    to get it: {entry['how']}")

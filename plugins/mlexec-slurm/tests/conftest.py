@@ -32,9 +32,13 @@ def slurm():
     """The cluster, up: the node idle (or busy) in partition debug."""
     if shutil.which("sbatch") is None:
         _unavailable("Slurm's client commands are not installed")
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        _unavailable("no Slurm controller answers (scontrol ping did not return within 30 s)")
     if ping.returncode != 0 or "UP" not in ping.stdout:
-        _unavailable(f"no Slurm controller answers ({(ping.stdout + ping.stderr).strip()})")
+        said = (ping.stdout + ping.stderr).strip().splitlines()
+        _unavailable(f"no Slurm controller answers ({said[0] if said else f'scontrol ping: {ping.returncode}'})")
     for _ in range(50):
         state = slurm_cmd("sinfo", "-h", "-p", "debug", "-o", "%t", check=False).stdout.split()
         if any(s in ("idle", "mix", "alloc") for s in state):
