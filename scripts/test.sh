@@ -6,8 +6,8 @@
 # registry ...); a setup that fails is reported and its tests skip, saying why.
 # MLEXEC_TEST_SETUP=0 skips that step. The run ends by naming each missing piece
 # of infrastructure, how many tests skipped for it and how to get it, and repeats
-# the setups that failed (with their last lines). In CI (.ci/run, CI=true) the setups have
-# already run, and a missing piece makes its tests fail instead of skip.
+# the setups that failed (with their last lines). In CI (.ci/run, CI=true) the
+# setups have already run, and a missing piece makes its tests fail instead of skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -168,6 +168,8 @@ if [ ! -f /etc/slurm/cgroup.conf ] || [ "$(cat /etc/slurm/cgroup.conf)" != "$cgr
     changed=1
 fi
 
+# Accounting: slurmdbd, then the cluster, account and user in it (slurmctld registers
+# with slurmdbd when it starts).
 dbd_want=$(cat <<CONF
 # Written by plugins/mlexec-slurm/ci-setup.sh: accounting for the test cluster.
 AuthType=auth/munge
