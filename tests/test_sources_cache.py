@@ -15,11 +15,17 @@ from mlexec_core.pipeline.source import fetch, split_subdirectory
 from mlexec_core.sources._testing import git, has_git
 from mlexec_core.sources.cache import SourceCache, cache_root
 from mlexec_core.sources.urls import credential_config, is_scp_like, redact, scrub, secrets_of, strip_credentials
-from mlexec_core.testing import ROOT
+from mlexec_core.testing import ROOT, missing_infrastructure
 
 CACHE_CLI = ("import sys; from mlexec_core.cli.main import cli; from mlexec_core.cli.cache import cache\n"
              "'cache' in cli.commands or cli.add_command(cache)\ncli(prog_name='mlexec')")
-needs_git = pytest.mark.skipif(not has_git() and not os.environ.get("CI"), reason="git is not installed")
+needs_git = pytest.mark.usefixtures("git_installed")
+
+
+@pytest.fixture
+def git_installed():
+    if not has_git():
+        missing_infrastructure("git", "git is not installed", how="apt-get install git")
 
 
 def test_split_subdirectory():

@@ -8,16 +8,21 @@ is checked in a real MLflow store.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from mlexec_core.sources._testing import SmartHTTP, free_port, git, git_daemon, has_git
-from mlexec_core.testing import MLEXEC, assert_no_traceback
+from mlexec_core.testing import MLEXEC, assert_no_traceback, missing_infrastructure
 
-pytestmark = pytest.mark.skipif(not has_git() and not os.environ.get("CI"), reason="git is not installed")
+pytestmark = pytest.mark.usefixtures("git_installed")
+
+
+@pytest.fixture
+def git_installed():
+    if not has_git():
+        missing_infrastructure("git", "git is not installed", how="apt-get install git")
 
 ROOT_PROJECT = """\
 name: srcdemo

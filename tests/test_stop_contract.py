@@ -39,12 +39,25 @@ class LeaderOnlyJob(SubmittedJob):
             self.proc.send_signal(signum or signal.SIGTERM)
 
 
+def _sigint_as_from_a_terminal():
+    """Run in the job's shell before it starts: SIGINT at its default action and unblocked.
+
+    A child inherits an ignored or blocked signal (not a handler), so without this the
+    shell would share whatever the process running pytest was started with. Started in
+    the background (``bash scripts/test.sh &`` in a script, a runner that launches jobs
+    that way) it ignores SIGINT; some runners block it. Then the shell survives SIGINT,
+    its job never ends, and this test waited 30 s for a run that could not end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class LeakyBackend(Backend):
     name = "leaky"
 
     def submit(self, plan, run, prepared):
         proc = subprocess.Popen(["sh", "-c", plan.command], cwd=plan.work_dir,
-                                env=command_env(os.environ, prepared, run), start_new_session=True)
+                                env=command_env(os.environ, prepared, run), start_new_session=True,
+                                preexec_fn=_sigint_as_from_a_terminal)
         return LeaderOnlyJob(proc)
 
 

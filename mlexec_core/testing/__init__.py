@@ -21,6 +21,11 @@ Fixtures (docs/plugins.md, "Testing a plugin", says the same):
 * ``mlexec_background``: starts the CLI and returns a :class:`Background` at once.
 * ``project``: writes a project under ``tmp_path`` and returns its folder.
 
+A test whose infrastructure is missing (a Docker engine, a Slurm cluster ...)
+calls :func:`missing_infrastructure` (from :mod:`mlexec_core.testing.infrastructure`):
+it skips, or fails under ``$CI``, and the end of the run names each missing piece,
+how many tests skipped for it and how to get it.
+
 Creating an MLflow sqlite store runs MLflow's migrations, which takes seconds;
 one template store is made per test session (by MLflow itself) and each test
 gets its own copy.
@@ -37,6 +42,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from mlexec_core.testing.infrastructure import MissingInfrastructure, missing_infrastructure  # noqa: F401
+
+#: The closing summary of missing infrastructure (pytest hooks).
+pytest_plugins = ["mlexec_core.testing.infrastructure"]
 
 #: The repository root (for examples); mlexec_core lives directly below it.
 ROOT = Path(__file__).resolve().parents[2]

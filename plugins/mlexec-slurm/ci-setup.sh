@@ -17,6 +17,14 @@
 # KillWait=2 so a job over its time limit ends promptly; finished jobs kept
 # only 5 s by the controller (MinJobAge), so the tests also reach the path
 # where a job's end comes from accounting (sacct).
+#
+# The cluster owns its state: the controller's and the node's state live in
+# /var/spool/mlexec-slurm, which nothing else uses, so a cluster of another
+# name that ran on this machine before (in Slurm's default /var/spool/slurmctld)
+# cannot stop slurmctld with "CLUSTER NAME MISMATCH". Should that folder still
+# remember another name (an older version of this script), its state is
+# cleared. A controller starting from empty state numbers its jobs after the
+# last one in accounting (FirstJobId), so a job id never means two jobs to sacct.
 set -euo pipefail
 
 log() { echo "mlexec-slurm ci-setup: $*"; }
@@ -40,7 +48,51 @@ cpus=$(nproc)
 mem_mib=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
 real_mem=$(( mem_mib > 4096 ? mem_mib - 2048 : mem_mib / 2 ))
 
-mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
+cluster=mlexec
+state=/var/spool/mlexec-slurm  # this cluster's own: never shared with another cluster
+ctld_state=$state/slurmctld
+mkdir -p /etc/slurm "$ctld_state" "$state/slurmd" /var/log/slurm /run/munge
+
+if [ ! -f /etc/munge/munge.key ]; then
+    log "creating the munge key"
+    mungekey -c
+fi
+chown munge:munge /etc/munge/munge.key /run/munge
+chmod 400 /etc/munge/munge.key
+
+if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+    log "starting munged"
+    su -s /bin/sh munge -c /usr/sbin/munged
+    for _ in $(seq 50); do
+        munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+fi
+
+running() { [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+
+# Accounting's database first: MariaDB on loopback (slurmdbd comes after the config).
+if ! mariadb -e 'select 1' >/dev/null 2>&1; then
+    log "starting mariadbd"
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    setsid -f /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --pid-file=/run/mysqld/mysqld.pid \
+        --log-error=/var/log/mysql-mlexec.err </dev/null >/dev/null 2>&1
+    for _ in $(seq 300); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+    CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'mlexec-test';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
+
+# Where the controller's state starts afresh (no state yet, or state another cluster
+# name left), its first job id comes after the last one accounting knows; otherwise the
+# one already configured stays (it only matters to a controller without state).
+if [ "$(cat "$ctld_state/clustername" 2>/dev/null || true)" != "$cluster" ]; then
+    first_job=$(mariadb -N -B -e "SELECT COALESCE(MAX(id_job), 0) + 1 FROM slurm_acct_db.${cluster}_job_table" \
+        2>/dev/null || true)
+else
+    first_job=$(sed -n 's/^FirstJobId=//p' /etc/slurm/slurm.conf 2>/dev/null || true)
+fi
+case "$first_job" in ''|*[!0-9]*|0) first_job=1 ;; esac
 
 # Memory limits through cgroup v1 where this machine has the memory controller
 # mounted read-write with swap accounting; else through job accounting.
@@ -66,7 +118,7 @@ CONF
 conf=/etc/slurm/slurm.conf
 want=$(cat <<CONF
 # Written by plugins/mlexec-slurm/ci-setup.sh: a one-machine test cluster.
-ClusterName=mlexec
+ClusterName=$cluster
 SlurmctldHost=$host
 AuthType=auth/munge
 CredType=cred/munge
@@ -78,8 +130,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
 ReturnToService=2
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+StateSaveLocation=$ctld_state
+SlurmdSpoolDir=$state/slurmd
+FirstJobId=$first_job
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
@@ -115,36 +168,8 @@ if [ ! -f /etc/slurm/cgroup.conf ] || [ "$(cat /etc/slurm/cgroup.conf)" != "$cgr
     changed=1
 fi
 
-if [ ! -f /etc/munge/munge.key ]; then
-    log "creating the munge key"
-    mungekey -c
-fi
-chown munge:munge /etc/munge/munge.key /run/munge
-chmod 400 /etc/munge/munge.key
-
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    log "starting munged"
-    su -s /bin/sh munge -c /usr/sbin/munged
-    for _ in $(seq 50); do
-        munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-fi
-
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-# Accounting: MariaDB on loopback, then slurmdbd, then the cluster, account and
-# user in it (slurmctld registers with slurmdbd when it starts).
-if ! mariadb -e 'select 1' >/dev/null 2>&1; then
-    log "starting mariadbd"
-    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
-    setsid -f /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --pid-file=/run/mysqld/mysqld.pid \
-        --log-error=/var/log/mysql-mlexec.err </dev/null >/dev/null 2>&1
-    for _ in $(seq 300); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
-fi
-mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
-    CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'mlexec-test';
-    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
+# Accounting: slurmdbd, then the cluster, account and user in it (slurmctld registers
+# with slurmdbd when it starts).
 dbd_want=$(cat <<CONF
 # Written by plugins/mlexec-slurm/ci-setup.sh: accounting for the test cluster.
 AuthType=auth/munge
@@ -173,15 +198,20 @@ if ! running /run/slurmdbd.pid; then
     slurmdbd
     changed=1  # a slurmctld already running must register with the new slurmdbd
 fi
-for _ in $(seq 300); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
-if ! sacctmgr -n -P list cluster format=cluster | grep -qx mlexec; then
-    sacctmgr -i add cluster mlexec >/dev/null
+clusters=
+for _ in $(seq 300); do clusters=$(sacctmgr -n -P list cluster format=cluster 2>/dev/null) && break; sleep 0.1; done
+# The cluster, and the account and user in *this* cluster's associations (a cluster of
+# another name registered in the same database has its own, which do not count).
+if ! grep -qx "$cluster" <<<"$clusters"; then
+    sacctmgr -i add cluster "$cluster" >/dev/null
+    changed=1  # a slurmctld already running must register with the cluster now there
 fi
-if ! sacctmgr -n -P list account format=account | grep -qx mlexec; then
-    sacctmgr -i add account mlexec Description=mlexec-tests Organization=mlexec >/dev/null
+assocs=$(sacctmgr -n -P list assoc cluster="$cluster" format=account,user)
+if ! grep -qx 'mlexec|' <<<"$assocs"; then
+    sacctmgr -i add account mlexec Cluster="$cluster" Description=mlexec-tests Organization=mlexec >/dev/null
 fi
-if ! sacctmgr -n -P list assoc format=account,user | grep -qx 'mlexec|root'; then
-    sacctmgr -i add user root Account=mlexec >/dev/null
+if ! grep -qx 'mlexec|root' <<<"$assocs"; then
+    sacctmgr -i add user root Account=mlexec Cluster="$cluster" >/dev/null
 fi
 if [ "$changed" = 1 ]; then
     # A new config: restart what runs so it reads it.
@@ -193,12 +223,18 @@ if [ "$changed" = 1 ]; then
     done
 fi
 if ! running /run/slurmctld.pid; then
+    remembered=$(cat "$ctld_state/clustername" 2>/dev/null || true)
+    if [ -n "$remembered" ] && [ "$remembered" != "$cluster" ]; then
+        # slurmctld would stop with "CLUSTER NAME MISMATCH": the state is another cluster's.
+        log "clearing $ctld_state: it holds the state of cluster '$remembered', not '$cluster'"
+        find "$ctld_state" -mindepth 1 -delete
+    fi
     log "starting slurmctld"
-    slurmctld
+    slurmctld || { log "slurmctld did not start:"; tail -n 5 /var/log/slurm/slurmctld.log; exit 1; }
 fi
 if ! running /run/slurmd.pid; then
     log "starting slurmd"
-    slurmd
+    slurmd || { log "slurmd did not start:"; tail -n 5 /var/log/slurm/slurmd.log; exit 1; }
 fi
 
 # Ready when the node is idle (or already running jobs) in the debug partition.

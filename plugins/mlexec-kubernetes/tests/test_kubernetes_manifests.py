@@ -108,7 +108,8 @@ def _kubernetes_validate():
     except ImportError:
         from mlexec_k8s_double import ci_unavailable
 
-        ci_unavailable("kubernetes-validate is not installed (scripts/setup.sh installs the test extra)")
+        ci_unavailable("kubernetes-validate", "kubernetes-validate is not installed",
+                       "bash scripts/setup.sh (it installs the test extra)")
     return kubernetes_validate
 
 

@@ -21,31 +21,34 @@ import pytest
 
 from mlexec_core.testing import free_port, local_registry
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback
+from mlexec_core.testing import MLEXEC, assert_no_traceback, missing_infrastructure
 
 BUSYBOX = os.environ.get("MLEXEC_TEST_BASE_IMAGE", "mlexec-test/busybox:1")
 
 
-def _skip(reason: str) -> None:
-    pytest.skip(reason + " (skipped even under CI for now)")
+DOCKER_SETUP = "run as root: bash plugins/mlexec-docker/ci-setup.sh"
+
+
+def _skip(piece: str, reason: str, how: str = DOCKER_SETUP) -> None:
+    missing_infrastructure(piece, reason + " (skipped even under CI for now)", how=how, fail_in_ci=False)
 
 
 def _docker_ready() -> None:
     try:
         import mlexec_docker  # noqa: F401
     except ImportError:
-        _skip("mlexec-docker is not installed")
+        _skip("mlexec-docker", "mlexec-docker is not installed", how="bash scripts/setup.sh")
     import docker
 
     try:
         client = docker.from_env(timeout=5)
         client.ping()
     except Exception as exc:
-        _skip(f"no Docker daemon answers ({type(exc).__name__})")
+        _skip("Docker engine", f"no Docker daemon answers ({type(exc).__name__})")
     try:
         client.images.get(BUSYBOX)
     except Exception:
-        _skip(f"the test image {BUSYBOX} is missing (plugins/mlexec-docker/ci-setup.sh makes it)")
+        _skip("Docker test images", f"the test image {BUSYBOX} is missing")
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ def registry(tmp_path):
         with local_registry(tmp_path / "registry") as address:
             yield address
     except FileNotFoundError as exc:
-        _skip(str(exc))
+        _skip("container registry (docker-registry)", str(exc))
 
 
 def _busybox_project(root, name):
@@ -130,7 +133,8 @@ def test_real_cluster(mlexec, cli_env, store, tmp_path):
     kubeconfig = os.environ.get("MLEXEC_TEST_KUBECONFIG")
     repository = os.environ.get("MLEXEC_TEST_REPOSITORY")
     if not kubeconfig:
-        pytest.skip("set MLEXEC_TEST_KUBECONFIG (and MLEXEC_TEST_REPOSITORY) to run against a real cluster")
+        _skip("a real Kubernetes cluster (opt-in)", "MLEXEC_TEST_KUBECONFIG is not set",
+              how="set MLEXEC_TEST_KUBECONFIG (and MLEXEC_TEST_REPOSITORY) to run against a real cluster")
     if not repository:
         pytest.fail("MLEXEC_TEST_KUBECONFIG is set but MLEXEC_TEST_REPOSITORY (a registry the cluster can pull "
                     "from and this Docker engine can push to) is not")

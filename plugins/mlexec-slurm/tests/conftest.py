@@ -8,7 +8,6 @@ Every test checks that it leaves no job of its own in the queue.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import textwrap
@@ -17,17 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from mlexec_core.testing import missing_infrastructure
 from mlexec_slurm_testkit import queued_jobs, slurm_cmd
 
 pytest_plugins = ["mlexec_core.testing"]
 
-SETUP = Path(__file__).resolve().parents[1] / "ci-setup.sh"
 
 
 def _unavailable(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this is an error: {SETUP} should have provided it)")
-    pytest.skip(f"{reason}; run {SETUP} as root to get it")
+    missing_infrastructure("Slurm cluster", reason, how="run as root: bash plugins/mlexec-slurm/ci-setup.sh")
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +32,13 @@ def slurm():
     """The cluster, up: the node idle (or busy) in partition debug."""
     if shutil.which("sbatch") is None:
         _unavailable("Slurm's client commands are not installed")
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        _unavailable("no Slurm controller answers (scontrol ping did not return within 30 s)")
     if ping.returncode != 0 or "UP" not in ping.stdout:
-        _unavailable(f"no Slurm controller answers ({(ping.stdout + ping.stderr).strip()})")
+        said = (ping.stdout + ping.stderr).strip().splitlines()
+        _unavailable(f"no Slurm controller answers ({said[0] if said else f'scontrol ping: {ping.returncode}'})")
     for _ in range(50):
         state = slurm_cmd("sinfo", "-h", "-p", "debug", "-o", "%t", check=False).stdout.split()
         if any(s in ("idle", "mix", "alloc") for s in state):

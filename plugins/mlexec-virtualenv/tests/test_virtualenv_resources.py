@@ -13,7 +13,7 @@ import uuid
 import pytest
 from virtualenv_helpers import env_dirs
 
-from mlexec_core.testing import MLEXEC, assert_no_traceback
+from mlexec_core.testing import MLEXEC, assert_no_traceback, missing_infrastructure
 
 MLPROJECT = """\
 name: demo
@@ -33,7 +33,8 @@ def tmpfs(tmp_path):
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True,
                           text=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+        missing_infrastructure("root (to mount a tmpfs)", f"cannot mount a tmpfs here: {proc.stderr.strip()}",
+                               how="run the tests as root", fail_in_ci=False)
     try:
         yield where
     finally:

@@ -37,7 +37,8 @@ def other_python() -> str:
     versions = {".".join(i.version.split(".")[:2]) for i in find_interpreters()}
     others = sorted((v for v in versions if v != RUNNING_VERSION and tuple(map(int, v.split("."))) >= (3, 8)),
                     key=lambda v: tuple(map(int, v.split("."))))
-    need(bool(others), f"needs a Python 3.8+ other than {RUNNING_VERSION} on PATH or in pyenv's versions")
+    need(bool(others), "another Python", f"needs a Python 3.8+ other than {RUNNING_VERSION} on PATH or in "
+         "pyenv's versions", how="put another CPython 3.8+ on PATH or in pyenv's versions folder")
     return others[-1]
 
 

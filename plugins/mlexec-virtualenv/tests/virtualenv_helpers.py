@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
-import pytest
 
 WRAPPER = """\
 #!{python}
@@ -48,12 +46,12 @@ def env_dirs(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name not in (".locks", ".interpreters.json"))
 
 
-def need(condition: bool, reason: str) -> None:
-    """Skip when something the test needs is missing; fail instead under CI."""
+def need(condition: bool, piece: str, reason: str, how: str) -> None:
+    """Skip when ``piece``, something the test needs, is missing; fail instead under CI."""
     if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
-        pytest.skip(reason)
+        from mlexec_core.testing import missing_infrastructure
+
+        missing_infrastructure(piece, reason, how=how)
 
 
 #: A command that reports what the environment it runs in looks like.
