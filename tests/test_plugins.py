@@ -227,6 +227,46 @@ def test_a_failing_lifecycle_plugin_does_not_leave_the_run_running(project, stor
     assert warnings == ["plugin 'notifier' failed in mlexec_run_finished: RuntimeError: notifier down"]
 
 
+def test_lifecycle_hooks_go_through_pluggy_wrappers_and_tracing_see_them(project, store, monkeypatch):
+    """A wrapper=True implementation runs around the call, pluggy's hook-call monitoring sees it,
+    and a failing plugin is still reported while the next one runs."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    seen = []
+
+    def wrap(run, status):
+        seen.append(("before", status.value))
+        result = yield
+        seen.append(("after", status.value))
+        return result
+
+    def boom(run, status):
+        raise RuntimeError("notifier down")
+
+    def fine(run, status):
+        seen.append(("fine", status.value))
+
+    wrapper = types.ModuleType("wrapper")
+    wrapper.mlexec_run_finished = hookimpl(wrapper=True)(wrap)
+    warnings = []
+    plugins = build_plugins(entry_points=False,
+                            extra=[("fine", plugin_module("fine", mlexec_run_finished=fine)),
+                                   ("notifier", plugin_module("notifier", mlexec_run_finished=boom)),
+                                   ("wrapper", wrapper)])
+    plugins.context.reporter.warning = warnings.append  # SilentReporter: an instance attribute will do
+    traced = []
+    undo = plugins.pm.add_hookcall_monitoring(lambda name, impls, kwargs: traced.append(name),
+                                              lambda outcome, name, impls, kwargs: None)
+    try:
+        mlexec_core.run(str(project("entry_points: {main: {command: 'true'}}\n")), env_manager="local",
+                        plugins=plugins)
+    finally:
+        undo()
+    assert store.only_run().info.status == "FINISHED"
+    assert ("fine", "FINISHED") in seen and ("before", "FINISHED") in seen and ("after", "FINISHED") in seen
+    assert warnings == ["plugin 'notifier' failed in mlexec_run_finished: RuntimeError: notifier down"]
+    assert "mlexec_run_create" in traced and "mlexec_run_finished" in traced and "mlexec_run_tags" in traced
+
+
 def test_registered_class_without_name_is_a_plugin_error():
     class Nameless(Backend):
         def submit(self, plan, run, prepared):

@@ -230,7 +230,7 @@ def _detach(terminal, plugins, submitted) -> int:
     from mlexec_core import supervisor
 
     run_id = submitted.run_id
-    plugins.broadcast("mlexec_run_tags", run=submitted.run, tags={supervisor.DETACHED_TAG: "true"})
+    plugins.run_tags(run=submitted.run, tags={supervisor.DETACHED_TAG: "true"})
     supervisor.stop_live_log(run_id)
     submitted.run.output.close()
     submitted.run.output.discard()

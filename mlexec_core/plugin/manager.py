@@ -1,15 +1,37 @@
-"""Building the plugin manager and collecting what plugins register.
+"""Building the plugin manager, calling its hooks, and collecting what plugins register.
 
 :func:`build_plugins` is a function, not an import side effect: each call
 gives a fresh, independent set of plugins, so tests register exactly the
 plugins they mean to and never whatever happens to be installed.
+
+**How hooks are called.**  :class:`Plugins` has one method per hook
+(:meth:`~Plugins.run_create`, :meth:`~Plugins.run_started`,
+:meth:`~Plugins.run_status`, :meth:`~Plugins.run_tags`,
+:meth:`~Plugins.run_finished`; the registration hooks behind
+:meth:`~Plugins.registered`, :meth:`~Plugins.backends` ...), and nothing else in
+mlexec names a hook.  Every call goes through pluggy's ``HookCaller``, so
+``wrapper=True`` / ``hookwrapper=True`` implementations run and pluggy's
+tracing (``add_hookcall_monitoring``, ``enable_tracing``) sees each call.
+
+**One failing plugin is reported, the run goes on.**  pluggy stops a hook call at
+the first implementation that raises, and a wrapper cannot resume the ones
+after it; so isolation cannot be a wrapper implementation.  Instead
+:meth:`Plugins._each` (the one place) calls the hook once per implementation,
+each time through a pluggy ``HookCaller`` holding that implementation and every
+wrapper (``PluginManager.subset_hook_caller``), and hands back each plugin's
+result or exception.  The lifecycle hooks that return nothing use it through
+:meth:`Plugins._notify`, which turns an exception into a warning naming the
+plugin; the registration hooks use it to know which plugin registered what.
+So a wrapper of those hooks runs around each implementation in turn.
+``mlexec_run_create`` (``firstresult``) is one plain call: its
+``TrackingError`` is meant to stop the run.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, TypeVar
 
 import attrs
 import pluggy
@@ -26,6 +48,9 @@ from mlexec_core.plugin.interfaces import (
     SilentReporter,
 )
 from mlexec_core.plugin.registration import KINDS, Registration
+
+if TYPE_CHECKING:
+    from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 
 ENTRY_POINT_GROUP = "mlexec"
 DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
@@ -75,10 +100,6 @@ class Plugins:
         self._infos: dict[str, PluginInfo] = {}
         self._cache: dict[str, Any] = {}
 
-    @property
-    def hook(self) -> Any:
-        return self.pm.hook
-
     def set_reporter(self, reporter: Reporter) -> None:
         """Hand ``reporter`` to every plugin object created from now on."""
         self.context = Context(reporter=reporter, plugins=self)
@@ -110,20 +131,64 @@ class Plugins:
                         builtin: bool = False) -> None:
         self._record(name, distribution, version, module, builtin, "disabled", None)
 
-    def broadcast(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation of a lifecycle hook; one plugin failing does not
-        stop the others (so a broken notifier never leaves a run RUNNING): its error
-        is reported as a warning naming the plugin."""
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy's own calling order
+    # -- calling hooks -------------------------------------------------------------------
+    #
+    # One method per hook (as tox's plugin manager has), each calling through pluggy's
+    # HookCaller, so wrapper implementations (wrapper=True, hookwrapper=True) run and
+    # pluggy's tracing (add_hookcall_monitoring, enable_tracing) sees every call.
+
+    def _each(self, caller: pluggy.HookCaller, **kwargs: Any) -> Iterator[tuple[str, list[Any], Exception | None]]:
+        """Call ``caller`` once per plugin that implements it, in pluggy's calling order;
+        yield ``(plugin name, results, error)`` for each.
+
+        Each call goes through pluggy (a HookCaller holding that one implementation and
+        every wrapper), so one implementation raising cannot stop the others, and the
+        caller learns which plugin returned what (a registration hook) or raised.
+        """
+        impls = [impl for impl in reversed(caller.get_hookimpls()) if not (impl.wrapper or impl.hookwrapper)]
+        for impl in impls:
+            others = [other.plugin for other in impls if other.plugin is not impl.plugin]
+            one = self.pm.subset_hook_caller(caller.name, remove_plugins=others) if others else caller
             try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
+                results = one(**kwargs)
             except Exception as exc:
-                name = self.pm.get_name(impl.plugin) or "?"
-                if isinstance(exc, MlexecError):
-                    self.context.reporter.warning(f"plugin {name!r}, {hook_name}: {exc}")
-                else:
-                    self.context.reporter.warning(f"plugin {name!r} failed in {hook_name}: {_reason(exc)}")
+                yield impl.plugin_name, [], exc
+            else:
+                yield impl.plugin_name, list(results or ()), None
+
+    def _notify(self, caller: pluggy.HookCaller, **kwargs: Any) -> None:
+        """Call a lifecycle hook that returns nothing: every implementation runs, and one
+        that raises is reported as a warning naming its plugin (so a broken notifier never
+        leaves a run RUNNING); the run goes on."""
+        for plugin_name, _, exc in self._each(caller, **kwargs):
+            if exc is None:
+                continue
+            if isinstance(exc, MlexecError):
+                self.context.reporter.warning(f"plugin {plugin_name!r}, {caller.name}: {exc}")
+            else:
+                self.context.reporter.warning(f"plugin {plugin_name!r} failed in {caller.name}: {_reason(exc)}")
+
+    def run_create(self, plan: RunPlan) -> RunRecord | None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_create`: the first tracker's record, or
+        ``None``.  Not isolated: a :class:`~mlexec_core.errors.TrackingError` stops the run
+        before anything runs."""
+        return self.pm.hook.mlexec_run_create(plan=plan, context=self.context)
+
+    def run_started(self, run: RunRecord, plan: RunPlan) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_started`."""
+        self._notify(self.pm.hook.mlexec_run_started, run=run, plan=plan)
+
+    def run_status(self, run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_status`."""
+        self._notify(self.pm.hook.mlexec_run_status, run=run, plan=plan, status=status)
+
+    def run_tags(self, run: RunRecord, tags: Mapping[str, str]) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_tags`."""
+        self._notify(self.pm.hook.mlexec_run_tags, run=run, tags=tags)
+
+    def run_finished(self, run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_finished`."""
+        self._notify(self.pm.hook.mlexec_run_finished, run=run, plan=plan, status=status, reason=reason)
 
     # -- what is registered --------------------------------------------------------------
     #
@@ -138,14 +203,11 @@ class Plugins:
         hook_name = KINDS[kind]
         base = _BASES[kind]
         found: dict[str, _Entry] = {}
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in caller.get_hookimpls():  # registration order
-            plugin_name = self.pm.get_name(impl.plugin) or "?"
-            try:
-                items = list(impl.function() or ())
-            except Exception as exc:  # a plugin bug: say whose
+        for plugin_name, results, exc in reversed(list(self._each(getattr(self.pm.hook, hook_name)))):
+            # registration order: the first plugin registered is named first in an error
+            if exc is not None:  # a plugin bug: say whose
                 raise PluginError(f"plugin {plugin_name!r} failed in {hook_name}: {_reason(exc)}") from exc
-            for item in items:
+            for item in _items(results):
                 entry = _entry(item, kind, base, plugin_name, hook_name)
                 for name in (entry.record.name, *entry.record.aliases):
                     if name in found and found[name].record.path != entry.record.path:
@@ -189,6 +251,29 @@ class Plugins:
     def image_builders(self) -> dict[str, type[ImageBuilder]]:
         """Every image builder name to its class (imports them all)."""
         return self._classes("image-builder")
+
+    def search_strategies(self) -> dict[str, type]:
+        """Every ``--strategy`` name to its :class:`~mlexec_core.sweeps.strategy.SearchStrategy`
+        class, from :func:`~mlexec_core.plugin.hookspecs.mlexec_search_strategies`; a class that
+        is not a SearchStrategy, or a name two plugins register, is a PluginError."""
+        from mlexec_core.sweeps.strategy import SearchStrategy
+
+        found: dict[str, tuple[type, str]] = {}
+        hook = self.pm.hook.mlexec_search_strategies
+        for plugin, results, exc in reversed(list(self._each(hook))):  # registration order
+            if exc is not None:  # a plugin bug: say whose
+                raise PluginError(f"plugin {plugin!r} failed in mlexec_search_strategies: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            for cls in _items(results):
+                if not (isinstance(cls, type) and issubclass(cls, SearchStrategy)) or not getattr(cls, "name", None):
+                    raise PluginError(f"plugin {plugin!r} registered {cls!r} from mlexec_search_strategies, which "
+                                      "is not a SearchStrategy subclass with a name")
+                if cls.name in found and found[cls.name][0] is not cls:
+                    raise PluginError(f"two plugins register the search strategy {cls.name!r}: "
+                                      f"{found[cls.name][1]!r} and {plugin!r}",
+                                      hint=f"uninstall one, or block one with {DISABLE_VAR}={plugin}")
+                found[cls.name] = (cls, plugin)
+        return {name: cls for name, (cls, _) in found.items()}
 
     def environment_manager(self, name: str) -> EnvironmentManager:
         return self.load("env-manager", name)(self.context)
@@ -234,14 +319,11 @@ class Plugins:
         broken: dict[str, str] = {}
         for kind, hook_name in KINDS.items():
             base = _BASES[kind]
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                pname = self.pm.get_name(impl.plugin)
-                try:
-                    items = list(impl.function() or ())
-                except Exception as exc:  # shown, not raised, here
+            for pname, results, exc in reversed(list(self._each(getattr(self.pm.hook, hook_name)))):
+                if exc is not None:  # shown, not raised, here
                     provides.setdefault(pname, []).append(f"{kind}: error: {_reason(exc)}")
                     continue
-                for item in items:
+                for item in _items(results):
                     try:
                         entry = _entry(item, kind, base, pname, hook_name)
                     except PluginError as exc:
@@ -256,12 +338,11 @@ class Plugins:
                             entry.load(base)
                         except PluginError as exc:
                             broken.setdefault(pname, exc.message)
-        for impl in self.pm.hook.mlexec_search_strategies.get_hookimpls():  # classes, listed by name
-            pname = self.pm.get_name(impl.plugin)
-            try:
-                names = [getattr(cls, "name", None) or repr(cls) for cls in impl.function() or ()]
-            except Exception as exc:  # shown, not raised, here
+        for pname, results, exc in reversed(list(self._each(self.pm.hook.mlexec_search_strategies))):
+            if exc is not None:  # shown, not raised, here
                 names = [f"error: {_reason(exc)}"]
+            else:  # classes, listed by name
+                names = [getattr(cls, "name", None) or repr(cls) for cls in _items(results)]
             provides.setdefault(pname, []).extend(f"sweep-strategy: {name}" for name in names)
         for plugin in self.pm.get_plugins():
             pname = self.pm.get_name(plugin)
@@ -324,6 +405,11 @@ def _entry(item: Any, kind: str, base: type, plugin_name: str, hook_name: str) -
         raise PluginError(f"plugin {plugin_name!r} registered {item.__name__} from {hook_name} "
                           "without a name (set the class attribute `name`)")
     return _Entry(Registration.of(kind, item), plugin_name, cls=item)
+
+
+def _items(results: list[Any]) -> list[Any]:
+    """What one plugin's registration hook returned (pluggy leaves out a ``None``)."""
+    return [item for result in results for item in (result or ())]
 
 
 def _module_name(obj: Any) -> str | None:

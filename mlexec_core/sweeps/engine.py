@@ -51,28 +51,9 @@ def default_parallelism(backend: Any) -> int:
 
 
 def search_strategies(plugins) -> dict[str, type[SearchStrategy]]:
-    """Every ``--strategy`` name to its class, from the ``mlexec_search_strategies`` hook;
-    a class that is not a SearchStrategy, or a name two plugins register, is a PluginError."""
-    from mlexec_core.errors import PluginError
-
-    found: dict[str, tuple[type[SearchStrategy], str]] = {}
-    for impl in plugins.pm.hook.mlexec_search_strategies.get_hookimpls():  # registration order
-        plugin = plugins.pm.get_name(impl.plugin) or "?"
-        try:
-            classes = list(impl.function() or ())
-        except Exception as exc:  # a plugin bug: say whose
-            raise PluginError(f"plugin {plugin!r} failed in mlexec_search_strategies: "
-                              f"{type(exc).__name__}: {exc}") from exc
-        for cls in classes:
-            if not (isinstance(cls, type) and issubclass(cls, SearchStrategy)) or not getattr(cls, "name", None):
-                raise PluginError(f"plugin {plugin!r} registered {cls!r} from mlexec_search_strategies, which is "
-                                  "not a SearchStrategy subclass with a name")
-            if cls.name in found and found[cls.name][0] is not cls:
-                raise PluginError(f"two plugins register the search strategy {cls.name!r}: "
-                                  f"{found[cls.name][1]!r} and {plugin!r}",
-                                  hint=f"uninstall one, or block one with MLEXEC_DISABLE_PLUGINS={plugin}")
-            found[cls.name] = (cls, plugin)
-    return {name: cls for name, (cls, _) in found.items()}
+    """Every ``--strategy`` name to its class: :meth:`Plugins.search_strategies
+    <mlexec_core.plugin.manager.Plugins.search_strategies>`."""
+    return plugins.search_strategies()
 
 
 def entry_point_fingerprint(plan: RunPlan) -> dict[str, Any]:
@@ -450,9 +431,9 @@ class Sweep:
                                    run_id=earlier.run_id if earlier else None, tags=tags)
         self.parent_plan = attrs.evolve(base, parameters={}, extra_parameters=params,
                                         command=f"mlexec sweep ({self.plan.strategy_name})", tracking=tracking)
-        self.parent = self.plugins.hook.mlexec_run_create(plan=self.parent_plan, context=self.plugins.context) \
+        self.parent = self.plugins.run_create(self.parent_plan) \
             or RunRecord(run_id=os.urandom(16).hex())
-        self.plugins.broadcast("mlexec_run_started", run=self.parent, plan=self.parent_plan)
+        self.plugins.run_started(run=self.parent, plan=self.parent_plan)
         base_tags = {"mlflow.parentRunId": self.parent.run_id, T.PARENT_TAG: self.parent.run_id}
         self._child_tags = base_tags
         if self.parent.experiment_id:  # children go where the parent went
@@ -471,9 +452,8 @@ class Sweep:
         if best is not None:
             tags[T.BEST_RUN_TAG] = best.run_id or ""
             tags[T.BEST_VALUE_TAG] = repr(best.value)
-        self.plugins.broadcast("mlexec_run_tags", run=self.parent, tags=tags)
-        self.plugins.broadcast("mlexec_run_finished", run=self.parent, plan=self.parent_plan, status=status,
-                               reason=reason)
+        self.plugins.run_tags(run=self.parent, tags=tags)
+        self.plugins.run_finished(run=self.parent, plan=self.parent_plan, status=status, reason=reason)
 
     def _outcome(self) -> tuple[RunStatus, str | None]:
         counts = self.counts()
@@ -510,8 +490,8 @@ class Sweep:
 
     def _end_stale(self, run_id: str) -> None:
         record = RunRecord(run_id=run_id, tracking_uri=self.parent.tracking_uri, tracker=self.parent.tracker)
-        self.plugins.broadcast("mlexec_run_finished", run=record, plan=self.plan.base, status=RunStatus.FAILED,
-                               reason="its sweep stopped before it ended (mlexec exited); rerun by --resume")
+        self.plugins.run_finished(run=record, plan=self.plan.base, status=RunStatus.FAILED,
+                                  reason="its sweep stopped before it ended (mlexec exited); rerun by --resume")
 
     def _schedule(self) -> None:
         strategies = search_strategies(self.plugins)
