@@ -64,10 +64,23 @@ BUILTINS: tuple[tuple[str, str], ...] = (
 
 T = TypeVar("T")
 
-_KIND_WORDS = {"env-manager": "environment manager", "backend": "backend", "image-builder": "image builder"}
+_KIND_WORDS = {"env-manager": "environment manager", "backend": "backend", "image-builder": "image builder",
+               "search-strategy": "search strategy"}
+#: The option that names each kind, for an unknown name's error.
+_OPTIONS = {"env-manager": "--env-manager", "backend": "--backend", "image-builder": "image builder",
+            "search-strategy": "--strategy"}
+#: How `mlexec plugins` labels each kind.
+_LABELS = {"env-manager": "env-manager", "backend": "backend", "image-builder": "image-builder",
+           "search-strategy": "sweep-strategy"}
 
-#: The interface each kind's classes implement.
-_BASES: dict[str, type] = {"env-manager": EnvironmentManager, "backend": Backend, "image-builder": ImageBuilder}
+
+def _base(kind: str) -> type:
+    """The interface each kind's classes implement (the sweep modules are imported only for a strategy)."""
+    if kind == "search-strategy":
+        from mlexec_core.sweeps.strategy import SearchStrategy
+
+        return SearchStrategy
+    return {"env-manager": EnvironmentManager, "backend": Backend, "image-builder": ImageBuilder}[kind]
 
 
 @frozen
@@ -192,23 +205,23 @@ class Plugins:
 
     # -- what is registered --------------------------------------------------------------
     #
-    # Registration hooks return Registration records (or, the older way, classes).
-    # Records are collected and checked without importing anything; a class is
-    # imported only when it is asked for by name (environment_manager(), backend(),
-    # image_builder(), load()) or when a whole table of classes is.
+    # Registration hooks return Registration records, the only place a plugin writes
+    # what mlexec knows about its classes.  Records are collected and checked without
+    # importing anything; a class is imported only when it is asked for by name
+    # (environment_manager(), backend(), image_builder(), search_strategy(), load())
+    # or when a whole table of classes is.
 
     def _collect(self, kind: str) -> dict[str, _Entry]:
         if kind in self._cache:
             return self._cache[kind]
         hook_name = KINDS[kind]
-        base = _BASES[kind]
         found: dict[str, _Entry] = {}
         for plugin_name, results, exc in reversed(list(self._each(getattr(self.pm.hook, hook_name)))):
             # registration order: the first plugin registered is named first in an error
             if exc is not None:  # a plugin bug: say whose
                 raise PluginError(f"plugin {plugin_name!r} failed in {hook_name}: {_reason(exc)}") from exc
             for item in _items(results):
-                entry = _entry(item, kind, base, plugin_name, hook_name)
+                entry = _entry(item, kind, plugin_name, hook_name)
                 for name in (entry.record.name, *entry.record.aliases):
                     if name in found and found[name].record.path != entry.record.path:
                         raise PluginError(
@@ -221,8 +234,9 @@ class Plugins:
         return found
 
     def registered(self, kind: str) -> dict[str, Registration]:
-        """Every name (and alias) of ``kind`` ("env-manager", "backend", "image-builder")
-        to its :class:`~mlexec_core.plugin.registration.Registration`; imports no class."""
+        """Every name (and alias) of ``kind`` ("env-manager", "backend", "image-builder",
+        "search-strategy") to its :class:`~mlexec_core.plugin.registration.Registration`;
+        imports no class."""
         return {name: entry.record for name, entry in self._collect(kind).items()}
 
     def load(self, kind: str, name: str) -> type:
@@ -231,10 +245,15 @@ class Plugins:
         An unknown name, or a class that does not import, is a :class:`PluginError`
         naming the plugin.
         """
-        option = {"env-manager": "--env-manager", "backend": "--backend", "image-builder": "image builder"}[kind]
         entries = self._collect(kind)
-        self._lookup(entries, name, _KIND_WORDS[kind], option)
-        return entries[name].load(base=_BASES[kind])
+        self._lookup(entries, name, _KIND_WORDS[kind], _OPTIONS[kind])
+        return entries[name].load(base=_base(kind))
+
+    def create(self, kind: str, name: str) -> Any:
+        """A new instance of the class registered as ``name``, knowing its record
+        (``obj.registration``, ``obj.name``)."""
+        cls = self.load(kind, name)
+        return cls(attrs.evolve(self.context, registration=self._collect(kind)[name].record))
 
     def _classes(self, kind: str) -> dict[str, type]:
         return {name: self.load(kind, name) for name in self._collect(kind)}
@@ -253,33 +272,18 @@ class Plugins:
         return self._classes("image-builder")
 
     def search_strategies(self) -> dict[str, type]:
-        """Every ``--strategy`` name to its :class:`~mlexec_core.sweeps.strategy.SearchStrategy`
-        class, from :func:`~mlexec_core.plugin.hookspecs.mlexec_search_strategies`; a class that
-        is not a SearchStrategy, or a name two plugins register, is a PluginError."""
-        from mlexec_core.sweeps.strategy import SearchStrategy
-
-        found: dict[str, tuple[type, str]] = {}
-        hook = self.pm.hook.mlexec_search_strategies
-        for plugin, results, exc in reversed(list(self._each(hook))):  # registration order
-            if exc is not None:  # a plugin bug: say whose
-                raise PluginError(f"plugin {plugin!r} failed in mlexec_search_strategies: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            for cls in _items(results):
-                if not (isinstance(cls, type) and issubclass(cls, SearchStrategy)) or not getattr(cls, "name", None):
-                    raise PluginError(f"plugin {plugin!r} registered {cls!r} from mlexec_search_strategies, which "
-                                      "is not a SearchStrategy subclass with a name")
-                if cls.name in found and found[cls.name][0] is not cls:
-                    raise PluginError(f"two plugins register the search strategy {cls.name!r}: "
-                                      f"{found[cls.name][1]!r} and {plugin!r}",
-                                      hint=f"uninstall one, or block one with {DISABLE_VAR}={plugin}")
-                found[cls.name] = (cls, plugin)
-        return {name: cls for name, (cls, _) in found.items()}
+        """Every ``--strategy`` name to its class (imports them all)."""
+        return self._classes("search-strategy")
 
     def environment_manager(self, name: str) -> EnvironmentManager:
-        return self.load("env-manager", name)(self.context)
+        return self.create("env-manager", name)
 
     def backend(self, name: str) -> Backend:
-        return self.load("backend", name)(self.context)
+        return self.create("backend", name)
+
+    def search_strategy(self, name: str) -> Any:
+        """A new :class:`~mlexec_core.sweeps.strategy.SearchStrategy` (``--strategy name``)."""
+        return self.create("search-strategy", name)
 
     def image_builder(self, name: str | None = None) -> ImageBuilder:
         if name is None:
@@ -289,7 +293,7 @@ class Plugins:
                     "no image builder is installed", hint="install one, for example: pip install mlexec-docker"
                 )
             name = sorted(builders)[0]
-        return self.load("image-builder", name)(self.context)
+        return self.create("image-builder", name)
 
     @staticmethod
     def _lookup(table: Mapping[str, T], name: str, kind: str, option: str) -> T:
@@ -318,32 +322,26 @@ class Plugins:
         provides: dict[str, list[str]] = {}
         broken: dict[str, str] = {}
         for kind, hook_name in KINDS.items():
-            base = _BASES[kind]
+            label = _LABELS[kind]
             for pname, results, exc in reversed(list(self._each(getattr(self.pm.hook, hook_name)))):
                 if exc is not None:  # shown, not raised, here
-                    provides.setdefault(pname, []).append(f"{kind}: error: {_reason(exc)}")
+                    provides.setdefault(pname, []).append(f"{label}: error: {_reason(exc)}")
                     continue
                 for item in _items(results):
                     try:
-                        entry = _entry(item, kind, base, pname, hook_name)
+                        entry = _entry(item, kind, pname, hook_name)
                     except PluginError as exc:
-                        provides.setdefault(pname, []).append(f"{kind}: error: {exc.message}")
+                        provides.setdefault(pname, []).append(f"{label}: error: {exc.message}")
                         broken.setdefault(pname, exc.message)
                         continue
                     aliases = entry.record.aliases
-                    label = f"{kind}: {entry.record.name}" + (f" ({', '.join(aliases)})" if aliases else "")
-                    provides.setdefault(pname, []).append(label)
+                    provides.setdefault(pname, []).append(
+                        f"{label}: {entry.record.name}" + (f" ({', '.join(aliases)})" if aliases else ""))
                     if import_classes:
                         try:
-                            entry.load(base)
+                            entry.load(_base(kind))
                         except PluginError as exc:
                             broken.setdefault(pname, exc.message)
-        for pname, results, exc in reversed(list(self._each(self.pm.hook.mlexec_search_strategies))):
-            if exc is not None:  # shown, not raised, here
-                names = [f"error: {_reason(exc)}"]
-            else:  # classes, listed by name
-                names = [getattr(cls, "name", None) or repr(cls) for cls in _items(results)]
-            provides.setdefault(pname, []).extend(f"sweep-strategy: {name}" for name in names)
         for plugin in self.pm.get_plugins():
             pname = self.pm.get_name(plugin)
             for caller in self.pm.get_hookcallers(plugin) or ():
@@ -379,15 +377,15 @@ class _Entry:
             raise PluginError(f"{what}, which does not import: {_reason(exc)}", hint=hint) from exc
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"{what}, which is not a {base.__name__} subclass", hint=hint)
-        own = getattr(cls, "name", None)
-        if own is not None and own != rec.name:
+        own = getattr(cls, "name", None)  # a property of the interface, unless the class still sets one
+        if isinstance(own, str) and own != rec.name:
             raise PluginError(f"{what}, whose own name is {own!r}", hint="make the record's name and the class's agree")
         self.cls = cls
         return cls
 
 
-def _entry(item: Any, kind: str, base: type, plugin_name: str, hook_name: str) -> _Entry:
-    """Check one thing a registration hook returned: a Registration or a class."""
+def _entry(item: Any, kind: str, plugin_name: str, hook_name: str) -> _Entry:
+    """Check one thing a registration hook returned: it must be a good Registration."""
     if isinstance(item, Registration):
         problem = item.problem()
         if problem is None and item.kind != kind:
@@ -396,15 +394,13 @@ def _entry(item: Any, kind: str, base: type, plugin_name: str, hook_name: str) -
             raise PluginError(f"plugin {plugin_name!r} returned a bad Registration from {hook_name} "
                               f"({item.name or item.path!r}): {problem}")
         return _Entry(item, plugin_name)
-    if not (isinstance(item, type) and issubclass(item, base)):
+    if isinstance(item, type):  # the older way: the class, its name and the rest as class attributes
         raise PluginError(
-            f"plugin {plugin_name!r} registered {item!r} from {hook_name}, "
-            f"which is not a {base.__name__} subclass or a Registration"
-        )
-    if not isinstance(getattr(item, "name", None), str) or not item.name:
-        raise PluginError(f"plugin {plugin_name!r} registered {item.__name__} from {hook_name} "
-                          "without a name (set the class attribute `name`)")
-    return _Entry(Registration.of(kind, item), plugin_name, cls=item)
+            f"plugin {plugin_name!r} registered {item.__name__} from {hook_name}, a class: return "
+            f"Registration(kind={kind!r}, name=..., path={item.__name__}) instead (name, description and the "
+            "rest go in the record, not on the class)",
+            hint="docs/plugins.md, 'Registration records'")
+    raise PluginError(f"plugin {plugin_name!r} registered {item!r} from {hook_name}, which is not a Registration")
 
 
 def _items(results: list[Any]) -> list[Any]:

@@ -50,12 +50,6 @@ def default_parallelism(backend: Any) -> int:
     return REMOTE_DEFAULT_PARALLEL
 
 
-def search_strategies(plugins) -> dict[str, type[SearchStrategy]]:
-    """Every ``--strategy`` name to its class: :meth:`Plugins.search_strategies
-    <mlexec_core.plugin.manager.Plugins.search_strategies>`."""
-    return plugins.search_strategies()
-
-
 def entry_point_fingerprint(plan: RunPlan) -> dict[str, Any]:
     ep = plan.entry_point
     return {"name": ep.name, "command": ep.command,
@@ -94,7 +88,7 @@ def child_plan(base: RunPlan, params: Mapping[str, str], cwd: Path, backend, *,
     values, extra = resolve_parameters(base.entry_point, given, base.project.directory, cwd)
     command = render_command(base.entry_point.command, {n: p.value for n, p in values.items()}, extra)
     check_command_size(command, base.entry_point.name, {**{n: p.value for n, p in values.items()}, **extra},
-                       as_argument=backend.command_as_argument)
+                       as_argument="command-in-script" not in backend.registration.capabilities)
     tracking = attrs.evolve(base.tracking, run_name=run_name, run_id=None,
                             tags={**base.tracking.tags, **(tags or {})})
     return attrs.evolve(base, parameters=values, extra_parameters=extra, command=command, tracking=tracking)
@@ -136,18 +130,18 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
         raise UsageError("mlexec sweep needs the project URI", hint="mlexec sweep . -P lr=0.1,0.2")
     backend = backend or "local"
 
-    strategies = search_strategies(plugins)
     name = strategy or spec.strategy or ("random" if spec.sampled else "grid")
-    cls = plugins._lookup(strategies, name, "search strategy", "--strategy")
-    spec = attrs.evolve(spec, strategy=cls.name)
+    strat = plugins.search_strategy(name)  # an unknown name: a PluginError listing what is installed
+    record = strat.registration
+    spec = attrs.evolve(spec, strategy=record.name)
     if spec.seed is None:  # recorded, so that --resume draws the same children
         spec = attrs.evolve(spec, seed=random.SystemRandom().randrange(2**31))
-    strat = cls(plugins.context)
-    if cls.adaptive and not spec.metric:
-        raise UsageError(f"the {cls.name} strategy learns from results: it needs --metric NAME",
+    adaptive = "adaptive" in record.capabilities
+    if adaptive and not spec.metric:
+        raise UsageError(f"the {record.name} strategy learns from results: it needs --metric NAME",
                          hint="the metric each child logs with mlflow.log_metric, and --goal minimize|maximize")
-    if cls.needs_trials and spec.trials is None:
-        raise UsageError(f"the {cls.name} strategy needs --trials N (how many children to run)")
+    if "finite" not in record.capabilities and spec.trials is None:
+        raise UsageError(f"the {record.name} strategy needs --trials N (how many children to run)")
     strat.check(spec)
 
     # Representative values, so the project, the backend and its config are checked once.
@@ -180,7 +174,7 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
                              f"{_difference(before, now)}", hint="start a new sweep for the changed project")
 
     children = None
-    if not cls.adaptive:
+    if not adaptive:
         strat.start(spec, ())
         children = []
         backend_obj = plugins.backend(base.backend)
@@ -198,7 +192,7 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
                "version": version, "backend": base.backend, "backend_config": recorded_config,
                "env_manager": env_manager, "docker_args": list(docker_args or ()),
                "build_image": bool(build_image), "run_name": run_name}
-    return SweepPlan(spec, cls.name, base, parallel, tuple(children) if children is not None else None,
+    return SweepPlan(spec, record.name, base, parallel, tuple(children) if children is not None else None,
                      options, cwd, earlier)
 
 
@@ -494,8 +488,7 @@ class Sweep:
                                   reason="its sweep stopped before it ended (mlexec exited); rerun by --resume")
 
     def _schedule(self) -> None:
-        strategies = search_strategies(self.plugins)
-        strategy = strategies[self.plan.strategy_name](self.plugins.context)
+        strategy = self.plugins.search_strategy(self.plan.strategy_name)
         history, attempts, next_number = self._history()
         done_numbers = {c.number for c in self.children if c.earlier}
         adaptive = self.plan.children is None
@@ -551,7 +544,7 @@ class Sweep:
     def fan_out(self) -> bool:
         """Whether the fixed children go to the backend as one native submission
         (:meth:`~mlexec_core.plugin.interfaces.Backend.submit_many`)."""
-        return bool(getattr(self.plugins.backend(self.plan.base.backend), "fan_out", False))
+        return "fan-out" in self.plugins.registered("backend")[self.plan.base.backend].capabilities
 
     def _plan_child(self, child: Child, cwd: Path) -> bool:
         """The child's own plan (tags, name); a value the entry point refuses fails it, nothing ran."""
