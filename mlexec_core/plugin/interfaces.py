@@ -19,7 +19,7 @@ import attrs
 from attrs import frozen
 
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
-from mlexec_core.project.model import EnvKind, Project
+from mlexec_core.project.model import Project
 
 if TYPE_CHECKING:
     from mlexec_core.pipeline.output import RunOutput
