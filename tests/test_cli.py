@@ -174,15 +174,11 @@ def test_example_project_end_to_end(mlexec, store, tmp_path):
 
 DEMO_ENV_PLUGIN = '''
 from mlexec_core.envcache import EnvironmentCache, spec_key
-from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin import Registration, hookimpl
 from mlexec_core.plugin.interfaces import EnvironmentManager, PreparedEnvironment
-from mlexec_core.project.model import EnvKind
 
 
 class DemoEnv(EnvironmentManager):
-    name = "demoenv"
-    handles = frozenset({EnvKind.NONE})
-
     @property
     def cache(self):
         return EnvironmentCache(self.name)
@@ -207,7 +203,7 @@ class DemoEnv(EnvironmentManager):
 
 @hookimpl
 def mlexec_environment_managers():
-    return [DemoEnv]
+    return [Registration(kind="env-manager", name="demoenv", path=DemoEnv, handles={"none"})]
 '''
 
 

@@ -13,7 +13,7 @@ import mlexec_core
 from mlexec_core.testing import assert_no_traceback
 from mlexec_core.errors import PluginError
 from mlexec_core.pipeline.plan import RunStatus
-from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin import Registration, hookimpl
 from mlexec_core.plugin.interfaces import Backend, EnvironmentManager, PreparedEnvironment, SubmittedJob
 from mlexec_core.plugin.manager import build_plugins
 from mlexec_core.project.model import EnvKind
@@ -42,7 +42,6 @@ class DoneJob(SubmittedJob):
 
 
 class RecordingBackend(Backend):
-    name = "recording"
     submitted: list = []
 
     def parse_config(self, config, base_dir):
@@ -54,14 +53,14 @@ class RecordingBackend(Backend):
 
 
 class FakePythonEnv(EnvironmentManager):
-    name = "fakevenv"
-    aliases = ("fakeuv",)
-    handles = frozenset({EnvKind.PYTHON, EnvKind.NONE})
-    default_for = frozenset({EnvKind.PYTHON})
-
     def prepare(self, plan):
         return PreparedEnvironment(name=plan.env_manager_requested, env={"FAKE_ENV": "1"},
                                    tags={"example.env": "yes"})
+
+
+RECORDING = Registration(kind="backend", name="recording", path=RecordingBackend)
+FAKE_PYTHON_ENV = Registration(kind="env-manager", name="fakevenv", aliases=("fakeuv",), path=FakePythonEnv,
+                               handles={EnvKind.PYTHON, EnvKind.NONE}, default_for={EnvKind.PYTHON})
 
 
 @pytest.fixture
@@ -73,8 +72,8 @@ def python_project(project):
 def test_plugins_registered_in_a_test_drive_a_run(python_project, store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     RecordingBackend.submitted.clear()
-    module = plugin_module("example", mlexec_backends=lambda: [RecordingBackend],
-                           mlexec_environment_managers=lambda: [FakePythonEnv])
+    module = plugin_module("example", mlexec_backends=lambda: [RECORDING],
+                           mlexec_environment_managers=lambda: [FAKE_PYTHON_ENV])
     plugins = build_plugins(entry_points=False, extra=[("example", module)])
     submitted = mlexec_core.run(str(python_project), backend="recording", backend_config={"k": "v"},
                                 plugins=plugins)
@@ -91,30 +90,28 @@ def test_plugins_registered_in_a_test_drive_a_run(python_project, store, monkeyp
 
 def test_alias_selects_manager_and_is_the_env_tag(python_project, store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
-    module = plugin_module("example", mlexec_backends=lambda: [RecordingBackend],
-                           mlexec_environment_managers=lambda: [FakePythonEnv])
+    module = plugin_module("example", mlexec_backends=lambda: [RECORDING],
+                           mlexec_environment_managers=lambda: [FAKE_PYTHON_ENV])
     plugins = build_plugins(entry_points=False, extra=[("example", module)])
     mlexec_core.run(str(python_project), backend="recording", env_manager="fakeuv", plugins=plugins)
     assert store.only_run().data.tags["mlflow.project.env"] == "fakeuv"
 
 
 def test_duplicate_backend_name_is_an_error_naming_both():
-    one = plugin_module("one", mlexec_backends=lambda: [RecordingBackend])
+    one = plugin_module("one", mlexec_backends=lambda: [RECORDING])
 
     class Other(RecordingBackend):
-        name = "recording"
+        pass
 
-    two = plugin_module("two", mlexec_backends=lambda: [Other])
+    two = plugin_module("two", mlexec_backends=lambda: [Registration(kind="backend", name="recording", path=Other)])
     plugins = build_plugins(entry_points=False, extra=[("one", one), ("two", two)])
     with pytest.raises(PluginError, match="two plugins register the backend 'recording': 'one' and 'two'"):
         plugins.backends()
 
 
 def test_builtin_backend_cannot_be_shadowed_silently():
-    class Local(RecordingBackend):
-        name = "local"
-
-    plugins = build_plugins(entry_points=False, extra=[("mine", plugin_module("mine", mlexec_backends=lambda: [Local]))])
+    local = Registration(kind="backend", name="local", path=RecordingBackend)
+    plugins = build_plugins(entry_points=False, extra=[("mine", plugin_module("mine", mlexec_backends=lambda: [local]))])
     with pytest.raises(PluginError, match="'local' and 'mine'"):
         plugins.backend("local")
 
@@ -127,7 +124,7 @@ def test_registering_a_non_class_is_an_error():
 
 def test_misspelt_hook_is_reported_not_registered():
     module = types.ModuleType("typo")
-    module.mlexec_backend = hookimpl(lambda: [RecordingBackend])  # missing s
+    module.mlexec_backend = hookimpl(lambda: [RECORDING])  # missing s
     plugins = build_plugins(entry_points=False, extra=[("typo", module)])
     (info,) = [i for i in plugins.infos() if i.name == "typo"]
     assert info.state == "error" and "mlexec_backend" in info.error
@@ -136,7 +133,7 @@ def test_misspelt_hook_is_reported_not_registered():
 
 def test_disabled_builtin_and_extra(monkeypatch):
     plugins = build_plugins(entry_points=False, disabled=["mlflow", "example"],
-                            extra=[("example", plugin_module("example", mlexec_backends=lambda: [RecordingBackend]))])
+                            extra=[("example", plugin_module("example", mlexec_backends=lambda: [RECORDING]))])
     states = {i.name: i.state for i in plugins.infos()}
     assert states == {"local": "loaded", "mlflow": "disabled", "sweep": "loaded", "example": "disabled"}
     assert "recording" not in plugins.backends()
@@ -153,15 +150,15 @@ def installed(tmp_path, monkeypatch):
     (site / "demo_broken.py").write_text("import no_such_module_anywhere\n")
     (site / "demo_good.py").write_text(textwrap.dedent("""
         from mlexec_core.builtins.local import LocalBackend
-        from mlexec_core.plugin import hookimpl
+        from mlexec_core.plugin import Registration, hookimpl
 
         class GoodBackend(LocalBackend):
-            name = "good"
-            description = "local, under another name"
+            pass
 
         @hookimpl
         def mlexec_backends():
-            return [GoodBackend]
+            return [Registration(kind="backend", name="good", path=GoodBackend,
+                                 description="local, under another name")]
     """))
     monkeypatch.syspath_prepend(str(site))
     for name in ("demo_broken", "demo_good"):
@@ -227,15 +224,62 @@ def test_a_failing_lifecycle_plugin_does_not_leave_the_run_running(project, stor
     assert warnings == ["plugin 'notifier' failed in mlexec_run_finished: RuntimeError: notifier down"]
 
 
+def test_lifecycle_hooks_go_through_pluggy_wrappers_and_tracing_see_them(project, store, monkeypatch):
+    """A wrapper=True implementation runs around the call, pluggy's hook-call monitoring sees it,
+    and a failing plugin is still reported while the next one runs."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    seen = []
+
+    def wrap(run, status):
+        seen.append(("before", status.value))
+        result = yield
+        seen.append(("after", status.value))
+        return result
+
+    def boom(run, status):
+        raise RuntimeError("notifier down")
+
+    def fine(run, status):
+        seen.append(("fine", status.value))
+
+    wrapper = types.ModuleType("wrapper")
+    wrapper.mlexec_run_finished = hookimpl(wrapper=True)(wrap)
+    warnings = []
+    plugins = build_plugins(entry_points=False,
+                            extra=[("fine", plugin_module("fine", mlexec_run_finished=fine)),
+                                   ("notifier", plugin_module("notifier", mlexec_run_finished=boom)),
+                                   ("wrapper", wrapper)])
+    plugins.context.reporter.warning = warnings.append  # SilentReporter: an instance attribute will do
+    traced = []
+    undo = plugins.pm.add_hookcall_monitoring(lambda name, impls, kwargs: traced.append(name),
+                                              lambda outcome, name, impls, kwargs: None)
+    try:
+        mlexec_core.run(str(project("entry_points: {main: {command: 'true'}}\n")), env_manager="local",
+                        plugins=plugins)
+    finally:
+        undo()
+    assert store.only_run().info.status == "FINISHED"
+    assert ("fine", "FINISHED") in seen and ("before", "FINISHED") in seen and ("after", "FINISHED") in seen
+    assert warnings == ["plugin 'notifier' failed in mlexec_run_finished: RuntimeError: notifier down"]
+    assert "mlexec_run_create" in traced and "mlexec_run_finished" in traced and "mlexec_run_tags" in traced
+
+
 def test_registered_class_without_name_is_a_plugin_error():
+    """A class is not a registration: the record holds its name (the older way, a class with
+    class attributes, is refused with the record to write instead)."""
     class Nameless(Backend):
         def submit(self, plan, run, prepared):
             raise AssertionError
 
     plugins = build_plugins(entry_points=False,
                             extra=[("nameless", plugin_module("nameless", mlexec_backends=lambda: [Nameless]))])
-    with pytest.raises(PluginError, match="registered Nameless from mlexec_backends without a name"):
+    with pytest.raises(PluginError, match=r"registered Nameless from mlexec_backends, a class: return "
+                                          r"Registration\(kind='backend', name=..., path=Nameless\)"):
         plugins.backends()
+    nameless = plugin_module("nameless", mlexec_backends=lambda: [Registration(kind="backend", name="",
+                                                                               path=Nameless)])
+    with pytest.raises(PluginError, match="it has no name"):
+        build_plugins(entry_points=False, extra=[("nameless", nameless)]).backends()
 
 
 def test_signal_while_the_run_is_being_created_still_stops_the_job(project, cli_env, store, tmp_path):
@@ -408,8 +452,13 @@ def test_a_bad_record_is_an_error_naming_the_plugin():
 def test_a_record_whose_class_disagrees_is_an_error():
     from mlexec_core.plugin import Registration
 
+    from mlexec_core.builtins.local import LocalBackend
+
+    class Stale(LocalBackend):
+        name = "local"  # the older way: a name on the class too
+
     module = plugin_module("mismatch", mlexec_backends=lambda: [
-        Registration(kind="backend", name="other", path="mlexec_core.builtins.local:LocalBackend")])
+        Registration(kind="backend", name="other", path=Stale)])
     plugins = build_plugins(entry_points=False, extra=[("mismatch", module)])
     with pytest.raises(PluginError, match="whose own name is 'local'"):
         plugins.backend("other")
@@ -434,12 +483,29 @@ def test_entry_points_are_found_as_importlib_metadata_finds_them(installed):
         (e.name, e.value, e.dist_name, e.dist_version) for e in entry_points("mlexec")]
 
 
-def test_every_installed_record_agrees_with_its_class():
-    """The built-ins and the four plugins in plugins/ register records that repeat their
-    classes' attributes; they must not drift apart."""
-    from mlexec_core.testing import registration_mismatches
+def test_every_installed_record_is_the_only_metadata_of_its_class():
+    """The built-ins and the plugins in plugins/ write their metadata once, in the record:
+    no class repeats it as class attributes (mlexec would ignore them, and they would drift)."""
+    from mlexec_core.testing import leftover_metadata
 
     plugins = build_plugins()
-    for kind in ("backend", "env-manager", "image-builder"):
+    for kind in ("backend", "env-manager", "image-builder", "search-strategy"):
         for name in plugins.registered(kind):
-            assert registration_mismatches(plugins, kind, name) == [], (kind, name)
+            assert leftover_metadata(plugins, kind, name) == [], (kind, name)
+
+
+def test_capabilities_are_record_data_checked_per_kind():
+    """What a class can do is written once, in its record; a capability its kind does not
+    have is a malformed record, and an instance reads its record (name, capabilities)."""
+    bad = plugin_module("bad", mlexec_backends=lambda: [
+        Registration(kind="backend", name="b", path=RecordingBackend, capabilities={"adaptive"})])
+    with pytest.raises(PluginError, match="capability 'adaptive' is not one a backend has"):
+        build_plugins(entry_points=False, extra=[("bad", bad)]).registered("backend")
+    good = plugin_module("good", mlexec_backends=lambda: [
+        Registration(kind="backend", name="b", path=RecordingBackend, capabilities={"detachable"})])
+    plugins = build_plugins(entry_points=False, extra=[("good", good)])
+    backend = plugins.backend("b")
+    assert backend.name == "b" and backend.registration.capabilities == {"detachable"}
+    grid = plugins.search_strategy("grid")
+    assert grid.name == "grid" and "finite" in grid.registration.capabilities
+    assert plugins.registered("search-strategy")["random"].capabilities == frozenset()

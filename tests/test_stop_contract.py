@@ -13,7 +13,7 @@ import types
 
 import mlexec_core
 from mlexec_core.pipeline.plan import RunStatus
-from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin import Registration, hookimpl
 from mlexec_core.plugin.interfaces import Backend, SubmittedJob, command_env
 from mlexec_core.plugin.manager import build_plugins
 from mlexec_core.testing import assert_no_traceback, assert_processes_gone, process_alive, wait_until
@@ -52,8 +52,6 @@ def _sigint_as_from_a_terminal():
 
 
 class LeakyBackend(Backend):
-    name = "leaky"
-
     def submit(self, plan, run, prepared):
         proc = subprocess.Popen(["sh", "-c", plan.command], cwd=plan.work_dir,
                                 env=command_env(os.environ, prepared, run), start_new_session=True,
@@ -78,7 +76,7 @@ def test_a_backend_that_signals_only_its_shell_leaves_nothing(project, store, mo
     monkeypatch.setenv("MLEXEC_STOP_TIMEOUT", "3")
     child = tmp_path / "child.pid"
     proj = project(f"entry_points: {{main: {{command: 'sleep 300 & echo $! > {child}; wait'}}}}\n")
-    plugins = build_plugins(entry_points=False, extra=[("leaky", plugin("leaky", mlexec_backends=lambda: [LeakyBackend]))])
+    plugins = build_plugins(entry_points=False, extra=[("leaky", plugin("leaky", mlexec_backends=lambda: [Registration(kind="backend", name="leaky", path=LeakyBackend)]))])
     submitted = mlexec_core.run(str(proj), backend="leaky", env_manager="local", synchronous=False, plugins=plugins)
     pid = wait_for_file(child)
     submitted.cancel(signal.SIGINT)  # the shell dies; its & child ignores SIGINT
@@ -128,8 +126,6 @@ def test_killed_is_recorded_only_after_cancel_returned(project, store, monkeypat
     log: list[str] = []
 
     class SlowBackend(Backend):
-        name = "slow"
-
         def submit(self, plan, run, prepared):
             return SlowCancelJob(log)
 
@@ -137,7 +133,7 @@ def test_killed_is_recorded_only_after_cancel_returned(project, store, monkeypat
         log.append(f"finished {status.value}")
 
     plugins = build_plugins(entry_points=False, extra=[("slow", plugin(
-        "slow", mlexec_backends=lambda: [SlowBackend], mlexec_run_finished=finished))])
+        "slow", mlexec_backends=lambda: [Registration(kind="backend", name="slow", path=SlowBackend)], mlexec_run_finished=finished))])
     proj = project("entry_points: {main: {command: 'true'}}\n")
     submitted = mlexec_core.run(str(proj), backend="slow", env_manager="local", synchronous=False, plugins=plugins)
     threading.Thread(target=submitted.cancel, args=(signal.SIGTERM,)).start()

@@ -88,8 +88,8 @@ def test_metric_ranks_children_and_the_best_is_on_the_parent(api_env, project, s
 
 def test_the_docs_example_strategy_runs(project, store, monkeypatch):
     text = (ROOT / "docs" / "plugins.md").read_text()
-    [block] = re.findall(r"```python\n(from mlexec_core.plugin import hookimpl\nfrom mlexec_core.sweeps.strategy "
-                         r"import SearchStrategy\n.*?)```", text, re.S)
+    [block] = re.findall(r"```python\n(from mlexec_core.plugin import Registration, hookimpl\n"
+                         r"from mlexec_core.sweeps.strategy import SearchStrategy\n.*?)```", text, re.S)
     module = types.ModuleType("shortest_first")
     exec(compile(block, "docs/plugins.md (shortest-first)", "exec"), module.__dict__)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)

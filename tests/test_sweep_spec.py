@@ -169,8 +169,7 @@ def test_option_errors():
 def test_the_built_in_strategies_are_registered_once_by_the_sweep_plugin():
     import mlexec_core.sweeps.strategy as strategy
     from mlexec_core.plugin.manager import build_plugins
-    from mlexec_core.sweeps.engine import search_strategies
 
     assert not hasattr(strategy, "mlexec_search_strategies")  # no stray hook left beside the classes
-    found = search_strategies(build_plugins(entry_points=False))
+    found = build_plugins(entry_points=False).search_strategies()
     assert found["grid"] is strategy.GridSearch and found["random"] is strategy.RandomSearch

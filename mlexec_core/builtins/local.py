@@ -23,15 +23,11 @@ from mlexec_core.plugin.interfaces import (
     command_env,
 )
 from mlexec_core.plugin.process import ExecutionJob, ProcessLauncher, shell
-from mlexec_core.project.model import EnvKind, Project
+from mlexec_core.project.model import Project
 
 
 class LocalEnvironment(EnvironmentManager):
-    name = "local"
-    handles = frozenset({EnvKind.NONE, EnvKind.PYTHON, EnvKind.CONDA})
-    default_for = frozenset({EnvKind.NONE})
-    priority = 0
-    description = "the environment mlexec runs in; the project's environment file is not used"
+    """The environment mlexec runs in (registered in :mod:`mlexec_core.builtins.local_plugin`)."""
 
     def prepare(self, plan: RunPlan) -> PreparedEnvironment:
         return PreparedEnvironment(name="local", location="current environment")
@@ -41,8 +37,7 @@ class LocalEnvironment(EnvironmentManager):
 
 
 class LocalBackend(Backend):
-    name = "local"
-    description = "runs on this machine, output streamed to the terminal and kept with the run"
+    """Runs on this machine (registered in :mod:`mlexec_core.builtins.local_plugin`)."""
 
     def submit(self, plan: RunPlan, run: RunRecord, prepared: PreparedEnvironment | None) -> SubmittedJob:
         spec = CommandSpec(

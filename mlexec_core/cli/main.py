@@ -119,7 +119,7 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
             else:
                 print_plan(terminal, summary)
             return
-        if detach and not getattr(plugins.backend(plan.backend), "detachable", False):
+        if detach and "detachable" not in plugins.registered("backend")[plan.backend].capabilities:
             raise MlexecError(f"--detach: the {plan.backend!r} backend's jobs do not live on without mlexec",
                               hint="use a cluster backend (-b kubernetes), or leave out --detach")
         code = _run_plan(terminal, plugins, plan, stopper, detach=detach)
@@ -231,7 +231,7 @@ def _detach(terminal, plugins, submitted) -> int:
     from mlexec_core.pipeline.livelog import stop_live_log
 
     run_id = submitted.run_id
-    plugins.broadcast("mlexec_run_tags", run=submitted.run, tags={supervisor.DETACHED_TAG: "true"})
+    plugins.run_tags(run=submitted.run, tags={supervisor.DETACHED_TAG: "true"})
     stop_live_log(run_id)
     submitted.run.output.close()
     submitted.run.output.discard()
@@ -323,10 +323,8 @@ def env_group() -> None:
 
 def _managers(terminal):
     plugins = load_plugins(terminal)
-    seen = {}
-    for cls in plugins.environment_managers().values():
-        seen.setdefault(cls.name, cls)
-    return [cls(plugins.context) for _, cls in sorted(seen.items())]
+    names = sorted({record.name for record in plugins.registered("env-manager").values()})  # not the aliases
+    return [plugins.environment_manager(name) for name in names]
 
 
 def _all_envs(terminal, manager: str | None):

@@ -211,14 +211,12 @@ def _dry_run(terminal, plugins, plan, as_json: bool) -> None:
         summary["count"] = sum(1 for c in children if not c["done"])
         summary["children"] = children
     else:
-        from mlexec_core.sweeps.engine import search_strategies
-
-        strategy = search_strategies(plugins)[plan.strategy_name](plugins.context)
+        strategy = plugins.search_strategy(plan.strategy_name)
         summary["count"] = max(0, (plan.spec.trials or 0) - len(done))
         summary["space"] = strategy.describe(plan.spec)
     summary["plan"] = plan_summary(plugins, plan.base)
-    backend = plugins.backend(plan.base.backend)
-    if plan.children is not None and getattr(backend, "fan_out", False):
+    if plan.children is not None and "fan-out" in plugins.registered("backend")[plan.base.backend].capabilities:
+        backend = plugins.backend(plan.base.backend)
         todo = [child for i, (_, child) in enumerate(plan.children) if i not in done]
         summary["fan_out"] = dict(backend.dry_run_many(plan.base, todo, plan.max_parallel)) if todo else {}
     if as_json:

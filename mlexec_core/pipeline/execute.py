@@ -131,7 +131,7 @@ class SubmittedRun:
     def _report_status(self, status: RunStatus) -> None:
         """A queued job started, or a started one was queued again (SubmittedJob.report_status)."""
         if self._status is None:
-            self.plugins.broadcast("mlexec_run_status", run=self.run, plan=self.plan, status=status)
+            self.plugins.run_status(run=self.run, plan=self.plan, status=status)
 
     def _finish(self, status: RunStatus, reason: str | None) -> None:
         """Record the end once; a second ``wait()`` (the API's watcher thread and the
@@ -148,7 +148,7 @@ class SubmittedRun:
             return
         try:
             if self.job.tags:
-                self.plugins.broadcast("mlexec_run_tags", run=self.run, tags=dict(self.job.tags))
+                self.plugins.run_tags(run=self.run, tags=dict(self.job.tags))
             _finish_run(self.plugins, self.run, self.plan, status, reason)
         finally:
             self._recorded.set()
@@ -176,7 +176,7 @@ def _finish_run(plugins: Plugins, run: RunRecord, plan: RunPlan, status: RunStat
     """End the run: close its output (the tracker stores the log), then tell every plugin."""
     run.output.close()
     try:
-        plugins.broadcast("mlexec_run_finished", run=run, plan=plan, status=status, reason=reason)
+        plugins.run_finished(run=run, plan=plan, status=status, reason=reason)
     finally:
         run.output.discard()
 
@@ -237,7 +237,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
     """
     backend = plugins.backend(plan.backend)
     environment = prepared.environment
-    run = plugins.hook.mlexec_run_create(plan=plan, context=plugins.context) or RunRecord(run_id=uuid.uuid4().hex)
+    run = plugins.run_create(plan) or RunRecord(run_id=uuid.uuid4().hex)
     from mlexec_core.pipeline.stopping import MARK_VAR, new_mark
 
     run = attrs.evolve(run, output=output if output is not None else RunOutput(),
@@ -247,12 +247,12 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
         if environment is not None:
             tags["mlflow.project.env"] = environment.name
             tags.update(environment.tags)
-        plugins.broadcast("mlexec_run_tags", run=run, tags=tags)
+        plugins.run_tags(run=run, tags=tags)
         if announce is not None:
             announce(run)
         job = backend.submit(plan, run, prepared.backend)
         if job.tags:  # visible while the job runs (image digest, Job name ...)
-            plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
+            plugins.run_tags(run=run, tags=dict(job.tags))
     except BaseException as exc:
         status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
         try:
@@ -261,7 +261,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
             _finish_run(plugins, run, plan, status, f"{type(exc).__name__}: {exc}".rstrip(": "))
         raise
     submitted = SubmittedRun(plugins, plan, run, job, environment)
-    plugins.broadcast("mlexec_run_started", run=run, plan=plan)
+    plugins.run_started(run=run, plan=plan)
     job.status_listener = lambda status: submitted._report_status(status)
     return submitted
 
@@ -282,7 +282,7 @@ def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: 
     runs: list[RunRecord] = []
     try:
         for plan, output in zip(plans, outputs):
-            run = plugins.hook.mlexec_run_create(plan=plan, context=plugins.context) \
+            run = plugins.run_create(plan) \
                 or RunRecord(run_id=uuid.uuid4().hex)
             run = attrs.evolve(run, output=output, env={**run.env, MARK_VAR: new_mark()})
             runs.append(run)
@@ -290,7 +290,7 @@ def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: 
             if environment is not None:
                 tags["mlflow.project.env"] = environment.name
                 tags.update(environment.tags)
-            plugins.broadcast("mlexec_run_tags", run=run, tags=tags)
+            plugins.run_tags(run=run, tags=tags)
         jobs = list(backend.submit_many(base, list(zip(plans, runs)), prepared.backend, max_parallel))
         if len(jobs) != len(runs):
             for job in jobs:
@@ -299,7 +299,7 @@ def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: 
                               f"{len(runs)} children")
         for run, job in zip(runs, jobs):
             if job.tags:
-                plugins.broadcast("mlexec_run_tags", run=run, tags=dict(job.tags))
+                plugins.run_tags(run=run, tags=dict(job.tags))
     except BaseException as exc:
         status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
         for run, plan in zip(runs, plans):
@@ -311,7 +311,7 @@ def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: 
     started = []
     for plan, run, job in zip(plans, runs, jobs):
         submitted = SubmittedRun(plugins, plan, run, job, environment)
-        plugins.broadcast("mlexec_run_started", run=run, plan=plan)
+        plugins.run_started(run=run, plan=plan)
         job.status_listener = submitted._report_status
         started.append(submitted)
     return started

@@ -383,7 +383,7 @@ def resolve_plan(
             raise
     command = render_command(ep.command, {n: p.value for n, p in values.items()}, extra)
     check_command_size(command, ep.name, {**{n: p.value for n, p in values.items()}, **extra},
-                       as_argument=backend_obj.command_as_argument)
+                       as_argument="command-in-script" not in backend_obj.registration.capabilities)
     plan = RunPlan(
         project=project,
         source=fetched.source,

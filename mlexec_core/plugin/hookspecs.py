@@ -3,17 +3,20 @@
 Two kinds of hook:
 
 * **Registration hooks** return :class:`~mlexec_core.plugin.Registration`
-  records naming the plugin's classes by dotted path (or, still accepted, the
-  classes); mlexec collects them by name (duplicates are an error naming both
-  plugins), imports a class only when a run selects it, and instantiates it
-  with a :class:`~mlexec_core.plugin.interfaces.Context`.
+  records, the one place a plugin writes what mlexec knows about a class (name,
+  description, capabilities, where it lives); mlexec collects them by name
+  (duplicates are an error naming both plugins), imports a class only when a
+  run selects it, and instantiates it with a
+  :class:`~mlexec_core.plugin.interfaces.Context` carrying its record.
 * **Run lifecycle hooks** fire as a run goes through its life; trackers
   implement them.  The built-in MLflow tracker is one such plugin, registered
   through the very same hooks.
 
 Hooks are called with keyword arguments, so an implementation may accept
 fewer arguments than the spec lists; arguments can be added later without
-breaking plugins.  The docs (docs/plugins.md) carry one section per hook, and
+breaking plugins.  mlexec calls them only through the methods of
+:class:`~mlexec_core.plugin.manager.Plugins` (one per hook), always through
+pluggy, so ``wrapper=True`` implementations run.  The docs (docs/plugins.md) carry one section per hook, and
 a test fails when a hook here is undocumented.
 """
 
@@ -25,8 +28,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
-    from mlexec_core.plugin.interfaces import Backend, Context, EnvironmentManager, ImageBuilder
-    from mlexec_core.sweeps.strategy import SearchStrategy
+    from mlexec_core.plugin.interfaces import Context
+    from mlexec_core.plugin.registration import Registration
 
 hookspec = pluggy.HookspecMarker("mlexec")
 
@@ -35,39 +38,42 @@ hookspec = pluggy.HookspecMarker("mlexec")
 
 
 @hookspec
-def mlexec_environment_managers() -> Iterable[type[EnvironmentManager]]:
+def mlexec_environment_managers() -> Iterable[Registration]:
     """Register environment managers (``--env-manager`` values).
 
-    :return: ``Registration(kind="env-manager", ...)`` records, or
-        :class:`~mlexec_core.plugin.interfaces.EnvironmentManager` subclasses.
+    :return: ``Registration(kind="env-manager", ...)`` records, each naming an
+        :class:`~mlexec_core.plugin.interfaces.EnvironmentManager` subclass.
     """
 
 
 @hookspec
-def mlexec_backends() -> Iterable[type[Backend]]:
+def mlexec_backends() -> Iterable[Registration]:
     """Register backends (``--backend`` values).
 
-    :return: ``Registration(kind="backend", ...)`` records, or
-        :class:`~mlexec_core.plugin.interfaces.Backend` subclasses.
+    :return: ``Registration(kind="backend", ...)`` records, each naming a
+        :class:`~mlexec_core.plugin.interfaces.Backend` subclass (capabilities:
+        ``detachable``, ``fan-out``, ``command-in-script``).
     """
 
 
 @hookspec
-def mlexec_image_builders() -> Iterable[type[ImageBuilder]]:
+def mlexec_image_builders() -> Iterable[Registration]:
     """Register image builders, which backends that need a container image use.
 
-    :return: ``Registration(kind="image-builder", ...)`` records, or
-        :class:`~mlexec_core.plugin.interfaces.ImageBuilder` subclasses.
+    :return: ``Registration(kind="image-builder", ...)`` records, each naming an
+        :class:`~mlexec_core.plugin.interfaces.ImageBuilder` subclass.
     """
 
 
 @hookspec
-def mlexec_search_strategies() -> Iterable[type[SearchStrategy]]:
+def mlexec_search_strategies() -> Iterable[Registration]:
     """Register search strategies for ``mlexec sweep`` (``--strategy`` values).
 
     The built-in ``grid`` and ``random`` come through this hook too.
 
-    :return: :class:`~mlexec_core.sweeps.strategy.SearchStrategy` subclasses.
+    :return: ``Registration(kind="search-strategy", ...)`` records, each naming a
+        :class:`~mlexec_core.sweeps.strategy.SearchStrategy` subclass (capabilities:
+        ``adaptive``, ``finite``).
     """
 
 

@@ -13,17 +13,18 @@ from __future__ import annotations
 import abc
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import attrs
 from attrs import frozen
 
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
-from mlexec_core.project.model import EnvKind, Project
+from mlexec_core.project.model import Project
 
 if TYPE_CHECKING:
     from mlexec_core.pipeline.output import RunOutput
     from mlexec_core.plugin.manager import Plugins
+    from mlexec_core.plugin.registration import Registration
 
 #: Public names that live in :mod:`mlexec_core.plugin.process` (imported when first used).
 _PROCESS_NAMES = frozenset({"ProcessLauncher", "ProcessExecution", "ExecutionJob", "stop_timeout", "shell",
@@ -79,6 +80,31 @@ class Context:
     reporter: Reporter = attrs.field(factory=SilentReporter)
     #: The loaded plugins, to find another plugin's environment managers or image builders.
     plugins: Plugins | None = None
+    #: The record of the class this object was created from (``None`` for an object made by hand).
+    registration: Registration | None = None
+
+
+class Registered:
+    """What every class a plugin registers shares: mlexec creates it with ``cls(context)``,
+    and it knows its :class:`~mlexec_core.plugin.Registration` record, the only place its
+    name, description and capabilities are written."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    @property
+    def registration(self) -> Registration:
+        """The record this object was registered with (its name, capabilities ...)."""
+        record = getattr(self.context, "registration", None)
+        if record is None:
+            raise AttributeError(f"this {type(self).__name__} was created without its Registration "
+                                 "(mlexec creates it with one: Plugins.backend(name), environment_manager(name) ...)")
+        return record
+
+    @property
+    def name(self) -> str:
+        """The name it is registered (and selected) under: ``self.registration.name``."""
+        return self.registration.name
 
 
 # -- environments -------------------------------------------------------------------------
@@ -157,26 +183,12 @@ class EnvironmentInfo:
     in_use: bool = False
 
 
-class EnvironmentManager(abc.ABC):
+class EnvironmentManager(Registered, abc.ABC):
     """Prepares the environment a project's command runs in.
 
-    Subclasses set the class attributes and implement :meth:`prepare`.
+    Subclasses implement :meth:`prepare`; its name, aliases, the kinds it handles
+    and is the default for are written in its :class:`~mlexec_core.plugin.Registration`.
     """
-
-    #: The ``--env-manager`` value that selects this manager.
-    name: ClassVar[str]
-    #: Other ``--env-manager`` values that select it (for example ``("uv",)``).
-    aliases: ClassVar[tuple[str, ...]] = ()
-    #: The project environment kinds this manager can prepare.
-    handles: ClassVar[frozenset[EnvKind]] = frozenset()
-    #: The kinds for which it is chosen when the user names no manager.
-    default_for: ClassVar[frozenset[EnvKind]] = frozenset()
-    #: Among several defaults for one kind, the highest priority wins (built-ins use 0).
-    priority: ClassVar[int] = 100
-    description: ClassVar[str] = ""
-
-    def __init__(self, context: Context) -> None:
-        self.context = context
 
     def check(self, project: Project, requested_as: str) -> None:
         """Fast checks before any run exists (an interpreter found, a daemon up).
@@ -223,14 +235,8 @@ class ImageRef:
     digest: str | None = None
 
 
-class ImageBuilder(abc.ABC):
+class ImageBuilder(Registered, abc.ABC):
     """Builds an image holding the project and its environment."""
-
-    name: ClassVar[str]
-    description: ClassVar[str] = ""
-
-    def __init__(self, context: Context) -> None:
-        self.context = context
 
     @abc.abstractmethod
     def build(self, plan: RunPlan, *, repository: str | None = None, push: bool = False) -> ImageRef:
@@ -277,29 +283,22 @@ class SubmittedJob(abc.ABC):
             listener(status)
 
 
-class Backend(abc.ABC):
-    """Where a run executes: this machine, a container host, a cluster."""
+class Backend(Registered, abc.ABC):
+    """Where a run executes: this machine, a container host, a cluster.
 
-    name: ClassVar[str]
-    description: ClassVar[str] = ""
-    #: Whether its jobs live on without mlexec (a cluster Job): ``mlexec run --detach``
-    #: is allowed, a run whose mlexec died is not failed while its job lives, and
-    #: :meth:`attach` picks the job up again (``mlexec attach``, ``cancel``, ``logs``).
-    detachable: ClassVar[bool] = False
-    #: Whether the command reaches a shell as one argument (``sh -c COMMAND``), as on this
-    #: machine, in a container or a pod: a command longer than the system lets one argument
-    #: be is then refused before any run exists.  ``False`` for a backend that writes the
-    #: command into a script (Slurm's batch script).
-    command_as_argument: ClassVar[bool] = True
-
-    def __init__(self, context: Context) -> None:
-        self.context = context
+    What it can do beyond :meth:`submit` is declared in its record's ``capabilities``:
+    ``"detachable"`` (its jobs live on without mlexec: ``mlexec run --detach``, and
+    :meth:`attach` picks a job up again for ``mlexec attach``, ``cancel``, ``logs``),
+    ``"fan-out"`` (:meth:`submit_many`), ``"command-in-script"`` (the command is written
+    into a script, not handed to a shell as one argument, so a command longer than the
+    system lets one argument be is not refused).
+    """
 
     def attach(self, run: RunRecord, tags: Mapping[str, str]) -> SubmittedJob:
         """The job of a run this backend submitted earlier, from the run's tags (those
         its :class:`SubmittedJob` set: a Job name, a namespace ...), without waiting.
 
-        Only called when :attr:`detachable` is true.  ``run.output`` receives the job's
+        Only called when the record's ``capabilities`` hold ``"detachable"``.  ``run.output`` receives the job's
         output once :meth:`SubmittedJob.wait` follows it.  Raise
         :class:`~mlexec_core.errors.BackendError` when the job cannot be found or reached.
         """
@@ -357,16 +356,14 @@ class Backend(abc.ABC):
     def submit(self, plan: RunPlan, run: RunRecord, prepared: Any) -> SubmittedJob:
         """Start the job for ``plan`` attached to ``run``; return without waiting."""
 
-    #: Whether :meth:`submit_many` is implemented (a native fan-out: a Slurm job array ...).
-    #: When false (the default), a sweep starts each child with :meth:`submit`.
-    fan_out: ClassVar[bool] = False
-
     def submit_many(self, plan: RunPlan, children: Sequence[tuple[RunPlan, RunRecord]], prepared: Any,
                     max_parallel: int) -> Sequence[SubmittedJob]:
         """Start many children of one sweep at once, as one native submission; return
         without waiting, one :class:`SubmittedJob` per child, in the order given.
 
-        Only called when :attr:`fan_out` is true, for the fixed children of a sweep
+        Only called when the record's ``capabilities`` hold ``"fan-out"`` (a native
+        fan-out: a Slurm job array ...; without it a sweep starts each child with
+        :meth:`submit`), for the fixed children of a sweep
         (grid, random).  ``plan`` is the sweep's base plan (project, backend config);
         each child brings its own plan (its command) and its run, which already exists.
         ``prepared`` is what :meth:`prepare` returned, once for the whole sweep.  The
@@ -381,8 +378,8 @@ class Backend(abc.ABC):
 
     def dry_run_many(self, plan: RunPlan, children: Sequence[RunPlan], max_parallel: int) -> Mapping[str, Any]:
         """What :meth:`submit_many` would do for these children, for ``mlexec sweep --dry-run``
-        (no side effects); a ``"text"`` entry is printed as it is.  Only called when
-        :attr:`fan_out` is true."""
+        (no side effects); a ``"text"`` entry is printed as it is.  Only called when the
+        record's ``capabilities`` hold ``"fan-out"``."""
         return {}
 
     def dry_run(self, plan: RunPlan) -> Mapping[str, Any]:

@@ -1,15 +1,37 @@
-"""Building the plugin manager and collecting what plugins register.
+"""Building the plugin manager, calling its hooks, and collecting what plugins register.
 
 :func:`build_plugins` is a function, not an import side effect: each call
 gives a fresh, independent set of plugins, so tests register exactly the
 plugins they mean to and never whatever happens to be installed.
+
+**How hooks are called.**  :class:`Plugins` has one method per hook
+(:meth:`~Plugins.run_create`, :meth:`~Plugins.run_started`,
+:meth:`~Plugins.run_status`, :meth:`~Plugins.run_tags`,
+:meth:`~Plugins.run_finished`; the registration hooks behind
+:meth:`~Plugins.registered`, :meth:`~Plugins.backends` ...), and nothing else in
+mlexec names a hook.  Every call goes through pluggy's ``HookCaller``, so
+``wrapper=True`` / ``hookwrapper=True`` implementations run and pluggy's
+tracing (``add_hookcall_monitoring``, ``enable_tracing``) sees each call.
+
+**One failing plugin is reported, the run goes on.**  pluggy stops a hook call at
+the first implementation that raises, and a wrapper cannot resume the ones
+after it; so isolation cannot be a wrapper implementation.  Instead
+:meth:`Plugins._each` (the one place) calls the hook once per implementation,
+each time through a pluggy ``HookCaller`` holding that implementation and every
+wrapper (``PluginManager.subset_hook_caller``), and hands back each plugin's
+result or exception.  The lifecycle hooks that return nothing use it through
+:meth:`Plugins._notify`, which turns an exception into a warning naming the
+plugin; the registration hooks use it to know which plugin registered what.
+So a wrapper of those hooks runs around each implementation in turn.
+``mlexec_run_create`` (``firstresult``) is one plain call: its
+``TrackingError`` is meant to stop the run.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, TypeVar
 
 import attrs
 import pluggy
@@ -27,6 +49,9 @@ from mlexec_core.plugin.interfaces import (
 )
 from mlexec_core.plugin.registration import KINDS, Registration
 
+if TYPE_CHECKING:
+    from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
+
 ENTRY_POINT_GROUP = "mlexec"
 DISABLE_VAR = "MLEXEC_DISABLE_PLUGINS"
 
@@ -39,10 +64,23 @@ BUILTINS: tuple[tuple[str, str], ...] = (
 
 T = TypeVar("T")
 
-_KIND_WORDS = {"env-manager": "environment manager", "backend": "backend", "image-builder": "image builder"}
+_KIND_WORDS = {"env-manager": "environment manager", "backend": "backend", "image-builder": "image builder",
+               "search-strategy": "search strategy"}
+#: The option that names each kind, for an unknown name's error.
+_OPTIONS = {"env-manager": "--env-manager", "backend": "--backend", "image-builder": "image builder",
+            "search-strategy": "--strategy"}
+#: How `mlexec plugins` labels each kind.
+_LABELS = {"env-manager": "env-manager", "backend": "backend", "image-builder": "image-builder",
+           "search-strategy": "sweep-strategy"}
 
-#: The interface each kind's classes implement.
-_BASES: dict[str, type] = {"env-manager": EnvironmentManager, "backend": Backend, "image-builder": ImageBuilder}
+
+def _base(kind: str) -> type:
+    """The interface each kind's classes implement (the sweep modules are imported only for a strategy)."""
+    if kind == "search-strategy":
+        from mlexec_core.sweeps.strategy import SearchStrategy
+
+        return SearchStrategy
+    return {"env-manager": EnvironmentManager, "backend": Backend, "image-builder": ImageBuilder}[kind]
 
 
 @frozen
@@ -75,10 +113,6 @@ class Plugins:
         self._infos: dict[str, PluginInfo] = {}
         self._cache: dict[str, Any] = {}
 
-    @property
-    def hook(self) -> Any:
-        return self.pm.hook
-
     def set_reporter(self, reporter: Reporter) -> None:
         """Hand ``reporter`` to every plugin object created from now on."""
         self.context = Context(reporter=reporter, plugins=self)
@@ -110,43 +144,84 @@ class Plugins:
                         builtin: bool = False) -> None:
         self._record(name, distribution, version, module, builtin, "disabled", None)
 
-    def broadcast(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation of a lifecycle hook; one plugin failing does not
-        stop the others (so a broken notifier never leaves a run RUNNING): its error
-        is reported as a warning naming the plugin."""
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy's own calling order
+    # -- calling hooks -------------------------------------------------------------------
+    #
+    # One method per hook (as tox's plugin manager has), each calling through pluggy's
+    # HookCaller, so wrapper implementations (wrapper=True, hookwrapper=True) run and
+    # pluggy's tracing (add_hookcall_monitoring, enable_tracing) sees every call.
+
+    def _each(self, caller: pluggy.HookCaller, **kwargs: Any) -> Iterator[tuple[str, list[Any], Exception | None]]:
+        """Call ``caller`` once per plugin that implements it, in pluggy's calling order;
+        yield ``(plugin name, results, error)`` for each.
+
+        Each call goes through pluggy (a HookCaller holding that one implementation and
+        every wrapper), so one implementation raising cannot stop the others, and the
+        caller learns which plugin returned what (a registration hook) or raised.
+        """
+        impls = [impl for impl in reversed(caller.get_hookimpls()) if not (impl.wrapper or impl.hookwrapper)]
+        for impl in impls:
+            others = [other.plugin for other in impls if other.plugin is not impl.plugin]
+            one = self.pm.subset_hook_caller(caller.name, remove_plugins=others) if others else caller
             try:
-                impl.function(**{name: kwargs[name] for name in impl.argnames})
+                results = one(**kwargs)
             except Exception as exc:
-                name = self.pm.get_name(impl.plugin) or "?"
-                if isinstance(exc, MlexecError):
-                    self.context.reporter.warning(f"plugin {name!r}, {hook_name}: {exc}")
-                else:
-                    self.context.reporter.warning(f"plugin {name!r} failed in {hook_name}: {_reason(exc)}")
+                yield impl.plugin_name, [], exc
+            else:
+                yield impl.plugin_name, list(results or ()), None
+
+    def _notify(self, caller: pluggy.HookCaller, **kwargs: Any) -> None:
+        """Call a lifecycle hook that returns nothing: every implementation runs, and one
+        that raises is reported as a warning naming its plugin (so a broken notifier never
+        leaves a run RUNNING); the run goes on."""
+        for plugin_name, _, exc in self._each(caller, **kwargs):
+            if exc is None:
+                continue
+            if isinstance(exc, MlexecError):
+                self.context.reporter.warning(f"plugin {plugin_name!r}, {caller.name}: {exc}")
+            else:
+                self.context.reporter.warning(f"plugin {plugin_name!r} failed in {caller.name}: {_reason(exc)}")
+
+    def run_create(self, plan: RunPlan) -> RunRecord | None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_create`: the first tracker's record, or
+        ``None``.  Not isolated: a :class:`~mlexec_core.errors.TrackingError` stops the run
+        before anything runs."""
+        return self.pm.hook.mlexec_run_create(plan=plan, context=self.context)
+
+    def run_started(self, run: RunRecord, plan: RunPlan) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_started`."""
+        self._notify(self.pm.hook.mlexec_run_started, run=run, plan=plan)
+
+    def run_status(self, run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_status`."""
+        self._notify(self.pm.hook.mlexec_run_status, run=run, plan=plan, status=status)
+
+    def run_tags(self, run: RunRecord, tags: Mapping[str, str]) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_tags`."""
+        self._notify(self.pm.hook.mlexec_run_tags, run=run, tags=tags)
+
+    def run_finished(self, run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_finished`."""
+        self._notify(self.pm.hook.mlexec_run_finished, run=run, plan=plan, status=status, reason=reason)
 
     # -- what is registered --------------------------------------------------------------
     #
-    # Registration hooks return Registration records (or, the older way, classes).
-    # Records are collected and checked without importing anything; a class is
-    # imported only when it is asked for by name (environment_manager(), backend(),
-    # image_builder(), load()) or when a whole table of classes is.
+    # Registration hooks return Registration records, the only place a plugin writes
+    # what mlexec knows about its classes.  Records are collected and checked without
+    # importing anything; a class is imported only when it is asked for by name
+    # (environment_manager(), backend(), image_builder(), search_strategy(), load())
+    # or when a whole table of classes is.
 
     def _collect(self, kind: str) -> dict[str, _Entry]:
         if kind in self._cache:
             return self._cache[kind]
         hook_name = KINDS[kind]
-        base = _BASES[kind]
         found: dict[str, _Entry] = {}
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in caller.get_hookimpls():  # registration order
-            plugin_name = self.pm.get_name(impl.plugin) or "?"
-            try:
-                items = list(impl.function() or ())
-            except Exception as exc:  # a plugin bug: say whose
+        for plugin_name, results, exc in reversed(list(self._each(getattr(self.pm.hook, hook_name)))):
+            # registration order: the first plugin registered is named first in an error
+            if exc is not None:  # a plugin bug: say whose
                 raise PluginError(f"plugin {plugin_name!r} failed in {hook_name}: {_reason(exc)}") from exc
-            for item in items:
-                entry = _entry(item, kind, base, plugin_name, hook_name)
+            for item in _items(results):
+                entry = _entry(item, kind, plugin_name, hook_name)
                 for name in (entry.record.name, *entry.record.aliases):
                     if name in found and found[name].record.path != entry.record.path:
                         raise PluginError(
@@ -159,8 +234,9 @@ class Plugins:
         return found
 
     def registered(self, kind: str) -> dict[str, Registration]:
-        """Every name (and alias) of ``kind`` ("env-manager", "backend", "image-builder")
-        to its :class:`~mlexec_core.plugin.registration.Registration`; imports no class."""
+        """Every name (and alias) of ``kind`` ("env-manager", "backend", "image-builder",
+        "search-strategy") to its :class:`~mlexec_core.plugin.registration.Registration`;
+        imports no class."""
         return {name: entry.record for name, entry in self._collect(kind).items()}
 
     def load(self, kind: str, name: str) -> type:
@@ -169,10 +245,15 @@ class Plugins:
         An unknown name, or a class that does not import, is a :class:`PluginError`
         naming the plugin.
         """
-        option = {"env-manager": "--env-manager", "backend": "--backend", "image-builder": "image builder"}[kind]
         entries = self._collect(kind)
-        self._lookup(entries, name, _KIND_WORDS[kind], option)
-        return entries[name].load(base=_BASES[kind])
+        self._lookup(entries, name, _KIND_WORDS[kind], _OPTIONS[kind])
+        return entries[name].load(base=_base(kind))
+
+    def create(self, kind: str, name: str) -> Any:
+        """A new instance of the class registered as ``name``, knowing its record
+        (``obj.registration``, ``obj.name``)."""
+        cls = self.load(kind, name)
+        return cls(attrs.evolve(self.context, registration=self._collect(kind)[name].record))
 
     def _classes(self, kind: str) -> dict[str, type]:
         return {name: self.load(kind, name) for name in self._collect(kind)}
@@ -190,11 +271,19 @@ class Plugins:
         """Every image builder name to its class (imports them all)."""
         return self._classes("image-builder")
 
+    def search_strategies(self) -> dict[str, type]:
+        """Every ``--strategy`` name to its class (imports them all)."""
+        return self._classes("search-strategy")
+
     def environment_manager(self, name: str) -> EnvironmentManager:
-        return self.load("env-manager", name)(self.context)
+        return self.create("env-manager", name)
 
     def backend(self, name: str) -> Backend:
-        return self.load("backend", name)(self.context)
+        return self.create("backend", name)
+
+    def search_strategy(self, name: str) -> Any:
+        """A new :class:`~mlexec_core.sweeps.strategy.SearchStrategy` (``--strategy name``)."""
+        return self.create("search-strategy", name)
 
     def image_builder(self, name: str | None = None) -> ImageBuilder:
         if name is None:
@@ -204,7 +293,7 @@ class Plugins:
                     "no image builder is installed", hint="install one, for example: pip install mlexec-docker"
                 )
             name = sorted(builders)[0]
-        return self.load("image-builder", name)(self.context)
+        return self.create("image-builder", name)
 
     @staticmethod
     def _lookup(table: Mapping[str, T], name: str, kind: str, option: str) -> T:
@@ -233,36 +322,26 @@ class Plugins:
         provides: dict[str, list[str]] = {}
         broken: dict[str, str] = {}
         for kind, hook_name in KINDS.items():
-            base = _BASES[kind]
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                pname = self.pm.get_name(impl.plugin)
-                try:
-                    items = list(impl.function() or ())
-                except Exception as exc:  # shown, not raised, here
-                    provides.setdefault(pname, []).append(f"{kind}: error: {_reason(exc)}")
+            label = _LABELS[kind]
+            for pname, results, exc in reversed(list(self._each(getattr(self.pm.hook, hook_name)))):
+                if exc is not None:  # shown, not raised, here
+                    provides.setdefault(pname, []).append(f"{label}: error: {_reason(exc)}")
                     continue
-                for item in items:
+                for item in _items(results):
                     try:
-                        entry = _entry(item, kind, base, pname, hook_name)
+                        entry = _entry(item, kind, pname, hook_name)
                     except PluginError as exc:
-                        provides.setdefault(pname, []).append(f"{kind}: error: {exc.message}")
+                        provides.setdefault(pname, []).append(f"{label}: error: {exc.message}")
                         broken.setdefault(pname, exc.message)
                         continue
                     aliases = entry.record.aliases
-                    label = f"{kind}: {entry.record.name}" + (f" ({', '.join(aliases)})" if aliases else "")
-                    provides.setdefault(pname, []).append(label)
+                    provides.setdefault(pname, []).append(
+                        f"{label}: {entry.record.name}" + (f" ({', '.join(aliases)})" if aliases else ""))
                     if import_classes:
                         try:
-                            entry.load(base)
+                            entry.load(_base(kind))
                         except PluginError as exc:
                             broken.setdefault(pname, exc.message)
-        for impl in self.pm.hook.mlexec_search_strategies.get_hookimpls():  # classes, listed by name
-            pname = self.pm.get_name(impl.plugin)
-            try:
-                names = [getattr(cls, "name", None) or repr(cls) for cls in impl.function() or ()]
-            except Exception as exc:  # shown, not raised, here
-                names = [f"error: {_reason(exc)}"]
-            provides.setdefault(pname, []).extend(f"sweep-strategy: {name}" for name in names)
         for plugin in self.pm.get_plugins():
             pname = self.pm.get_name(plugin)
             for caller in self.pm.get_hookcallers(plugin) or ():
@@ -298,15 +377,15 @@ class _Entry:
             raise PluginError(f"{what}, which does not import: {_reason(exc)}", hint=hint) from exc
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"{what}, which is not a {base.__name__} subclass", hint=hint)
-        own = getattr(cls, "name", None)
-        if own is not None and own != rec.name:
+        own = getattr(cls, "name", None)  # a property of the interface, unless the class still sets one
+        if isinstance(own, str) and own != rec.name:
             raise PluginError(f"{what}, whose own name is {own!r}", hint="make the record's name and the class's agree")
         self.cls = cls
         return cls
 
 
-def _entry(item: Any, kind: str, base: type, plugin_name: str, hook_name: str) -> _Entry:
-    """Check one thing a registration hook returned: a Registration or a class."""
+def _entry(item: Any, kind: str, plugin_name: str, hook_name: str) -> _Entry:
+    """Check one thing a registration hook returned: it must be a good Registration."""
     if isinstance(item, Registration):
         problem = item.problem()
         if problem is None and item.kind != kind:
@@ -315,15 +394,18 @@ def _entry(item: Any, kind: str, base: type, plugin_name: str, hook_name: str) -
             raise PluginError(f"plugin {plugin_name!r} returned a bad Registration from {hook_name} "
                               f"({item.name or item.path!r}): {problem}")
         return _Entry(item, plugin_name)
-    if not (isinstance(item, type) and issubclass(item, base)):
+    if isinstance(item, type):  # the older way: the class, its name and the rest as class attributes
         raise PluginError(
-            f"plugin {plugin_name!r} registered {item!r} from {hook_name}, "
-            f"which is not a {base.__name__} subclass or a Registration"
-        )
-    if not isinstance(getattr(item, "name", None), str) or not item.name:
-        raise PluginError(f"plugin {plugin_name!r} registered {item.__name__} from {hook_name} "
-                          "without a name (set the class attribute `name`)")
-    return _Entry(Registration.of(kind, item), plugin_name, cls=item)
+            f"plugin {plugin_name!r} registered {item.__name__} from {hook_name}, a class: return "
+            f"Registration(kind={kind!r}, name=..., path={item.__name__}) instead (name, description and the "
+            "rest go in the record, not on the class)",
+            hint="docs/plugins.md, 'Registration records'")
+    raise PluginError(f"plugin {plugin_name!r} registered {item!r} from {hook_name}, which is not a Registration")
+
+
+def _items(results: list[Any]) -> list[Any]:
+    """What one plugin's registration hook returned (pluggy leaves out a ``None``)."""
+    return [item for result in results for item in (result or ())]
 
 
 def _module_name(obj: Any) -> str | None:

@@ -1,7 +1,9 @@
 """What a registration hook returns: a small record naming a class, not the class.
 
-mlexec reads the record (name, kind, aliases, what it handles ...) to list,
-choose and check plugins, and imports the class only when a run selects it.
+The record is the one place a plugin writes what mlexec knows about a class
+(name, kind, aliases, what it handles, its capabilities, where it lives);
+mlexec reads it to list, choose and check plugins, and imports the class only
+when a run selects it.
 So an installed plugin costs a run that does not use it nothing but the import
 of its ``plugin`` module, which holds the hooks and these records.
 
@@ -22,6 +24,26 @@ KINDS: dict[str, str] = {
     "backend": "mlexec_backends",
     "env-manager": "mlexec_environment_managers",
     "image-builder": "mlexec_image_builders",
+    "search-strategy": "mlexec_search_strategies",
+}
+
+#: What a record of each kind may declare in ``capabilities``, and what mlexec does with it.
+CAPABILITIES: dict[str, dict[str, str]] = {
+    "backend": {
+        "detachable": "its jobs live on without mlexec (a cluster Job): `mlexec run --detach` is allowed, a "
+                      "run whose mlexec died is not failed while its job lives, and Backend.attach picks the "
+                      "job up again",
+        "fan-out": "it implements Backend.submit_many (a native fan-out, a Slurm job array): a sweep's fixed "
+                   "children are submitted at once",
+        "command-in-script": "the command is written into a script (Slurm's batch script), not handed to a "
+                             "shell as one argument, so the system's limit on one argument does not apply",
+    },
+    "env-manager": {},
+    "image-builder": {},
+    "search-strategy": {
+        "adaptive": "it learns from results: `mlexec sweep` requires --metric",
+        "finite": "it knows all its children (a grid): --trials is not required",
+    },
 }
 
 
@@ -37,27 +59,32 @@ def _names(values: Iterable[str]) -> tuple[str, ...]:
 
 @frozen
 class Registration:
-    """One environment manager, backend or image builder, described without importing it.
+    """One environment manager, backend, image builder or search strategy, described
+    without importing it: the only place a plugin writes what mlexec knows about it.
 
-    Return these from :func:`~mlexec_core.plugin.hookspecs.mlexec_environment_managers`,
-    :func:`~mlexec_core.plugin.hookspecs.mlexec_backends` and
-    :func:`~mlexec_core.plugin.hookspecs.mlexec_image_builders`::
+    Return these from the registration hooks
+    (:func:`~mlexec_core.plugin.hookspecs.mlexec_environment_managers`,
+    :func:`~mlexec_core.plugin.hookspecs.mlexec_backends`,
+    :func:`~mlexec_core.plugin.hookspecs.mlexec_image_builders`,
+    :func:`~mlexec_core.plugin.hookspecs.mlexec_search_strategies`)::
 
         Registration(kind="env-manager", name="conda", path="mlexec_conda.manager:CondaEnvironment",
                      handles={"conda"}, default_for={"conda"}, description="...")
+        Registration(kind="backend", name="slurm", path="mlexec_slurm.backend:SlurmBackend",
+                     capabilities={"fan-out", "command-in-script"}, description="...")
 
-    The class at ``path`` is imported when it is first needed; it must be a
-    subclass of the interface for ``kind``, and if it sets ``name`` that must
-    be the record's ``name``.  The record's ``aliases``, ``handles``,
-    ``default_for`` and ``priority`` are what mlexec uses, not the class's.
+    The class at ``path`` is imported when it is first needed and must be a
+    subclass of the interface for ``kind``.  It carries behaviour only; an
+    instance reads its record as ``self.registration`` (and ``self.name``).
     """
 
-    #: "env-manager", "backend" or "image-builder".
+    #: "env-manager", "backend", "image-builder" or "search-strategy".
     kind: str
-    #: The ``--env-manager`` / ``--backend`` / image builder name.
+    #: The ``--env-manager`` / ``--backend`` / image builder / ``--strategy`` name.
     name: str
-    #: Where the class lives: ``"package.module:ClassName"`` (``"package.module.ClassName"`` works too).
-    path: str
+    #: Where the class lives: ``"package.module:ClassName"`` (``"package.module.ClassName"`` works too),
+    #: or the class itself when it is defined beside the hooks (it is imported with them anyway).
+    path: str | type
     #: More names that select it (environment managers only: ``("uv",)``).
     aliases: tuple[str, ...] = attrs.field(default=(), converter=_names)
     #: Environment managers: the project kinds it can prepare ("python", "conda", "docker", "none" or EnvKind).
@@ -68,26 +95,16 @@ class Registration:
     priority: int = 100
     #: One line for humans (``mlexec plugins``, errors listing what is installed).
     description: str = ""
-
-    @classmethod
-    def of(cls, kind: str, klass: type) -> Registration:
-        """The record for a class registered directly (the older way, still accepted)."""
-        return cls(
-            kind=kind,
-            name=getattr(klass, "name", None) or "",
-            path=f"{klass.__module__}:{klass.__qualname__}",
-            aliases=tuple(getattr(klass, "aliases", ()) or ()),
-            handles=getattr(klass, "handles", ()) or (),
-            default_for=getattr(klass, "default_for", ()) or (),
-            priority=getattr(klass, "priority", 100),
-            description=getattr(klass, "description", "") or "",
-        )
+    #: What it can do, from :data:`CAPABILITIES` for its kind (``{"detachable"}``, ``{"adaptive"}``).
+    capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=_kinds)
 
     @property
     def module(self) -> str:
         return self._split()[0]
 
     def _split(self) -> tuple[str, str]:
+        if isinstance(self.path, type):
+            return self.path.__module__, self.path.__qualname__
         if ":" in self.path:
             module, _, attr = self.path.partition(":")
         else:
@@ -100,13 +117,21 @@ class Registration:
             return f"kind {self.kind!r} is not one of {', '.join(KINDS)}"
         if not isinstance(self.name, str) or not self.name:
             return "it has no name"
+        if not isinstance(self.path, (str, type)):
+            return f"path {self.path!r} is not 'package.module:ClassName' or a class"
         module, attr = self._split()
         if not module or not attr:
             return f"path {self.path!r} is not 'package.module:ClassName'"
+        unknown = sorted(self.capabilities - set(CAPABILITIES[self.kind]))
+        if unknown:
+            known = ", ".join(CAPABILITIES[self.kind]) or "none"
+            return f"capability {unknown[0]!r} is not one a {self.kind} has (known: {known})"
         return None
 
     def load(self) -> type:
         """Import the class (raises what the import raises)."""
+        if isinstance(self.path, type):
+            return self.path
         module, attr = self._split()
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):

@@ -50,31 +50,6 @@ def default_parallelism(backend: Any) -> int:
     return REMOTE_DEFAULT_PARALLEL
 
 
-def search_strategies(plugins) -> dict[str, type[SearchStrategy]]:
-    """Every ``--strategy`` name to its class, from the ``mlexec_search_strategies`` hook;
-    a class that is not a SearchStrategy, or a name two plugins register, is a PluginError."""
-    from mlexec_core.errors import PluginError
-
-    found: dict[str, tuple[type[SearchStrategy], str]] = {}
-    for impl in plugins.pm.hook.mlexec_search_strategies.get_hookimpls():  # registration order
-        plugin = plugins.pm.get_name(impl.plugin) or "?"
-        try:
-            classes = list(impl.function() or ())
-        except Exception as exc:  # a plugin bug: say whose
-            raise PluginError(f"plugin {plugin!r} failed in mlexec_search_strategies: "
-                              f"{type(exc).__name__}: {exc}") from exc
-        for cls in classes:
-            if not (isinstance(cls, type) and issubclass(cls, SearchStrategy)) or not getattr(cls, "name", None):
-                raise PluginError(f"plugin {plugin!r} registered {cls!r} from mlexec_search_strategies, which is "
-                                  "not a SearchStrategy subclass with a name")
-            if cls.name in found and found[cls.name][0] is not cls:
-                raise PluginError(f"two plugins register the search strategy {cls.name!r}: "
-                                  f"{found[cls.name][1]!r} and {plugin!r}",
-                                  hint=f"uninstall one, or block one with MLEXEC_DISABLE_PLUGINS={plugin}")
-            found[cls.name] = (cls, plugin)
-    return {name: cls for name, (cls, _) in found.items()}
-
-
 def entry_point_fingerprint(plan: RunPlan) -> dict[str, Any]:
     ep = plan.entry_point
     return {"name": ep.name, "command": ep.command,
@@ -113,7 +88,7 @@ def child_plan(base: RunPlan, params: Mapping[str, str], cwd: Path, backend, *,
     values, extra = resolve_parameters(base.entry_point, given, base.project.directory, cwd)
     command = render_command(base.entry_point.command, {n: p.value for n, p in values.items()}, extra)
     check_command_size(command, base.entry_point.name, {**{n: p.value for n, p in values.items()}, **extra},
-                       as_argument=backend.command_as_argument)
+                       as_argument="command-in-script" not in backend.registration.capabilities)
     tracking = attrs.evolve(base.tracking, run_name=run_name, run_id=None,
                             tags={**base.tracking.tags, **(tags or {})})
     return attrs.evolve(base, parameters=values, extra_parameters=extra, command=command, tracking=tracking)
@@ -155,18 +130,18 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
         raise UsageError("mlexec sweep needs the project URI", hint="mlexec sweep . -P lr=0.1,0.2")
     backend = backend or "local"
 
-    strategies = search_strategies(plugins)
     name = strategy or spec.strategy or ("random" if spec.sampled else "grid")
-    cls = plugins._lookup(strategies, name, "search strategy", "--strategy")
-    spec = attrs.evolve(spec, strategy=cls.name)
+    strat = plugins.search_strategy(name)  # an unknown name: a PluginError listing what is installed
+    record = strat.registration
+    spec = attrs.evolve(spec, strategy=record.name)
     if spec.seed is None:  # recorded, so that --resume draws the same children
         spec = attrs.evolve(spec, seed=random.SystemRandom().randrange(2**31))
-    strat = cls(plugins.context)
-    if cls.adaptive and not spec.metric:
-        raise UsageError(f"the {cls.name} strategy learns from results: it needs --metric NAME",
+    adaptive = "adaptive" in record.capabilities
+    if adaptive and not spec.metric:
+        raise UsageError(f"the {record.name} strategy learns from results: it needs --metric NAME",
                          hint="the metric each child logs with mlflow.log_metric, and --goal minimize|maximize")
-    if cls.needs_trials and spec.trials is None:
-        raise UsageError(f"the {cls.name} strategy needs --trials N (how many children to run)")
+    if "finite" not in record.capabilities and spec.trials is None:
+        raise UsageError(f"the {record.name} strategy needs --trials N (how many children to run)")
     strat.check(spec)
 
     # Representative values, so the project, the backend and its config are checked once.
@@ -199,7 +174,7 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
                              f"{_difference(before, now)}", hint="start a new sweep for the changed project")
 
     children = None
-    if not cls.adaptive:
+    if not adaptive:
         strat.start(spec, ())
         children = []
         backend_obj = plugins.backend(base.backend)
@@ -217,7 +192,7 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
                "version": version, "backend": base.backend, "backend_config": recorded_config,
                "env_manager": env_manager, "docker_args": list(docker_args or ()),
                "build_image": bool(build_image), "run_name": run_name}
-    return SweepPlan(spec, cls.name, base, parallel, tuple(children) if children is not None else None,
+    return SweepPlan(spec, record.name, base, parallel, tuple(children) if children is not None else None,
                      options, cwd, earlier)
 
 
@@ -450,9 +425,9 @@ class Sweep:
                                    run_id=earlier.run_id if earlier else None, tags=tags)
         self.parent_plan = attrs.evolve(base, parameters={}, extra_parameters=params,
                                         command=f"mlexec sweep ({self.plan.strategy_name})", tracking=tracking)
-        self.parent = self.plugins.hook.mlexec_run_create(plan=self.parent_plan, context=self.plugins.context) \
+        self.parent = self.plugins.run_create(self.parent_plan) \
             or RunRecord(run_id=os.urandom(16).hex())
-        self.plugins.broadcast("mlexec_run_started", run=self.parent, plan=self.parent_plan)
+        self.plugins.run_started(run=self.parent, plan=self.parent_plan)
         base_tags = {"mlflow.parentRunId": self.parent.run_id, T.PARENT_TAG: self.parent.run_id}
         self._child_tags = base_tags
         if self.parent.experiment_id:  # children go where the parent went
@@ -471,9 +446,8 @@ class Sweep:
         if best is not None:
             tags[T.BEST_RUN_TAG] = best.run_id or ""
             tags[T.BEST_VALUE_TAG] = repr(best.value)
-        self.plugins.broadcast("mlexec_run_tags", run=self.parent, tags=tags)
-        self.plugins.broadcast("mlexec_run_finished", run=self.parent, plan=self.parent_plan, status=status,
-                               reason=reason)
+        self.plugins.run_tags(run=self.parent, tags=tags)
+        self.plugins.run_finished(run=self.parent, plan=self.parent_plan, status=status, reason=reason)
 
     def _outcome(self) -> tuple[RunStatus, str | None]:
         counts = self.counts()
@@ -510,12 +484,11 @@ class Sweep:
 
     def _end_stale(self, run_id: str) -> None:
         record = RunRecord(run_id=run_id, tracking_uri=self.parent.tracking_uri, tracker=self.parent.tracker)
-        self.plugins.broadcast("mlexec_run_finished", run=record, plan=self.plan.base, status=RunStatus.FAILED,
-                               reason="its sweep stopped before it ended (mlexec exited); rerun by --resume")
+        self.plugins.run_finished(run=record, plan=self.plan.base, status=RunStatus.FAILED,
+                                  reason="its sweep stopped before it ended (mlexec exited); rerun by --resume")
 
     def _schedule(self) -> None:
-        strategies = search_strategies(self.plugins)
-        strategy = strategies[self.plan.strategy_name](self.plugins.context)
+        strategy = self.plugins.search_strategy(self.plan.strategy_name)
         history, attempts, next_number = self._history()
         done_numbers = {c.number for c in self.children if c.earlier}
         adaptive = self.plan.children is None
@@ -571,7 +544,7 @@ class Sweep:
     def fan_out(self) -> bool:
         """Whether the fixed children go to the backend as one native submission
         (:meth:`~mlexec_core.plugin.interfaces.Backend.submit_many`)."""
-        return bool(getattr(self.plugins.backend(self.plan.base.backend), "fan_out", False))
+        return "fan-out" in self.plugins.registered("backend")[self.plan.base.backend].capabilities
 
     def _plan_child(self, child: Child, cwd: Path) -> bool:
         """The child's own plan (tags, name); a value the entry point refuses fails it, nothing ran."""

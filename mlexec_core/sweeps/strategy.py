@@ -5,7 +5,7 @@ and told how each child ended (:meth:`SearchStrategy.tell`), so adaptive ones
 (Optuna's TPE) can use the results while the sweep runs.  The sweep calls
 both from one thread.  Strategies register through the
 :func:`~mlexec_core.plugin.hookspecs.mlexec_search_strategies` hook, the built-in
-ones included (from :mod:`mlexec_core.builtins.sweep_plugin`; this module holds no hook).
+ones included (from :mod:`mlexec_core.builtins.sweep_plugin`, as records; this module holds no hook).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import abc
 import itertools
 import math
 import random
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from attrs import frozen
 
 from mlexec_core.errors import UsageError
+from mlexec_core.plugin.interfaces import Registered
 from mlexec_core.sweeps.spec import Domain, SweepSpec
 
 
@@ -35,21 +36,14 @@ class TrialResult:
     run_id: str | None = None
 
 
-class SearchStrategy(abc.ABC):
+class SearchStrategy(Registered, abc.ABC):
     """Chooses the children of a sweep.
 
-    :cvar name: the ``--strategy`` value.
-    :cvar adaptive: ``True`` if it learns from results (then ``--metric`` is required).
-    :cvar needs_trials: ``True`` if ``--trials N`` is required (it cannot tell when it is done).
+    Its ``--strategy`` name, description and capabilities are written in its
+    :class:`~mlexec_core.plugin.Registration` (``kind="search-strategy"``):
+    ``"adaptive"`` if it learns from results (then ``--metric`` is required),
+    ``"finite"`` if it knows all its children (then ``--trials N`` is not required).
     """
-
-    name: ClassVar[str]
-    description: ClassVar[str] = ""
-    adaptive: ClassVar[bool] = False
-    needs_trials: ClassVar[bool] = True
-
-    def __init__(self, context: Any) -> None:
-        self.context = context
 
     def check(self, spec: SweepSpec) -> None:
         """Refuse a spec this strategy cannot search (raise :class:`~mlexec_core.errors.UsageError`)."""
@@ -79,9 +73,7 @@ class SearchStrategy(abc.ABC):
 
 
 class GridSearch(SearchStrategy):
-    name = "grid"
-    description = "every combination of the values (the default for lists and ranges)"
-    needs_trials = False
+    """Every combination of the values."""
 
     def check(self, spec: SweepSpec) -> None:
         sampled = spec.sampled
@@ -126,8 +118,7 @@ def draw(domain: Domain, rng: random.Random) -> str:
 
 
 class RandomSearch(SearchStrategy):
-    name = "random"
-    description = "--trials N children with values drawn at random (--seed S repeats a sweep)"
+    """``--trials N`` children with values drawn at random."""
 
     def check(self, spec: SweepSpec) -> None:
         if spec.trials is None:

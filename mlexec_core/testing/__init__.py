@@ -320,28 +320,29 @@ def wait_until(predicate, timeout: float, what, interval: float = 0.1):
     raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
-def registration_mismatches(plugins, kind: str, name: str) -> list[str]:
-    """Where the :class:`~mlexec_core.plugin.Registration` of ``name`` and the class it names
-    disagree (only attributes the class itself sets are compared); ``[]`` when they agree."""
-    record = plugins.registered(kind)[name]
+#: What a Registration record says, and so what a registered class must not say again
+#: (mlexec reads only the record; an attribute left on the class is silently ignored).
+RECORD_ATTRIBUTES = ("name", "aliases", "handles", "default_for", "priority", "description",
+                     "detachable", "fan_out", "command_as_argument", "adaptive", "needs_trials")
+
+
+def leftover_metadata(plugins, kind: str, name: str) -> list[str]:
+    """The class registered as ``name`` still sets metadata that belongs in its
+    :class:`~mlexec_core.plugin.Registration` (``name``, ``handles``, ``detachable`` ...,
+    as class attributes); ``[]`` when the record is the only place it is written."""
     cls = plugins.load(kind, name)
     from mlexec_core.plugin import interfaces
 
-    bases = {interfaces.EnvironmentManager, interfaces.Backend, interfaces.ImageBuilder, object}
-    own = lambda attr: any(attr in vars(c) for c in cls.__mro__ if c not in bases)  # noqa: E731
-    as_strings = lambda values: frozenset(str(getattr(v, "value", v)) for v in values)  # noqa: E731
-    wrong = []
-    for attr in ("name", "aliases", "handles", "default_for", "priority", "description"):
-        if not own(attr):
-            continue
-        mine, theirs = getattr(record, attr), getattr(cls, attr)
-        if attr in ("handles", "default_for"):
-            theirs = as_strings(theirs)
-        elif attr == "aliases":
-            theirs = tuple(theirs)
-        if mine != theirs:
-            wrong.append(f"{attr}: the record says {mine!r}, {cls.__name__} says {theirs!r}")
-    return wrong
+    bases = {interfaces.Registered, object}
+    own = lambda attr: any(attr in vars(c) for c in cls.__mro__ if c not in bases  # noqa: E731
+                           and c.__module__ not in ("abc",) and not _is_interface(c))
+    return [f"{cls.__name__}.{attr} = {getattr(cls, attr)!r}: it belongs in the Registration record"
+            for attr in RECORD_ATTRIBUTES if own(attr)]
+
+
+def _is_interface(cls: type) -> bool:
+    return cls.__module__ in ("mlexec_core.plugin.interfaces", "mlexec_core.sweeps.strategy") \
+        and cls.__name__ in ("EnvironmentManager", "Backend", "ImageBuilder", "SearchStrategy")
 
 
 def make_project(root: Path, mlproject: str | None = None, files: dict[str, str] | None = None,

@@ -28,18 +28,19 @@ sqlite store, read back with ``MlflowClient``:
   the backend did that itself, not the core's safety net.
 * ``test_config_error_names_the_key_before_any_run``: a bad backend config or
   environment file is one error naming the key, exit 2, no traceback, no run.
-* ``test_registration_agrees_with_the_class``: the Registration record and the
-  class it names say the same, where the class says anything.
+* ``test_the_record_is_the_only_metadata``: the class the Registration record
+  names imports, and sets none of the record's metadata (``name``, ``handles``,
+  ``detachable`` ...) as class attributes, which mlexec would ignore.
 * ``test_dry_run_has_no_side_effects``: ``--dry-run`` and ``--dry-run --json``
   exit 0, create no run, run nothing and leave nothing behind.
 * ``test_sweep_children_each_have_their_own_run`` (when ``sweeps``): a 3-child
   grid sweep (``mlexec sweep -P alpha=0.1,0.2,0.3 --max-parallel 2``) exits 0,
   the parent and each child FINISHED with its own ``alpha``, and (when
   ``runs_command``) each child's ``mlexec/output.log`` holds its own output only.
-  A backend that declares ``fan_out`` gets these children in one ``submit_many``.
+  A backend whose record declares the ``fan-out`` capability gets these children in one ``submit_many``.
 * ``test_sweep_dry_run_has_no_side_effects`` (when ``sweeps``): ``mlexec sweep
   --dry-run --json`` lists the 3 children, creates no run and runs nothing; with
-  ``fan_out``, its ``fan_out`` entry is what ``dry_run_many`` returned.
+  ``fan-out``, its ``fan_out`` entry is what ``dry_run_many`` returned.
 * after every test: no run in the store is left RUNNING, and
   ``contract_leftovers()`` reports nothing new (containers, Jobs ...).
 
@@ -275,11 +276,11 @@ class Contract:
         assert "contract" not in proc.stdout  # nothing ran
         assert store.runs() == []
 
-    def test_registration_agrees_with_the_class(self, cli_env, monkeypatch, contract_env):
-        """The record a plugin registers and the class it names say the same (name, aliases,
-        handles, default_for, priority, description), where the class says anything."""
+    def test_the_record_is_the_only_metadata(self, cli_env, monkeypatch, contract_env):
+        """The class a plugin's record names imports, and does not write the record's metadata
+        again as class attributes (mlexec reads only the record)."""
         from mlexec_core.plugin.manager import build_plugins
-        from mlexec_core.testing import registration_mismatches
+        from mlexec_core.testing import leftover_metadata
 
         for key, value in {**cli_env, **contract_env}.items():
             if key != "PYTHONPATH":
@@ -290,7 +291,7 @@ class Contract:
         plugins = build_plugins()
         checked = [("backend", self.backend)] + ([("env-manager", self.env_manager)] if self.env_manager else [])
         for kind, name in checked:
-            assert registration_mismatches(plugins, kind, name) == [], f"{kind} {name!r}"
+            assert leftover_metadata(plugins, kind, name) == [], f"{kind} {name!r}"
 
     def test_dry_run_has_no_side_effects(self, mlexec, store, contract_project, contract_env, contract_arrange):
         proj = contract_project(ENTRY_POINTS.replace("echo contract alpha", "touch ran-it; echo contract alpha"))
@@ -349,7 +350,7 @@ class Contract:
         assert_no_traceback(proc)
         plan = json.loads(proc.stdout)
         assert len(plan["children"]) == 3
-        if "fan_out" in plan:  # the backend declares fan_out: dry_run_many must say what it would submit
+        if "fan_out" in plan:  # the backend declares fan-out: dry_run_many must say what it would submit
             assert plan["fan_out"], "dry_run_many returned nothing for 3 children"
         assert store.runs() == []
         assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before

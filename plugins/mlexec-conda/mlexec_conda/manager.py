@@ -21,7 +21,7 @@ from mlexec_core.plugin.interfaces import (
     PreparedEnvironment,
     ProcessLauncher,
 )
-from mlexec_core.project.model import EnvKind, Project
+from mlexec_core.project.model import Project
 from mlexec_core.yamlfile import quiet_file_warnings
 
 from mlexec_conda.engines import Engine, compile_bytecode, find_engine, install_pip
@@ -60,11 +60,7 @@ class ActivatingLauncher(ProcessLauncher):
 
 
 class CondaEnvironment(EnvironmentManager):
-    name = "conda"
-    handles = frozenset({EnvKind.CONDA})
-    default_for = frozenset({EnvKind.CONDA})
-    description = ("conda.yaml environments, built with conda/mamba/micromamba when installed, else with the "
-                   "built-in rattler engine; cached by content")
+    """conda.yaml environments (registered, with what it handles, in :mod:`mlexec_conda.plugin`)."""
 
     def _spec(self, project: Project, quiet: bool = False) -> CondaSpec:
         file = project.environment.file

@@ -18,8 +18,7 @@ from mlexec_docker.images import Images
 
 
 class DockerImageBuilder(ImageBuilder):
-    name = "docker"
-    description = "builds (content-addressed) and pushes images with the local Docker engine"
+    """Builds and pushes images with the local Docker engine (registered in :mod:`mlexec_docker.plugin`)."""
 
     def build(self, plan: RunPlan, *, repository: str | None = None, push: bool = False) -> ImageRef:
         engine = Engine()

@@ -45,11 +45,7 @@ def project_image(images: Images, project: Project, *, with_code: bool, reposito
 
 
 class DockerEnvironment(EnvironmentManager):
-    name = "docker"
-    handles = frozenset({EnvKind.DOCKER})
-    default_for = frozenset({EnvKind.DOCKER})
-    priority = 10
-    description = "runs docker_env projects in a container (image or Dockerfile; --build-image copies the code in)"
+    """docker_env projects in a container (registered, with what it handles, in :mod:`mlexec_docker.plugin`)."""
 
     def check(self, project: Project, requested_as: str) -> None:
         docker = docker_env_of(project)

@@ -48,9 +48,7 @@ def is_local_tracking_uri(uri: str | None) -> bool:
 
 
 class KubernetesBackend(Backend):
-    name = "kubernetes"
-    description = "runs the project as a Kubernetes Job (image built and pushed with mlexec-docker)"
-    detachable = True
+    """A Kubernetes Job per run (registered, as detachable, in :mod:`mlexec_kubernetes.plugin`)."""
 
     def attach(self, run: RunRecord, tags: Mapping[str, str]) -> SubmittedJob:
         """The Job recorded on ``run`` (tags ``mlexec.kubernetes.job`` and ``.namespace``)."""

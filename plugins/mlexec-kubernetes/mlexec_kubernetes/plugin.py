@@ -9,5 +9,6 @@ from mlexec_core.plugin import Registration, hookimpl
 def mlexec_backends():
     return [Registration(
         kind="backend", name="kubernetes", path="mlexec_kubernetes.backend:KubernetesBackend",
+        capabilities={"detachable"},
         description="runs the project as a Kubernetes Job (image built and pushed with mlexec-docker)",
     )]

@@ -51,12 +51,11 @@ FAKE_BUILDER = '''
 import hashlib
 
 from mlexec_core.errors import BackendError
-from mlexec_core.plugin import hookimpl
+from mlexec_core.plugin import Registration, hookimpl
 from mlexec_core.plugin.interfaces import ImageBuilder, ImageRef
 
 
 class FakeDockerBuilder(ImageBuilder):
-    name = "docker"
 
     def build(self, plan, *, repository=None, push=False):
         key = hashlib.sha256(str(plan.work_dir).encode()).hexdigest()
@@ -71,7 +70,7 @@ class FakeDockerBuilder(ImageBuilder):
 
 @hookimpl
 def mlexec_image_builders():
-    return [FakeDockerBuilder]
+    return [Registration(kind="image-builder", name="docker", path=FakeDockerBuilder)]
 '''
 
 

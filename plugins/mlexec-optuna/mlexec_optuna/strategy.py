@@ -28,10 +28,7 @@ def _format(value: Any) -> str:
 
 
 class OptunaSearch(SearchStrategy):
-    name = "optuna"
-    description = "Bayesian optimisation with Optuna's TPE sampler (--metric, --trials)"
-    adaptive = True
-    needs_trials = True
+    """Optuna's TPE sampler (registered, as adaptive, in :mod:`mlexec_optuna.plugin`)."""
 
     def check(self, spec: SweepSpec) -> None:
         for key, value in spec.strategy_options.items():

@@ -63,10 +63,9 @@ def job_tracking_uri(uri: str | None, cwd: Path | None = None) -> str | None:
 
 
 class SlurmBackend(Backend):
-    name = "slurm"
-    description = "submits the project as a Slurm batch job; output streamed, Slurm's own status and reasons"
-    #: The command is written into the batch script, not passed as one argument: no size limit on it.
-    command_as_argument = False
+    """A Slurm batch job per run, a job array per sweep (registered in :mod:`mlexec_slurm.plugin`,
+    with the capabilities ``fan-out`` and ``command-in-script``: the command is written into the
+    batch script, not passed as one argument, so no size limit applies to it)."""
 
     def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
         return parse_config(config, base_dir)
@@ -189,9 +188,7 @@ class SlurmBackend(Backend):
                         time_limit=config.time, mem=config.mem or config.mem_per_cpu,
                         keep_job_dir=bool(os.environ.get(KEEP_VAR)))
 
-    # -- a sweep as one job array ---------------------------------------------------------
-
-    fan_out = True
+    # -- a sweep as one job array (the record's "fan-out" capability) --------------------
 
     def submit_many(self, plan: RunPlan, children, prepared: Prepared, max_parallel: int) -> list[SubmittedJob]:
         """The children as one ``sbatch --array=0-N%P``: task i runs child i's own script."""

@@ -10,5 +10,6 @@ from mlexec_core.plugin import Registration, hookimpl
 def mlexec_backends():
     return [Registration(
         kind="backend", name="slurm", path="mlexec_slurm.backend:SlurmBackend",
+        capabilities={"fan-out", "command-in-script"},
         description="submits the project as a Slurm batch job; output streamed, Slurm's own status and reasons",
     )]

@@ -1,5 +1,5 @@
 """mlexec-slurm passes the conformance kit, on the real cluster: every contract case,
-the sweep cases as one job array (the backend declares ``fan_out``).
+the sweep cases as one job array (the backend's record declares ``fan-out``).
 
 The job's stdout and stderr go to one output file, as with a plain ``sbatch``,
 so the command's stderr shows on mlexec's stdout (``separates_stderr``). The

@@ -25,7 +25,7 @@ from mlexec_core.envcache import EnvironmentCache, env_root, spec_key
 from mlexec_core.errors import EnvironmentBuildError
 from mlexec_core.pipeline.plan import RunPlan
 from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment
-from mlexec_core.project.model import EnvKind, Project
+from mlexec_core.project.model import Project
 from mlexec_virtualenv import interpreters as interp_mod
 from mlexec_virtualenv.spec import PythonEnvSpec, read_spec
 
@@ -128,11 +128,7 @@ def _requested_for(project: Project) -> str:
 
 
 class VirtualenvManager(EnvironmentManager):
-    name = MANAGER
-    aliases = ("uv",)
-    handles = frozenset({EnvKind.PYTHON, EnvKind.CONDA, EnvKind.NONE})
-    default_for = frozenset({EnvKind.PYTHON, EnvKind.NONE})
-    description = "a cached uv virtualenv from python_env.yaml (or conda.yaml's python and pip list, or uv.lock)"
+    """A cached uv virtualenv (registered, with its alias and what it handles, in :mod:`mlexec_virtualenv.plugin`)."""
 
     def cache(self) -> EnvironmentCache:
         return EnvironmentCache(MANAGER)
