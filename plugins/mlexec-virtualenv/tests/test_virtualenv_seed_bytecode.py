@@ -50,7 +50,8 @@ NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 def interpreter(version: str) -> Interpreter:
     found = choose(find_interpreters(), version)
-    need(found is not None, f"needs a Python {version} on PATH or in pyenv's versions")
+    need(found is not None, f"Python {version}", f"needs a Python {version} on PATH or in pyenv's versions",
+         how=f"put a CPython {version} on PATH or in pyenv's versions folder")
     return found
 
 
