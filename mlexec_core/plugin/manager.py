@@ -473,6 +473,6 @@ def build_plugins(
 
 
 def _own_distribution() -> tuple[str, str | None]:
-    from mlexec_core import __version__
+    from mlexec_core.version import __version__
 
     return "mlexec", __version__
