@@ -22,17 +22,9 @@ import time
 from typing import Any
 
 from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.pipeline.stopping import STOP_TIMEOUT_VAR, stop_timeout  # noqa: F401  (public here for plugins)
 from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, SubmittedJob
-
-#: Seconds between asking a job to stop and killing it.
-STOP_TIMEOUT_VAR = "MLEXEC_STOP_TIMEOUT"
-
-
-def stop_timeout() -> float:
-    try:
-        return max(0.0, float(os.environ.get(STOP_TIMEOUT_VAR, "10")))
-    except ValueError:
-        return 10.0
+from mlexec_core.procfs import stat_fields
 
 
 def shell() -> list[str]:
@@ -70,12 +62,10 @@ def group_members(pgid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
+            fields = stat_fields(entry)
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+        if fields is not None and len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
             members.append(int(entry))
     return members
 
