@@ -262,8 +262,21 @@ class SubmittedJob(abc.ABC):
     def cancel(self, signum: int | None = None) -> None:
         """Stop the job and everything it started. Safe to call more than once."""
 
-    #: Tags to set on the run once the job has started (image digest, job name ...).
-    tags: Mapping[str, str] = {}
+    @property
+    def tags(self) -> Mapping[str, str]:
+        """Tags to set on the run once the job has started (image digest, job name ...).
+
+        Each job's own: an empty dict, made on first use (so a subclass need not call
+        ``super().__init__``), until the job assigns its own."""
+        try:
+            return self.__dict__["tags"]
+        except KeyError:
+            return self.__dict__.setdefault("tags", {})
+
+    @tags.setter
+    def tags(self, value: Mapping[str, str]) -> None:
+        self.__dict__["tags"] = value
+
     #: Why the job failed, in one line, when it did (exit code, OOMKilled ...).
     failure_reason: str | None = None
     #: The exit code of the job's command, when there is one.
