@@ -363,7 +363,6 @@ class _Entry:
     record: Registration
     plugin: str
     cls: type | None = None
-    error: str | None = None
 
     def load(self, base: type) -> type:
         if self.cls is not None:
