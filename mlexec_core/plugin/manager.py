@@ -239,6 +239,14 @@ class Plugins:
         imports no class."""
         return {name: entry.record for name, entry in self._collect(kind).items()}
 
+    def record(self, kind: str, name: str) -> Registration:
+        """The record registered as ``name`` (or an alias) for ``kind``; imports nothing.
+
+        An unknown name is a :class:`PluginError` that lists what is installed and
+        suggests the closest name.
+        """
+        return self._lookup(self.registered(kind), name, _KIND_WORDS[kind], _OPTIONS[kind])
+
     def load(self, kind: str, name: str) -> type:
         """The class registered as ``name`` for ``kind``, imported now if it was not yet.
 
