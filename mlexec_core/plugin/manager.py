@@ -44,6 +44,7 @@ from mlexec_core.plugin.interfaces import (
     Context,
     EnvironmentManager,
     ImageBuilder,
+    PluginRegistry,
     Reporter,
     SilentReporter,
 )
@@ -109,13 +110,13 @@ class Plugins:
 
     def __init__(self, pm: pluggy.PluginManager, reporter: Reporter | None = None) -> None:
         self.pm = pm
-        self.context = Context(reporter=reporter or SilentReporter(), plugins=self)
+        self.context = Context(reporter=reporter or SilentReporter(), plugins=PluginRegistry(self))
         self._infos: dict[str, PluginInfo] = {}
         self._cache: dict[str, Any] = {}
 
     def set_reporter(self, reporter: Reporter) -> None:
         """Hand ``reporter`` to every plugin object created from now on."""
-        self.context = Context(reporter=reporter, plugins=self)
+        self.context = Context(reporter=reporter, plugins=PluginRegistry(self))
 
     # -- registration ------------------------------------------------------------------
 
