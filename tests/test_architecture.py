@@ -4,7 +4,8 @@
   what a module shares it names without a leading underscore;
 * the import graph of ``mlexec_core`` (module-level imports only: an import inside a
   function is deliberate, to keep ``mlexec run`` lean, and cannot loop at import time)
-  has no cycle that spans more than one folder, so each folder can be read on its own.
+  has no cycle that spans more than one folder, so each folder can be read on its own;
+  and, counting the imports inside functions too, still none.
 
 Both read the source with :mod:`ast`; nothing is imported.
 """
@@ -112,14 +113,14 @@ def test_no_module_imports_another_modules_private_names():
     assert not problems, "private names used across modules:\n" + "\n".join(problems)
 
 
-def _runtime_imports(tree: ast.Module):
-    """The import statements that run when the module is imported: not those inside a
-    function, nor under ``if TYPE_CHECKING:``."""
+def _runtime_imports(tree: ast.Module, inside_functions: bool = False):
+    """The import statements that run when the module is imported: not those under
+    ``if TYPE_CHECKING:``, and not those inside a function unless ``inside_functions``."""
     def visit(nodes):
         for node in nodes:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 yield node
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and not inside_functions:
                 continue
             elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 yield from visit(node.orelse)
@@ -134,14 +135,18 @@ def _with_parents(module: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def import_graph(package: str = "mlexec_core") -> dict[str, set[str]]:
-    """Module -> the modules of ``package`` its import runs (directly)."""
+def import_graph(package: str = "mlexec_core", inside_functions: bool = False) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` its import runs (directly).
+
+    With ``inside_functions``, the imports inside functions count too, as edges to the
+    module alone: by the time a function runs, the packages above it are initialised.
+    """
     graph: dict[str, set[str]] = {}
     for module, path in ALL_MODULES.items():
         if module != package and not module.startswith(package + "."):
             continue
         edges = graph.setdefault(module, set())
-        for node in _runtime_imports(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_imports(ast.parse(path.read_text(), str(path)), inside_functions):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -149,7 +154,8 @@ def import_graph(package: str = "mlexec_core") -> dict[str, set[str]]:
                 targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in ALL_MODULES else source
                            for a in node.names]
             for target in targets:
-                edges.update(m for m in _with_parents(target) if m in ALL_MODULES and m != module)
+                reached = [target] if inside_functions else _with_parents(target)
+                edges.update(m for m in reached if m in ALL_MODULES and m != module)
     return graph
 
 
@@ -196,4 +202,13 @@ def test_no_import_cycle_spans_more_than_one_folder():
     graph = import_graph()
     spanning = [c for c in _cycles(graph) if len({_folder(m) for m in c}) > 1]
     assert not spanning, "import cycles across folders:\n" + "\n".join(
+        f"{sorted({_folder(m) for m in c})}: {c}" for c in spanning)
+
+
+def test_no_folder_reaches_back_even_through_imports_inside_functions():
+    """Stricter than the import-time check: a folder that imports another lazily (inside a
+    function, to keep ``mlexec run`` lean) is still a dependency, and none loops back."""
+    graph = import_graph(inside_functions=True)
+    spanning = [c for c in _cycles(graph) if len({_folder(m) for m in c}) > 1]
+    assert not spanning, "import cycles across folders (counting imports inside functions):\n" + "\n".join(
         f"{sorted({_folder(m) for m in c})}: {c}" for c in spanning)

@@ -24,7 +24,7 @@ import signal
 import time
 import uuid
 
-from mlexec_core.procfs import stat_fields
+from mlexec_core.procfs import group_members, stat_fields
 
 #: The variable that marks a job's processes; its value is unique to the run.
 MARK_VAR = "MLEXEC_JOB_MARK"
@@ -96,8 +96,6 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    from mlexec_core.plugin.process import group_members
-
     return bool(group_members(pgid))
 
 

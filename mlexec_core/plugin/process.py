@@ -24,7 +24,7 @@ from typing import Any
 from mlexec_core.pipeline.plan import RunStatus
 from mlexec_core.pipeline.stopping import STOP_TIMEOUT_VAR, stop_timeout  # noqa: F401  (public here for plugins)
 from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, SubmittedJob
-from mlexec_core.procfs import stat_fields
+from mlexec_core.procfs import group_members  # public here for plugins too
 
 
 def shell() -> list[str]:
@@ -39,35 +39,6 @@ def _which(name: str) -> str | None:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:  # no process at all in the group: no need to read /proc
-        return []
-    except PermissionError:
-        pass
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # no procfs: ask the kernel whether anything is left at all
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            fields = stat_fields(entry)
-        except OSError:
-            continue
-        if fields is not None and len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
 
 
 class ProcessExecution(Execution):
