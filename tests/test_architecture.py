@@ -7,7 +7,7 @@
   has no cycle that spans more than one folder, so each folder can be read on its own;
   and, counting the imports inside functions too, still none.
 
-Both read the source with :mod:`ast`; nothing is imported.
+Each reads the source with :mod:`ast`; nothing is imported.
 """
 
 from __future__ import annotations
@@ -78,9 +78,8 @@ def _private_imports(module: str, tree: ast.Module) -> list[str]:
             source = _absolute(module, node)
             for alias in node.names:
                 target = f"{source}.{alias.name}"
-                if target in ALL_MODULES or _private(alias.name):
-                    if source != module and _private(alias.name):
-                        problems.append(f"{module}:{node.lineno}: from {source} import {alias.name}")
+                if _private(alias.name) and source != module:
+                    problems.append(f"{module}:{node.lineno}: from {source} import {alias.name}")
                 if target in ALL_MODULES:
                     aliases[alias.asname or alias.name] = target
     for node in ast.walk(tree):
