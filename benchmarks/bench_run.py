@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlexec_core.benchmarking import timed, tools
+from mlexec_core.testing.benchmarking import timed, tools
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

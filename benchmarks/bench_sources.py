@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlexec_core.benchmarking import timed, tools
-from mlexec_core.sources._testing import git, git_daemon
+from mlexec_core.testing.benchmarking import timed, tools
+from mlexec_core.testing.servers import git, git_daemon
 
 def make_repos(base: Path, work_root: Path, commits: int, mb: int) -> str:
     git("init", "-q", "--bare", "-b", "main", str(base / "sub.git"))

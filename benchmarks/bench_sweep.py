@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlexec_core.benchmarking import timed, tools
+from mlexec_core.testing.benchmarking import timed, tools
 
 HYDRA_APP = """\
 import hydra

@@ -11,7 +11,7 @@ Heavy modules are imported only when used, so ``import mlexec_core`` is cheap.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mlexec_core.version import __version__
 
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 

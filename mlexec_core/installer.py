@@ -53,7 +53,7 @@ def run_installer(args: Sequence[str], *, cwd: Path | str | None = None, env: Ma
 
 
 def _group_alive(pgid: int) -> bool:
-    from mlexec_core.plugin.process import group_members
+    from mlexec_core.procfs import group_members
 
     return bool(group_members(pgid))
 

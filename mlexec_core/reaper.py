@@ -45,7 +45,7 @@ def _lock():
 
 
 def _start() -> int:
-    from mlexec_core.plugin.process import stop_timeout
+    from mlexec_core.pipeline.stopping import stop_timeout
 
     read, write = os.pipe()  # both ends non-inheritable: no job ever holds the write end
     low = []

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from mlexec_core.procfs import stat_fields
+
 HOST_TAG = "mlexec.supervisor.host"
 PID_TAG = "mlexec.supervisor.pid"
 STARTED_TAG = "mlexec.supervisor.started"
@@ -67,13 +69,11 @@ def process_start(pid: int) -> str | None:
     Without procfs, ``""`` for a process that exists (its start cannot be checked).
     """
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return None
+        fields = stat_fields(pid)
     except OSError:
         return _exists(pid)
-    fields = stat[stat.rfind(b")") + 2:].split()
+    if fields is None:
+        return None
     if fields and fields[0] in (b"Z", b"X"):  # a zombie is gone for our purposes
         return None
     return f"{_boot_id()}:{int(fields[19])}"

@@ -339,7 +339,7 @@ def _slot(text: str) -> Path:
 def _stamp() -> tuple:
     import sys
 
-    from mlexec_core import __version__
+    from mlexec_core.version import __version__
 
     return (_PARSE_FORMAT, __version__, sys.version)
 

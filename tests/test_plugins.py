@@ -509,3 +509,14 @@ def test_capabilities_are_record_data_checked_per_kind():
     grid = plugins.search_strategy("grid")
     assert grid.name == "grid" and "finite" in grid.registration.capabilities
     assert plugins.registered("search-strategy")["random"].capabilities == frozenset()
+
+
+def test_each_job_has_its_own_tags_without_calling_super_init():
+    class Quiet(DoneJob):
+        def __init__(self):  # never calls super().__init__, as many backends' jobs
+            self.status = RunStatus.FINISHED
+
+    first, second = Quiet(), Quiet()
+    first.tags["a"] = "1"
+    assert second.tags == {} and first.tags == {"a": "1"}
+    assert DoneJob().tags == {"example.job": "done"}

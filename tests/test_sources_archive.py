@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlexec_core.errors import UsageError
-from mlexec_core.sources._testing import FileServer
+from mlexec_core.testing.servers import FileServer
 from mlexec_core.sources.archive import extract
 from mlexec_core.testing import assert_no_traceback
 

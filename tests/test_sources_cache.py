@@ -12,7 +12,7 @@ import pytest
 
 from mlexec_core.errors import UsageError
 from mlexec_core.pipeline.source import fetch, split_subdirectory
-from mlexec_core.sources._testing import git, has_git
+from mlexec_core.testing.servers import git, has_git
 from mlexec_core.sources.cache import SourceCache, cache_root
 from mlexec_core.sources.urls import credential_config, is_scp_like, redact, scrub, secrets_of, strip_credentials
 from mlexec_core.testing import ROOT, missing_infrastructure

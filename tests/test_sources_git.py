@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from mlexec_core.sources._testing import SmartHTTP, free_port, git, git_daemon, has_git
+from mlexec_core.testing.servers import SmartHTTP, free_port, git, git_daemon, has_git
 from mlexec_core.testing import MLEXEC, assert_no_traceback, missing_infrastructure
 
 pytestmark = pytest.mark.usefixtures("git_installed")

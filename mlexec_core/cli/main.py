@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mlexec_core import __version__
+from mlexec_core.version import __version__
 from mlexec_core.errors import MlexecError
 
 

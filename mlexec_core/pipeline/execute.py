@@ -157,7 +157,7 @@ class SubmittedRun:
 def _end_job_processes(run: RunRecord, plan: RunPlan, reporter) -> list[int]:
     """Stop what of the job still runs on this machine (marked with the run's mark)."""
     from mlexec_core.pipeline.stopping import MARK_VAR, end_marked_processes
-    from mlexec_core.plugin.process import stop_timeout
+    from mlexec_core.pipeline.stopping import stop_timeout
 
     mark = run.env.get(MARK_VAR)
     if not mark:

@@ -280,7 +280,7 @@ def choose_environment_manager(plugins: Plugins, project: Project, requested: st
     kind = project.environment.kind
     described = _describe_env(project)
     if requested:
-        cls = plugins._lookup(managers, requested, "environment manager", "--env-manager")
+        cls = plugins.record("env-manager", requested)
         if kind is EnvKind.DOCKER and kind not in cls.handles:
             warn(f"--env-manager {requested} is ignored: the project runs in its docker_env")
             requested = None

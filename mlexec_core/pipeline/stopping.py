@@ -24,8 +24,13 @@ import signal
 import time
 import uuid
 
+from mlexec_core.procfs import group_members, stat_fields
+
 #: The variable that marks a job's processes; its value is unique to the run.
 MARK_VAR = "MLEXEC_JOB_MARK"
+
+#: The variable that sets the stop timeout: seconds between asking a job to stop and killing it.
+STOP_TIMEOUT_VAR = "MLEXEC_STOP_TIMEOUT"
 
 #: Seconds, on top of the stop timeout, that the core waits for a backend's ``cancel()``.
 CANCEL_MARGIN = 30.0
@@ -35,22 +40,26 @@ def new_mark() -> str:
     return uuid.uuid4().hex
 
 
+def stop_timeout() -> float:
+    """Seconds between asking a job to stop and killing it: ``$MLEXEC_STOP_TIMEOUT``, else 10."""
+    try:
+        return max(0.0, float(os.environ.get(STOP_TIMEOUT_VAR, "10")))
+    except ValueError:
+        return 10.0
+
+
 def cancel_timeout() -> float:
     """How long the core waits for ``SubmittedJob.cancel()`` to return: the stop timeout + 30 s."""
-    from mlexec_core.plugin.process import stop_timeout
-
     return stop_timeout() + CANCEL_MARGIN
 
 
 def _stat(pid: str) -> tuple[str, int] | None:
     """(state, process group) of ``pid``, or ``None`` if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        fields = stat_fields(pid)
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()
-    if len(fields) < 3:
+    if fields is None or len(fields) < 3:
         return None
     return fields[0].decode(), int(fields[2])
 
@@ -87,8 +96,6 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    from mlexec_core.plugin.process import group_members
-
     return bool(group_members(pgid))
 
 

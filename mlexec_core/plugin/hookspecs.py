@@ -10,7 +10,9 @@ Two kinds of hook:
   :class:`~mlexec_core.plugin.interfaces.Context` carrying its record.
 * **Run lifecycle hooks** fire as a run goes through its life; trackers
   implement them.  The built-in MLflow tracker is one such plugin, registered
-  through the very same hooks.
+  through the very same hooks.  Only :func:`mlexec_run_create` returns a value;
+  what the others return is ignored, and one of them that raises is reported as
+  a warning naming its plugin while the other implementations still run.
 
 Hooks are called with keyword arguments, so an implementation may accept
 fewer arguments than the spec lists; arguments can be added later without
@@ -123,8 +125,11 @@ def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
 
 @hookspec
 def mlexec_run_tags(run: RunRecord, tags: Mapping[str, str]) -> None:
-    """Tags to record on the run, reported by the environment or backend
-    (``mlflow.project.env``, ``mlflow.docker.image.id``, a Job name ...).
+    """Tags to record on the run: the core's own (``mlflow.project.backend``,
+    ``mlflow.project.env``) with the prepared environment's, before the job is
+    submitted; then the job's :attr:`~mlexec_core.plugin.interfaces.SubmittedJob.tags`
+    (``mlflow.docker.image.id``, a Job name ...), right after the backend accepted
+    it and again once it has ended.  So it may fire several times for one run.
 
     :param run: the record from :func:`mlexec_run_create`.
     :param tags: tag names to string values.

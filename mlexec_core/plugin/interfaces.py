@@ -73,13 +73,70 @@ class SilentReporter:
         yield
 
 
+class PluginRegistry:
+    """What a plugin object sees of the loaded plugins (``self.context.plugins``): the
+    classes every plugin registered, to find, load and create them by name (another
+    plugin's image builder, environment manager ...).
+
+    Not the plugin manager: a plugin cannot call hooks or register plugins through it.
+    Each method is the same-named method of :class:`~mlexec_core.plugin.manager.Plugins`.
+    """
+
+    def __init__(self, plugins: Plugins) -> None:
+        self._plugins = plugins
+
+    def registered(self, kind: str) -> dict[str, Registration]:
+        """Every name (and alias) of ``kind`` to its record; imports no class."""
+        return self._plugins.registered(kind)
+
+    def record(self, kind: str, name: str) -> Registration:
+        """The record of ``name``; an unknown name is a ``PluginError`` (did you mean ...)."""
+        return self._plugins.record(kind, name)
+
+    def load(self, kind: str, name: str) -> type:
+        """The class registered as ``name``, imported now."""
+        return self._plugins.load(kind, name)
+
+    def create(self, kind: str, name: str) -> Any:
+        """A new instance of the class registered as ``name``, knowing its record."""
+        return self._plugins.create(kind, name)
+
+    def environment_managers(self) -> dict[str, type[EnvironmentManager]]:
+        return self._plugins.environment_managers()
+
+    def backends(self) -> dict[str, type[Backend]]:
+        return self._plugins.backends()
+
+    def image_builders(self) -> dict[str, type[ImageBuilder]]:
+        return self._plugins.image_builders()
+
+    def search_strategies(self) -> dict[str, type]:
+        return self._plugins.search_strategies()
+
+    def environment_manager(self, name: str) -> EnvironmentManager:
+        return self._plugins.environment_manager(name)
+
+    def backend(self, name: str) -> Backend:
+        return self._plugins.backend(name)
+
+    def image_builder(self, name: str | None = None) -> ImageBuilder:
+        return self._plugins.image_builder(name)
+
+    def search_strategy(self, name: str) -> Any:
+        return self._plugins.search_strategy(name)
+
+    def __repr__(self) -> str:
+        return f"<PluginRegistry of {self._plugins!r}>"
+
+
 @frozen
 class Context:
     """What mlexec hands every plugin object it instantiates."""
 
     reporter: Reporter = attrs.field(factory=SilentReporter)
-    #: The loaded plugins, to find another plugin's environment managers or image builders.
-    plugins: Plugins | None = None
+    #: The classes the loaded plugins registered, to find another plugin's environment
+    #: managers or image builders (not the plugin manager itself).
+    plugins: PluginRegistry | None = None
     #: The record of the class this object was created from (``None`` for an object made by hand).
     registration: Registration | None = None
 
@@ -262,8 +319,21 @@ class SubmittedJob(abc.ABC):
     def cancel(self, signum: int | None = None) -> None:
         """Stop the job and everything it started. Safe to call more than once."""
 
-    #: Tags to set on the run once the job has started (image digest, job name ...).
-    tags: Mapping[str, str] = {}
+    @property
+    def tags(self) -> Mapping[str, str]:
+        """Tags to set on the run once the job has started (image digest, job name ...).
+
+        Each job's own: an empty dict, made on first use (so a subclass need not call
+        ``super().__init__``), until the job assigns its own."""
+        try:
+            return self.__dict__["tags"]
+        except KeyError:
+            return self.__dict__.setdefault("tags", {})
+
+    @tags.setter
+    def tags(self, value: Mapping[str, str]) -> None:
+        self.__dict__["tags"] = value
+
     #: Why the job failed, in one line, when it did (exit code, OOMKilled ...).
     failure_reason: str | None = None
     #: The exit code of the job's command, when there is one.

@@ -44,6 +44,7 @@ from mlexec_core.plugin.interfaces import (
     Context,
     EnvironmentManager,
     ImageBuilder,
+    PluginRegistry,
     Reporter,
     SilentReporter,
 )
@@ -109,13 +110,13 @@ class Plugins:
 
     def __init__(self, pm: pluggy.PluginManager, reporter: Reporter | None = None) -> None:
         self.pm = pm
-        self.context = Context(reporter=reporter or SilentReporter(), plugins=self)
+        self.context = Context(reporter=reporter or SilentReporter(), plugins=PluginRegistry(self))
         self._infos: dict[str, PluginInfo] = {}
         self._cache: dict[str, Any] = {}
 
     def set_reporter(self, reporter: Reporter) -> None:
         """Hand ``reporter`` to every plugin object created from now on."""
-        self.context = Context(reporter=reporter, plugins=self)
+        self.context = Context(reporter=reporter, plugins=PluginRegistry(self))
 
     # -- registration ------------------------------------------------------------------
 
@@ -238,6 +239,14 @@ class Plugins:
         "search-strategy") to its :class:`~mlexec_core.plugin.registration.Registration`;
         imports no class."""
         return {name: entry.record for name, entry in self._collect(kind).items()}
+
+    def record(self, kind: str, name: str) -> Registration:
+        """The record registered as ``name`` (or an alias) for ``kind``; imports nothing.
+
+        An unknown name is a :class:`PluginError` that lists what is installed and
+        suggests the closest name.
+        """
+        return self._lookup(self.registered(kind), name, _KIND_WORDS[kind], _OPTIONS[kind])
 
     def load(self, kind: str, name: str) -> type:
         """The class registered as ``name`` for ``kind``, imported now if it was not yet.
@@ -363,7 +372,6 @@ class _Entry:
     record: Registration
     plugin: str
     cls: type | None = None
-    error: str | None = None
 
     def load(self, base: type) -> type:
         if self.cls is not None:
@@ -473,6 +481,6 @@ def build_plugins(
 
 
 def _own_distribution() -> tuple[str, str | None]:
-    from mlexec_core import __version__
+    from mlexec_core.version import __version__
 
     return "mlexec", __version__

@@ -22,17 +22,9 @@ import time
 from typing import Any
 
 from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.pipeline.stopping import STOP_TIMEOUT_VAR, stop_timeout  # noqa: F401  (public here for plugins)
 from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, SubmittedJob
-
-#: Seconds between asking a job to stop and killing it.
-STOP_TIMEOUT_VAR = "MLEXEC_STOP_TIMEOUT"
-
-
-def stop_timeout() -> float:
-    try:
-        return max(0.0, float(os.environ.get(STOP_TIMEOUT_VAR, "10")))
-    except ValueError:
-        return 10.0
+from mlexec_core.procfs import group_members  # public here for plugins too
 
 
 def shell() -> list[str]:
@@ -47,37 +39,6 @@ def _which(name: str) -> str | None:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:  # no process at all in the group: no need to read /proc
-        return []
-    except PermissionError:
-        pass
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # no procfs: ask the kernel whether anything is left at all
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
 
 
 class ProcessExecution(Execution):

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import pytest
 
+from mlexec_core.procfs import stat_fields
 from mlexec_core.testing.infrastructure import MissingInfrastructure, missing_infrastructure  # noqa: F401
 
 #: The closing summary of missing infrastructure (pytest hooks).
@@ -268,11 +269,8 @@ def mlexec_background(cli_env, tmp_path):
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no procfs: ask the kernel
+        fields = stat_fields(pid)
+    except OSError:  # not readable: ask the kernel
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -280,7 +278,9 @@ def process_alive(pid: int) -> bool:
         except PermissionError:
             return True
         return True
-    return stat[stat.rfind(b")") + 2:].split()[:1] != [b"Z"]
+    if fields is None:
+        return False
+    return fields[:1] != [b"Z"]
 
 
 def assert_processes_gone(pids, timeout: float = 10) -> None:

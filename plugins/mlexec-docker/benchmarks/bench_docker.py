@@ -34,7 +34,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from mlexec_core.benchmarking import timed, tools
+from mlexec_core.testing.benchmarking import timed, tools
 
 def remove_images(docker: str, repository: str) -> None:
     out = subprocess.run([docker, "images", "--format", "{{json .}}", repository],

@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from mlexec_core.benchmarking import BIN
+from mlexec_core.testing.benchmarking import BIN
 
 SCRIPT = """#!/bin/bash
 date +%s.%N >{stamps}/start

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlexec_core.benchmarking import BIN
+from mlexec_core.testing.benchmarking import BIN
 
 PROJECT = """name: bench-array
 entry_points:

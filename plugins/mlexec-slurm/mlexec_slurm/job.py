@@ -18,14 +18,13 @@ How mlexec follows a job without loading the controller and without lag:
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from mlexec_core import reaper
 from mlexec_core.errors import MlexecError
-from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.pipeline.plan import RunRecord, RunStatus
 from mlexec_core.plugin.interfaces import Reporter, SubmittedJob
 
 from mlexec_slurm.cluster import ACTIVE_STATES, SlurmClient
@@ -84,23 +83,11 @@ END_REASONS = {
 }
 
 
-def _write_stdout(data: bytes, stream: str = "stdout") -> None:
-    out = sys.stdout if stream == "stdout" else sys.stderr
-    buffer = getattr(out, "buffer", None)
-    if buffer is not None:
-        buffer.write(data)
-    else:
-        out.write(data.decode("utf-8", "replace"))
-    out.flush()
-
-
-def output_writer(run: Any) -> Callable[[bytes], None]:
-    """Where the job's output goes: the run's output (mlexec's output contract) when the
-    core provides one, else mlexec's stdout."""
-    sink = getattr(run, "output", None)
-    if sink is not None and hasattr(sink, "write"):
-        return lambda data: sink.write(data, "stdout")
-    return _write_stdout
+def output_writer(run: RunRecord) -> Callable[[bytes], None]:
+    """Where the job's output goes: the run's output (mlexec's output contract), which
+    the core gives every run it hands a backend."""
+    sink = run.output
+    return lambda data: sink.write(data, "stdout")
 
 
 class SlurmJob(SubmittedJob):

@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlexec_core.benchmarking import BIN, tools
+from mlexec_core.testing.benchmarking import BIN, tools
 
 VERSION = "%d.%d.%d" % sys.version_info[:3]
 

@@ -1,4 +1,5 @@
-"""Real git servers and archive servers on loopback, for the source tests (not used at run time).
+"""Real git servers and archive servers on loopback, for the source tests and
+``benchmarks/bench_sources.py`` (never imported at run time).
 
 * :func:`git_daemon`: ``git daemon --export-all`` on 127.0.0.1;
 * :class:`SmartHTTP`: git's smart HTTP protocol, ``git http-backend`` run as a
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from mlexec_core.testing import free_port  # noqa: F401  (re-exported for the source tests)
+
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
     "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
@@ -36,8 +39,6 @@ def git(*args: str, cwd: Path | None = None) -> str:
         raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr}")
     return proc.stdout.strip()
 
-
-from mlexec_core.testing import free_port  # noqa: E402,F401  (re-exported for the source tests)
 
 
 def _wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20) -> None:
