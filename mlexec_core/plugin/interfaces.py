@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
@@ -351,6 +352,47 @@ class SubmittedJob(abc.ABC):
         listener = self.status_listener
         if listener is not None and status in (RunStatus.SCHEDULED, RunStatus.RUNNING):
             listener(status)
+
+    #: Creates each job's settle lock once (a subclass need not call ``super().__init__``).
+    _settle_locks_guard = threading.Lock()
+    #: The final status once :meth:`settle` has set it (read it as :attr:`settled`).
+    _settled_status: RunStatus | None = None
+
+    def settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> bool:
+        """Record how the job ended, once: the first call wins, later calls change nothing.
+
+        ``status`` is FINISHED, FAILED or KILLED.  Under a lock of this job, and only if
+        no earlier call settled it: :attr:`settled` becomes ``status``, ``exit_code``
+        (when given) becomes :attr:`exit_code`, ``reason`` becomes :attr:`failure_reason`
+        unless the job FINISHED, and :attr:`pending_reason` is cleared.  Returns whether
+        this call settled the job, so that the caller does what goes with the end
+        (wake a waiting thread, tag the reason) only once.  Safe from any thread; works
+        whether or not the subclass calls ``super().__init__``.
+        """
+        if not status.terminal:
+            raise ValueError(f"settle() takes FINISHED, FAILED or KILLED, not {status.value}")
+        with self._settle_lock():
+            if self._settled_status is not None:
+                return False
+            if exit_code is not None:
+                self.exit_code = exit_code
+            if status is not RunStatus.FINISHED:
+                self.failure_reason = reason
+            self.pending_reason = None
+            self._settled_status = status
+        return True
+
+    @property
+    def settled(self) -> RunStatus | None:
+        """The final status :meth:`settle` recorded, or ``None`` while the job has not ended."""
+        return self._settled_status
+
+    def _settle_lock(self) -> threading.Lock:
+        lock = self.__dict__.get("_settle_lock_")
+        if lock is None:
+            with SubmittedJob._settle_locks_guard:
+                lock = self.__dict__.setdefault("_settle_lock_", threading.Lock())
+        return lock
 
 
 class Backend(Registered, abc.ABC):

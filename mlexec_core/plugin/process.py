@@ -150,42 +150,38 @@ class ExecutionJob(SubmittedJob):
         self.cancelled = False
         self.exit_code: int | None = None
         self.failure_reason: str | None = None
-        self._status = RunStatus.RUNNING
 
-    def _settle(self, code: int) -> RunStatus:
-        self.exit_code = code
+    def _conclude(self, code: int) -> RunStatus:
         if self.cancelled:
-            self._status = RunStatus.KILLED
-            self.failure_reason = "stopped by the user"
+            self.settle(RunStatus.KILLED, "stopped by the user", exit_code=code)
         elif code == 0:
-            self._status = RunStatus.FINISHED
+            self.settle(RunStatus.FINISHED, exit_code=code)
+        elif code > 128 and code - 128 < signal.NSIG:
+            self.settle(RunStatus.FAILED, f"the command was killed by {signal.Signals(code - 128).name}",
+                        exit_code=code)
         else:
-            self._status = RunStatus.FAILED
-            if code > 128 and code - 128 < signal.NSIG:
-                self.failure_reason = f"the command was killed by {signal.Signals(code - 128).name}"
-            else:
-                self.failure_reason = f"the command exited with status {code}"
-        return self._status
+            self.settle(RunStatus.FAILED, f"the command exited with status {code}", exit_code=code)
+        return self.settled
 
     def wait(self) -> RunStatus:
-        if self._status.terminal:
-            return self._status
+        if self.settled is not None:
+            return self.settled
         try:
             code = self.execution.wait()
         finally:
             self.execution.cleanup()
-        return self._settle(code if code is not None else 1)
+        return self._conclude(code if code is not None else 1)
 
     def get_status(self) -> RunStatus:
-        if not self._status.terminal:
+        if self.settled is None:
             code = self.execution.wait(timeout=0)
             if code is not None:
                 self.execution.cleanup()
-                return self._settle(code)
-        return self._status
+                return self._conclude(code)
+        return self.settled or RunStatus.RUNNING
 
     def cancel(self, signum: int | None = None) -> None:
-        if self._status.terminal:
+        if self.settled is not None:
             return
         self.cancelled = True
         self.execution.stop(signum or signal.SIGTERM, stop_timeout())

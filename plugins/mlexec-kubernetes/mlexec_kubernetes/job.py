@@ -75,6 +75,7 @@ class KubernetesJob(SubmittedJob):
         self.exit_code: int | None = None
         self.cancelled = False
         self._deleting = False
+        #: SCHEDULED, then RUNNING once a pod runs; the end is :attr:`settled`.
         self._status = RunStatus.SCHEDULED
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -90,7 +91,7 @@ class KubernetesJob(SubmittedJob):
         self._start_watching()
         while not self._done.wait(0.5):
             pass
-        if self._status is not RunStatus.KILLED:
+        if self.settled is not RunStatus.KILLED:
             # A quick Job can end before the pod watch saw its container start: its log is still there.
             for pod in self._list_pods():
                 self._remember_pod(pod)
@@ -98,22 +99,22 @@ class KubernetesJob(SubmittedJob):
                 if state.get("running") or state.get("terminated"):
                     self._stream_logs(pod["metadata"]["name"])
         self._finish_logs()
-        return self._status
+        return self.settled
 
     def get_status(self) -> RunStatus:
-        if not self._watching and not self._status.terminal:
+        if not self._watching and self.settled is None:
             try:
                 data = _raw(self.cluster.batch().list_namespaced_job(
                     self.namespace, field_selector=f"metadata.name={self.name}", _preload_content=False))
             except Exception as exc:
                 self.reporter.warning(f"could not read Job {self.namespace}/{self.name}: {_short(exc)}")
-                return self._status
+                return self.settled or self._status
             items = data.get("items") or ()
             for item in items:
                 self._on_job(item)
             if not items:
                 self._on_no_job()
-        return self._status
+        return self.settled or self._status
 
     def print_logs(self, follow: bool = False) -> None:
         """The Job's pod logs so far into the output (``mlexec logs``); with ``follow``, until the Job ends.
@@ -144,7 +145,7 @@ class KubernetesJob(SubmittedJob):
         from kubernetes.client.rest import ApiException
 
         with self._lock:
-            if self._status.terminal and not self.cancelled:
+            if self.settled is not None and not self.cancelled:
                 return
             self.cancelled = True
         # Foreground: the Job object goes only once its pods are gone; SIGKILL (a second
@@ -167,19 +168,13 @@ class KubernetesJob(SubmittedJob):
     # -- state --------------------------------------------------------------------------
 
     def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> None:
-        with self._lock:
-            if self._status.terminal:
-                return
-            self._status = status
-            if exit_code is not None:
-                self.exit_code = exit_code
+        """:meth:`settle`, with a failure's reason naming the Job and tagged; then wake :meth:`wait`."""
+        if status is RunStatus.FAILED:
+            reason = f"{reason or 'the Job failed'} [Job {self.namespace}/{self.name}, image {self.image}]"
+        if self.settle(status, reason, exit_code):
             if status is RunStatus.FAILED:
-                self.failure_reason = f"{reason or 'the Job failed'} [Job {self.namespace}/{self.name}, " \
-                                      f"image {self.image}]"
-                self.tags[TAG_FAILURE] = self.failure_reason
-            elif status is RunStatus.KILLED:
-                self.failure_reason = reason
-        self._done.set()
+                self.tags[TAG_FAILURE] = reason
+            self._done.set()
 
     def _on_job(self, job: Mapping[str, Any]) -> None:
         status = job.get("status") or {}
@@ -301,7 +296,7 @@ class KubernetesJob(SubmittedJob):
         """A pod that cannot start: stop the Job (it would wait forever) and fail the run."""
         from kubernetes.client.rest import ApiException
 
-        if self._status.terminal:
+        if self.settled is not None:
             return
         self._deleting = True
         try:
@@ -438,7 +433,7 @@ class KubernetesJob(SubmittedJob):
                     problem = _short(exc)
                 finally:
                     response.release_conn()
-            if self._status is RunStatus.KILLED or not self._container_running(pod, problem is None):
+            if self.settled is RunStatus.KILLED or not self._container_running(pod, problem is None):
                 break
             if problem is None:  # ended while the container runs (an idle connection closed): go on
                 time.sleep(1.0)
@@ -468,7 +463,7 @@ class KubernetesJob(SubmittedJob):
 
     def _finish_logs(self) -> None:
         """Let the log streams print what is left (a finished container's log ends by itself)."""
-        deadline = time.monotonic() + (2 if self._status is RunStatus.KILLED else 15)
+        deadline = time.monotonic() + (2 if self.settled is RunStatus.KILLED else 15)
         for thread in list(self._log_threads.values()):
             thread.join(max(0.0, deadline - time.monotonic()))
 

@@ -111,6 +111,7 @@ class SlurmJob(SubmittedJob):
         #: Slurm's reason while the job is pending (Priority, Resources ...), else ``None``.
         self.pending_reason: str | None = None
         self.slurm_state = "PENDING"
+        #: SCHEDULED, RUNNING once it starts (SCHEDULED again if Slurm requeues it); the end is :attr:`settled`.
         self._status = RunStatus.SCHEDULED
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -134,28 +135,28 @@ class SlurmJob(SubmittedJob):
     def wait(self) -> RunStatus:
         if not self._follow_lock.acquire(blocking=False):  # another thread follows the job: wait for it
             self._done.wait()
-            return self._status
+            return self.settled or self._status
         self._following = True
         try:
             self._follow()
         finally:
             self._following = False
             self._pump_output()
-            if self._status.terminal:
+            if self.settled is not None:
                 reaper.forget_command(self._reaper_key)
                 if not self.keep_job_dir:
                     self.job_dir.remove()
             self._follow_lock.release()
             self._done.set()
-        return self._status
+        return self.settled or self._status
 
     def get_status(self) -> RunStatus:
-        if not self._following and not self._status.terminal:  # nobody in wait(): ask Slurm now
+        if not self._following and self.settled is None:  # nobody in wait(): ask Slurm now
             try:
                 entry = self.client.queue(self.job_id)
             except MlexecError as exc:
                 self.reporter.warning(f"cannot ask Slurm about job {self.job_id}: {exc.message}")
-                return self._status
+                return self.settled or self._status
             if entry is None:
                 self._gone.set()
                 if self.cancelled:
@@ -164,13 +165,13 @@ class SlurmJob(SubmittedJob):
                     self._conclude()
             else:
                 self._on_queue(entry)
-        return self._status
+        return self.settled or self._status
 
     def cancel(self, signum: int | None = None) -> None:
         import signal
 
         with self._lock:
-            if self._status.terminal and not self.cancelled:
+            if self.settled is not None and not self.cancelled:
                 return
             first = not self.cancelled
             self.cancelled = True
@@ -205,7 +206,7 @@ class SlurmJob(SubmittedJob):
 
     def _follow(self) -> None:
         next_query = 0.0
-        while not self._status.terminal:
+        while self.settled is None:
             self._pump_output()
             now = time.monotonic()
             ending = self.cancelled or self.job_dir.exit_status.exists()
@@ -250,7 +251,7 @@ class SlurmJob(SubmittedJob):
                 meaning = PENDING_REASONS.get(reason)
                 self.reporter.info(f"Slurm job {self.job_id} is pending: {reason}" + (f" ({meaning})" if meaning else ""))
             with self._lock:
-                requeued = self._status is RunStatus.RUNNING
+                requeued = self._status is RunStatus.RUNNING and self.settled is None
                 if requeued:
                     self._status = RunStatus.SCHEDULED
             # Left by an attempt that Slurm requeued (a node failure): this attempt has not ended.
@@ -265,7 +266,7 @@ class SlurmJob(SubmittedJob):
     def _started(self, nodes: str | None) -> None:
         """The job runs (squeue says so, or its first output arrived): say where, once."""
         with self._lock:
-            if self._status is not RunStatus.SCHEDULED:
+            if self._status is not RunStatus.SCHEDULED or self.settled is not None:  # started, or ended
                 return
             self._status = RunStatus.RUNNING
         self.pending_reason = None
@@ -394,16 +395,9 @@ class SlurmJob(SubmittedJob):
         self._settle(RunStatus.FAILED, f"{reason} [Slurm job {self.job_id}]", exit_code=code or script)
 
     def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> None:
-        with self._lock:
-            if self._status.terminal:
-                return
-            self._status = status
-            if exit_code is not None:
-                self.exit_code = exit_code
-            if status is not RunStatus.FINISHED:
-                self.failure_reason = reason
-        self.pending_reason = None
-        self._wake.set()
+        """:meth:`settle`, then wake the thread that follows the job."""
+        if self.settle(status, reason, exit_code):
+            self._wake.set()
 
 
 def _exit_code(text: str) -> tuple[int | None, int | None]:
