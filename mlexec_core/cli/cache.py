@@ -53,7 +53,7 @@ def cache_list(kind: str | None, as_json: bool) -> None:
 def cache_prune(older_than: str | None, all_: bool, kind: str | None, dry_run: bool) -> None:
     """Remove cached sources; never a checkout or archive a run is using."""
     from mlexec_core.cli import housekeeping
-    from mlexec_core.cli.main import fail
+    from mlexec_core.cli.common import fail
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()

@@ -8,11 +8,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import click
 
 from mlexec_core.version import __version__
+from mlexec_core.cli.common import fail, load_plugins, print_plan
 from mlexec_core.errors import MlexecError
 
 
@@ -52,17 +52,6 @@ def cli(env_file: str | None) -> None:
     """Run MLflow projects: typed parameters, cached environments, clean stops."""
     if env_file:
         _load_env_file(env_file)
-
-
-def load_plugins(terminal, warn: bool = True):
-    from mlexec_core.plugin.manager import build_plugins
-
-    plugins = build_plugins(reporter=terminal)
-    if warn:
-        for info in plugins.load_errors():
-            terminal.warning(f"plugin {info.name!r} ({info.distribution or 'unknown distribution'}) did not load: "
-                             f"{info.error}; `mlexec plugins` lists what is installed")
-    return plugins
 
 
 @cli.command(context_settings={"max_content_width": 100})
@@ -239,25 +228,6 @@ def _detach(terminal, plugins, submitted) -> int:
     terminal.info(f"follow it: mlexec attach {run_id}   output: mlexec logs -f {run_id}   "
                   f"stop it: mlexec cancel {run_id}")
     return 0
-
-
-def fail(terminal, exc: MlexecError) -> None:
-    terminal.error(exc)
-    sys.exit(exc.exit_code)
-
-
-def print_plan(terminal, summary: dict[str, Any]) -> None:
-    shown = dict(summary, backend_plan={k: v for k, v in summary["backend_plan"].items() if k != "text"})
-    rows = [(k, v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in shown.items()
-            if k != "parameters"]
-    terminal.table("Plan (dry run: nothing runs)", ["", "value"], rows)
-    params = summary["parameters"]
-    if params:
-        terminal.table("Parameters", ["name", "type", "value", "from"],
-                       [(p["name"], p["type"], p["value"], p["source"]) for p in params])
-    text = summary["backend_plan"].get("text")
-    if text:
-        terminal.echo(text.rstrip())
 
 
 @cli.command()

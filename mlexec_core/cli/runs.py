@@ -15,40 +15,8 @@ from typing import Any
 
 import click
 
+from mlexec_core.cli.common import fail, load_plugins, make_terminal, open_store
 from mlexec_core.errors import MlexecError, TrackingError
-
-
-def _terminal():
-    from mlexec_core.cli.terminal import Terminal
-
-    return Terminal()
-
-
-def _fail(terminal, exc: MlexecError) -> None:
-    terminal.error(exc)
-    sys.exit(exc.exit_code)
-
-
-def _store(terminal, repair: bool = True):
-    """The store of ``$MLFLOW_TRACKING_URI``, repaired as every mlexec command does on opening it."""
-    from mlexec_core.builtins.mlflow.hooks import repair_store
-    from mlexec_core.builtins.mlflow.store import open_store, tracking_uri
-    from mlexec_core.sources.urls import redact
-
-    uri = tracking_uri()
-    store = open_store(uri)
-    if not store.connected:
-        with terminal.status(f"Opening the MLflow tracking store {redact(uri)}"):
-            store.connect()
-    if repair:
-        repair_store(store, terminal)
-    return store
-
-
-def _plugins(terminal):
-    from mlexec_core.plugin.manager import build_plugins
-
-    return build_plugins(reporter=terminal)
 
 
 def _job_status(plugins):
@@ -86,13 +54,13 @@ def runs_repair(as_json: bool) -> None:
     """End runs whose mlexec exited unexpectedly; write final statuses kept locally."""
     from mlexec_core import supervisor
 
-    terminal = _terminal()
+    terminal = make_terminal()
     try:
-        store = _store(terminal, repair=False)
-        plugins = _plugins(terminal)
+        store = open_store(terminal, repair=False)
+        plugins = load_plugins(terminal, warn=False)
         changed = supervisor.repair(store, _job_status(plugins))
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     if as_json:
         terminal.echo(json.dumps([{"run_id": r.run_id, "status": r.status, "why": r.why} for r in changed],
                                  indent=2))
@@ -109,12 +77,12 @@ def runs_list(as_json: bool) -> None:
     """Runs in flight: who supervises each, and whether it is still there."""
     from mlexec_core import supervisor
 
-    terminal = _terminal()
+    terminal = make_terminal()
     try:
-        store = _store(terminal, repair=False)  # it shows what a repair would change
+        store = open_store(terminal, repair=False)  # it shows what a repair would change
         live = [r for r in store.live_runs() if r[1] == "RUNNING"]
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     rows = []
     for run_id, status, tags in live:
         parsed = supervisor.parse_live(tags.get(supervisor.LIVE_TAG, "")) or ("?", 0, "")
@@ -143,17 +111,17 @@ def _run_tags(terminal, store, run_id: str) -> tuple[str, dict[str, str], Any]:
     try:
         return store.run_info(run_id)
     except TrackingError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     raise AssertionError  # unreachable
 
 
 def _attachable(terminal, plugins, run_id: str, status: str, tags: dict[str, str]):
     backend_name = tags.get("mlexec.job.backend")
     if status != "RUNNING":
-        _fail(terminal, MlexecError(f"run {run_id} has ended ({status})",
+        fail(terminal, MlexecError(f"run {run_id} has ended ({status})",
                                     hint=f"its output: mlexec logs {run_id}"))
     if not backend_name:
-        _fail(terminal, MlexecError(f"run {run_id} does not run on a cluster: only cluster runs can be attached",
+        fail(terminal, MlexecError(f"run {run_id} does not run on a cluster: only cluster runs can be attached",
                                     hint=f"follow its output with: mlexec logs -f {run_id}"))
     from mlexec_core.builtins.mlflow.store import tracking_uri
     from mlexec_core.pipeline.output import RunOutput
@@ -164,7 +132,7 @@ def _attachable(terminal, plugins, run_id: str, status: str, tags: dict[str, str
         backend = plugins.backend(backend_name)
         return record, backend.attach(record, tags)
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
 
 
 @click.command("attach")
@@ -174,18 +142,18 @@ def attach(run_id: str) -> None:
     from mlexec_core import supervisor
     from mlexec_core.pipeline.plan import RunStatus
 
-    terminal = _terminal()
+    terminal = make_terminal()
     try:
-        store = _store(terminal)
-        plugins = _plugins(terminal)
+        store = open_store(terminal)
+        plugins = load_plugins(terminal, warn=False)
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     status, tags, _ = _run_tags(terminal, store, run_id)
     live = tags.get(supervisor.LIVE_TAG, "")
     parsed = supervisor.parse_live(live)
     if (status == "RUNNING" and tags.get(supervisor.DETACHED_TAG) != "true" and parsed
             and parsed[0] == supervisor.hostname() and not supervisor.supervisor_gone(live)):
-        _fail(terminal, MlexecError(f"run {run_id} is followed by mlexec process {parsed[1]} on this machine",
+        fail(terminal, MlexecError(f"run {run_id} is followed by mlexec process {parsed[1]} on this machine",
                                     hint=f"watch its output with: mlexec logs -f {run_id}"))
     record, job = _attachable(terminal, plugins, run_id, status, tags)
     # This process supervises the run from now on (so repair leaves it alone).
@@ -242,12 +210,12 @@ def cancel(run_id: str) -> None:
     """Stop a cluster run's job (from any machine that reaches the cluster); the run ends KILLED."""
     from mlexec_core.pipeline.plan import RunStatus
 
-    terminal = _terminal()
+    terminal = make_terminal()
     try:
-        store = _store(terminal)
-        plugins = _plugins(terminal)
+        store = open_store(terminal)
+        plugins = load_plugins(terminal, warn=False)
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     status, tags, _ = _run_tags(terminal, store, run_id)
     record, job = _attachable(terminal, plugins, run_id, status, tags)
     job.cancel()
@@ -263,21 +231,21 @@ def logs(run_id: str, follow: bool) -> None:
     """Print a run's output: kept with the run once it ended, live while it runs."""
     from mlexec_core import supervisor
 
-    terminal = _terminal()
+    terminal = make_terminal()
     try:
-        store = _store(terminal)
+        store = open_store(terminal)
     except MlexecError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     status, tags, info = _run_tags(terminal, store, run_id)
     out = sys.stdout.buffer
     if status == "RUNNING":
         path = tags.get(supervisor.LOG_TAG)
         if tags.get("mlexec.job.backend"):
-            plugins = _plugins(terminal)
+            plugins = load_plugins(terminal, warn=False)
             record, job = _attachable(terminal, plugins, run_id, status, tags)
             printer = getattr(job, "print_logs", None)
             if printer is None:
-                _fail(terminal, MlexecError(f"backend {tags['mlexec.job.backend']!r} cannot show live output"))
+                fail(terminal, MlexecError(f"backend {tags['mlexec.job.backend']!r} cannot show live output"))
             try:
                 printer(follow=follow)
             except KeyboardInterrupt:
@@ -289,17 +257,17 @@ def logs(run_id: str, follow: bool) -> None:
             try:
                 _tail_file(path, out, follow, lambda: store.run_info(run_id)[0] == "RUNNING")
             except OSError as exc:
-                _fail(terminal, MlexecError(f"cannot read the live output of run {run_id}: {exc}"))
+                fail(terminal, MlexecError(f"cannot read the live output of run {run_id}: {exc}"))
             return
-        _fail(terminal, MlexecError(f"run {run_id} runs on {tags.get(supervisor.HOST_TAG, 'another machine')}; "
+        fail(terminal, MlexecError(f"run {run_id} runs on {tags.get(supervisor.HOST_TAG, 'another machine')}; "
                                     "its output is kept with the run when it ends",
                                     hint=f"run `mlexec logs {run_id}` there, or once it has ended"))
     try:
         data = store.download_output(run_id)
     except TrackingError as exc:
-        _fail(terminal, exc)
+        fail(terminal, exc)
     if data is None:
-        _fail(terminal, MlexecError(f"run {run_id} has no output kept (no mlexec/output.log artifact)",
+        fail(terminal, MlexecError(f"run {run_id} has no output kept (no mlexec/output.log artifact)",
                                     hint="runs made before mlexec kept output, or by another tool, have none"))
     out.write(data)
     out.flush()

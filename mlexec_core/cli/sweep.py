@@ -100,7 +100,7 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
       mlexec sweep . -P lr='loguniform(1e-4, 1e-1)' --trials 20 --metric rmse
       mlexec sweep --resume PARENT_RUN_ID
     """
-    from mlexec_core.cli.main import fail, load_plugins
+    from mlexec_core.cli.common import fail, load_plugins
     from mlexec_core.cli.terminal import Terminal
 
     terminal = Terminal()
@@ -233,7 +233,7 @@ def _dry_run(terminal, plugins, plan, as_json: bool) -> None:
                        [[n, d.text] for n, d in plan.spec.parameters.items()])
     terminal.echo(f"{summary['count']} children, strategy {plan.strategy_name}, at most {plan.max_parallel} at once"
                   + (f", ranked by {plan.spec.metric} ({plan.spec.goal})" if plan.spec.metric else ""))
-    from mlexec_core.cli.main import print_plan
+    from mlexec_core.cli.common import print_plan
 
     print_plan(terminal, summary["plan"])
     if summary.get("fan_out", {}).get("text"):
