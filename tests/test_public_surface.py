@@ -101,6 +101,8 @@ def test_the_guides_examples_import_only_the_public_surface():
 def test_an_internal_import_is_caught():
     assert _problems("from mlexec_core.sources.urls import redact\n", "x.py") == [
         "x.py:1: imports mlexec_core.sources.urls (internal)"]
-    assert _problems("from mlexec_core.pipeline.plan import child_plan\n", "x.py") == [
-        "x.py:1: mlexec_core.pipeline.plan.child_plan is not in the public surface"]
+    assert _problems("from mlexec_core.envcache import ENV_ROOT_VAR\n", "x.py") == [
+        "x.py:1: mlexec_core.envcache.ENV_ROOT_VAR is not in the public surface"]
+    assert _problems("from mlexec_core.pipeline.plan import RunPlan\n", "x.py") == [  # from interfaces now
+        "x.py:1: imports mlexec_core.pipeline.plan (internal)"]
     assert _problems("from mlexec_core.plugin.interfaces import redact, Backend\n", "x.py") == []

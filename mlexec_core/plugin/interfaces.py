@@ -34,6 +34,7 @@ _PROCESS_NAMES = frozenset({"ProcessLauncher", "ProcessExecution", "ExecutionJob
 
 #: Helpers that live elsewhere in the core, public here (imported when first used).
 _HELPERS = {"redact": ("mlexec_core.sources.urls", "redact"),
+            "RunOutput": ("mlexec_core.pipeline.output", "RunOutput"),
             "tracking_uri": ("mlexec_core.builtins.mlflow.store", "tracking_uri")}
 
 

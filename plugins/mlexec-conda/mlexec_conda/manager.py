@@ -12,7 +12,6 @@ import attrs
 
 from mlexec_core.envcache import EnvironmentCache, spec_key
 from mlexec_core.errors import EnvironmentBuildError
-from mlexec_core.pipeline.plan import RunPlan
 from mlexec_core.plugin.interfaces import (
     CommandSpec,
     EnvironmentInfo,
@@ -20,6 +19,7 @@ from mlexec_core.plugin.interfaces import (
     Execution,
     PreparedEnvironment,
     ProcessLauncher,
+    RunPlan,
 )
 from mlexec_core.project.model import Project
 from mlexec_core.yamlfile import quiet_file_warnings

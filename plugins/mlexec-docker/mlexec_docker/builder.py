@@ -9,8 +9,7 @@ pushing is skipped when the registry already has that tag at the same digest.
 
 from __future__ import annotations
 
-from mlexec_core.pipeline.plan import RunPlan
-from mlexec_core.plugin.interfaces import ImageBuilder, ImageRef
+from mlexec_core.plugin.interfaces import ImageBuilder, ImageRef, RunPlan
 
 from mlexec_docker.engine import Engine
 from mlexec_docker.environment import project_image

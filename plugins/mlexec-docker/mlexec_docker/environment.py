@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from mlexec_core.errors import EnvironmentBuildError
-from mlexec_core.pipeline.plan import RunPlan
-from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment
+from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment, RunPlan
 from mlexec_core.project.model import DockerEnv, EnvKind, Project
 
 from mlexec_docker.engine import Engine, EngineError

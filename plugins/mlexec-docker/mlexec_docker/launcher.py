@@ -29,7 +29,7 @@ from mlexec_docker.images import CODE_DIR
 from mlexec_docker.runconfig import PASSTHROUGH_VARS, tracking_for_container
 
 if TYPE_CHECKING:
-    from mlexec_core.pipeline.output import RunOutput
+    from mlexec_core.plugin.interfaces import RunOutput
 
 #: Label on every container mlexec starts, with the run id as value.
 RUN_LABEL = "mlexec.run-id"

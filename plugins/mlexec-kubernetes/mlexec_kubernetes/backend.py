@@ -9,8 +9,9 @@ from typing import Any, Mapping
 from attrs import frozen
 
 from mlexec_core.errors import BackendError, PluginError
-from mlexec_core.pipeline.plan import RunPlan, RunRecord
-from mlexec_core.plugin.interfaces import Backend, ImageRef, PreparedEnvironment, SubmittedJob, redact
+from mlexec_core.plugin.interfaces import (
+    Backend, ImageRef, PreparedEnvironment, RunPlan, RunRecord, SubmittedJob, redact,
+)
 
 from mlexec_kubernetes.cluster import (
     TRACKING_URI_VAR, Cluster, api_error, check_namespace, connect, context_namespace, is_connection_error,

@@ -17,8 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping, TextIO
 
-from mlexec_core.pipeline.plan import RunStatus
-from mlexec_core.plugin.interfaces import Reporter, SubmittedJob
+from mlexec_core.plugin.interfaces import Reporter, RunStatus, SubmittedJob
 
 from mlexec_kubernetes.cluster import Cluster, api_message
 

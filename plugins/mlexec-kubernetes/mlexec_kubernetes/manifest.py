@@ -14,7 +14,7 @@ import copy
 import re
 from typing import Any, Mapping
 
-from mlexec_core.pipeline.plan import RunPlan
+from mlexec_core.plugin.interfaces import RunPlan
 
 from mlexec_kubernetes.config import KubernetesConfig
 

@@ -19,8 +19,7 @@ from typing import Any, Mapping
 from attrs import field, frozen
 
 from mlexec_core.errors import BackendError, UsageError
-from mlexec_core.pipeline.plan import RunPlan, RunRecord
-from mlexec_core.plugin.interfaces import Backend, PreparedEnvironment, SubmittedJob
+from mlexec_core.plugin.interfaces import Backend, PreparedEnvironment, RunPlan, RunRecord, SubmittedJob
 from mlexec_core.project.model import EnvKind
 
 from mlexec_slurm.cluster import SlurmClient

@@ -24,8 +24,7 @@ from typing import Callable, Mapping
 
 from mlexec_core import reaper
 from mlexec_core.errors import MlexecError
-from mlexec_core.pipeline.plan import RunRecord, RunStatus
-from mlexec_core.plugin.interfaces import Reporter, SubmittedJob
+from mlexec_core.plugin.interfaces import Reporter, RunRecord, RunStatus, SubmittedJob
 
 from mlexec_slurm.cluster import ACTIVE_STATES, SlurmClient
 from mlexec_slurm.script import JobDir

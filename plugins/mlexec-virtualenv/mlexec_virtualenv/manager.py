@@ -23,8 +23,7 @@ from attrs import frozen
 
 from mlexec_core.envcache import EnvironmentCache, env_root, spec_key
 from mlexec_core.errors import EnvironmentBuildError
-from mlexec_core.pipeline.plan import RunPlan
-from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment
+from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment, RunPlan
 from mlexec_core.project.model import Project
 from mlexec_virtualenv import interpreters as interp_mod
 from mlexec_virtualenv.spec import PythonEnvSpec, read_spec
