@@ -135,13 +135,9 @@ def _attachable(terminal, plugins, run_id: str, status: str, tags: dict[str, str
         fail(terminal, exc)
 
 
-@click.command("attach")
-@click.argument("run_id")
-def attach(run_id: str) -> None:
-    """Follow a detached (or orphaned) cluster run: stream its output, wait, record how it ended."""
-    from mlexec_core import supervisor
-    from mlexec_core.pipeline.plan import RunStatus
-
+def _open_run(run_id: str):
+    """What ``attach`` and ``cancel`` start with: the terminal, the (repaired) store, the plugins,
+    and the run's status and tags (a clear error when the run does not exist)."""
     terminal = make_terminal()
     try:
         store = open_store(terminal)
@@ -149,6 +145,17 @@ def attach(run_id: str) -> None:
     except MlexecError as exc:
         fail(terminal, exc)
     status, tags, _ = _run_tags(terminal, store, run_id)
+    return terminal, store, plugins, status, tags
+
+
+@click.command("attach")
+@click.argument("run_id")
+def attach(run_id: str) -> None:
+    """Follow a detached (or orphaned) cluster run: stream its output, wait, record how it ended."""
+    from mlexec_core import supervisor
+    from mlexec_core.pipeline.plan import RunStatus
+
+    terminal, store, plugins, status, tags = _open_run(run_id)
     live = tags.get(supervisor.LIVE_TAG, "")
     parsed = supervisor.parse_live(live)
     if (status == "RUNNING" and tags.get(supervisor.DETACHED_TAG) != "true" and parsed
@@ -210,13 +217,7 @@ def cancel(run_id: str) -> None:
     """Stop a cluster run's job (from any machine that reaches the cluster); the run ends KILLED."""
     from mlexec_core.pipeline.plan import RunStatus
 
-    terminal = make_terminal()
-    try:
-        store = open_store(terminal)
-        plugins = load_plugins(terminal, warn=False)
-    except MlexecError as exc:
-        fail(terminal, exc)
-    status, tags, _ = _run_tags(terminal, store, run_id)
+    terminal, store, plugins, status, tags = _open_run(run_id)
     record, job = _attachable(terminal, plugins, run_id, status, tags)
     job.cancel()
     _end(store, run_id, RunStatus.KILLED, "cancelled with mlexec cancel")
