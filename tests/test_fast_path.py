@@ -60,5 +60,7 @@ def test_a_no_op_run_does_not_import_what_it_does_not_use(mlexec, project, store
     assert "quiet" in proc.stdout
     # the host name, the live-log folder, the shell lookup and the run name need none of these
     assert not {"socket", "tempfile", "shutil", "random"} & _imports(proc), proc.stderr[-6000:]
+    # a sqlite store is written directly: MLflow's client and its bounded-call machinery stay unloaded
+    assert not {"mlexec_core.builtins.mlflow.client", "contextvars"} & _imports(proc), proc.stderr[-6000:]
     [run] = store.runs()
     assert run.info.status == "FINISHED" and run.info.run_name.count("-") == 2

@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Any, Mapping
 
-from mlexec_core.builtins.mlflow.client import tracking_error
 from mlexec_core.builtins.mlflow.store import TrackingStore, open_store, tracking_uri
 from mlexec_core.errors import TrackingError
 from mlexec_core.pipeline import livelog
@@ -202,6 +201,8 @@ def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason
     tags = {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]} if reason else {}
     kept = supervisor.save_pending(run.tracking_uri, run.run_id, status.value, None, end_time, tags,
                                    log=None if logged else log)
+    from mlexec_core.builtins.mlflow.client import tracking_error  # (only when a final status is kept)
+
     why = tracking_error(run.tracking_uri, error).message if error else "interrupted"
     where = (f"kept in {kept}; the next mlexec command on this store (or `mlexec runs repair`) records it"
              if kept else "it could not be kept locally either")

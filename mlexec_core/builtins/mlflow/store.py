@@ -100,13 +100,16 @@ def open_store(uri: str) -> TrackingStore:
     """The fastest store that can serve ``uri`` (cached per URI)."""
     store = _stores.get(uri)
     if store is None:
-        from mlexec_core.builtins.mlflow.client import ClientStore
         from mlexec_core.builtins.mlflow.sqlite import SqliteStore
 
         with _stores_lock:
             store = _stores.get(uri)
             if store is None:
-                store = SqliteStore.open(uri, fallback=lambda: client_store(uri)) or ClientStore(uri)
+                store = SqliteStore.open(uri, fallback=lambda: client_store(uri))
+                if store is None:  # (the client module only when it serves the store: off a sqlite run's path)
+                    from mlexec_core.builtins.mlflow.client import ClientStore
+
+                    store = ClientStore(uri)
                 _stores[uri] = store
     return store
 
