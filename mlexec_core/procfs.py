@@ -1,5 +1,5 @@
-"""Reading ``/proc``: the one parser of ``/proc/<pid>/stat``, and the members of a
-process group found with it.
+"""Reading ``/proc``: the one parser of ``/proc/<pid>/stat``, the members of a
+process group found with it, and whether a process exists at all.
 
 A leaf module (it imports only :mod:`os`), used by the supervisor, the process
 helpers (:mod:`mlexec_core.plugin.process`), the stop contract, the installer
@@ -28,6 +28,17 @@ def stat_fields(pid: int | str) -> list[bytes] | None:
     except FileNotFoundError:
         return None
     return stat[stat.rfind(b")") + 2:].split()
+
+
+def exists(pid: int) -> bool:
+    """Whether process ``pid`` exists, as the kernel says (a zombie too; one of another user too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def group_members(pgid: int) -> list[int]:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from mlexec_core.procfs import stat_fields
+from mlexec_core.procfs import exists, stat_fields
 
 HOST_TAG = "mlexec.supervisor.host"
 PID_TAG = "mlexec.supervisor.pid"
@@ -70,23 +70,13 @@ def process_start(pid: int) -> str | None:
     """
     try:
         fields = stat_fields(pid)
-    except OSError:
-        return _exists(pid)
+    except OSError:  # no permission: the kernel says whether it exists, its start cannot be checked
+        return "" if exists(pid) else None
     if fields is None:
         return None
     if fields and fields[0] in (b"Z", b"X"):  # a zombie is gone for our purposes
         return None
     return f"{_boot_id()}:{int(fields[19])}"
-
-
-def _exists(pid: int) -> str | None:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return ""
 
 
 def hostname() -> str:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 from attrs import frozen
 
 from mlexec_core.cachefs import dir_size, exclusive, hold_shared, in_use, unused
+from mlexec_core.procfs import exists
 
 CACHE_VAR = "MLEXEC_CACHE_DIR"
 
@@ -96,7 +97,7 @@ class SourceCache:
             return
         for stale in tmp.glob(f"{prefix}-*"):
             pid = stale.name[len(prefix) + 1:].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and exists(int(pid)):
                 continue
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -202,11 +203,3 @@ class SourceCache:
                 parent.rmdir()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from mlexec_core.procfs import stat_fields
+from mlexec_core.procfs import exists, stat_fields
 from mlexec_core.testing.infrastructure import MissingInfrastructure, missing_infrastructure  # noqa: F401
 
 #: The closing summary of missing infrastructure (pytest hooks).
@@ -271,13 +271,7 @@ def process_alive(pid: int) -> bool:
     try:
         fields = stat_fields(pid)
     except OSError:  # not readable: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return exists(pid)
     if fields is None:
         return False
     return fields[:1] != [b"Z"]
