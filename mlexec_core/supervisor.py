@@ -32,9 +32,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from mlexec_core.procfs import exists, stat_fields
+
+if TYPE_CHECKING:
+    from mlexec_core.builtins.mlflow.store import TrackingStore
 
 HOST_TAG = "mlexec.supervisor.host"
 PID_TAG = "mlexec.supervisor.pid"
@@ -207,7 +210,7 @@ class Repaired:
 ACTIVE = ("RUNNING", "SCHEDULED")
 
 
-def repair(store: Any, job_status=None) -> list[Repaired]:
+def repair(store: "TrackingStore", job_status=None) -> list[Repaired]:
     """Repair the runs of ``store`` whose supervisor is gone, and write pending final statuses.
 
     ``store`` is a :class:`~mlexec_core.builtins.mlflow.store.TrackingStore` (it uses
