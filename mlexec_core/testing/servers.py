@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mlexec_core.testing import free_port  # noqa: F401  (re-exported for the source tests)
+from mlexec_core.testing import stop_process
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
@@ -64,12 +65,7 @@ def git_daemon(base: Path) -> Iterator[str]:
         _wait_port(port, proc)
         yield f"git://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 class _Server(http.server.ThreadingHTTPServer):
