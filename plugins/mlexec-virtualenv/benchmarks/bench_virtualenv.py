@@ -77,16 +77,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mlexec-bench-venv-") as tmp:
         tmp = Path(tmp)
-        project = tmp / "project"
-        project.mkdir()
-        (project / "MLproject").write_text(
-            "name: bench\npython_env: python_env.yaml\nentry_points:\n  main:\n"
-            "    command: \"python -c 'import six'\"\n")
-        (project / "python_env.yaml").write_text(
-            f'python: "{VERSION}"\nbuild_dependencies:\n  - pip\ndependencies:\n  - six==1.16.0\n')
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLEXEC_"))}
-        env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])  # mlflow's uv manager wants uv on PATH
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        project, env = _python_env_project(tmp, "project", "python -c 'import six'", ["six==1.16.0"])
         subprocess.run([sys.executable, "-c", "from mlflow.tracking import MlflowClient as C; "
                         f"C({env['MLFLOW_TRACKING_URI']!r}).search_experiments()"],
                        env=env, check=True, capture_output=True)
@@ -191,25 +182,30 @@ def _version(dist: str) -> str:
     return version(dist)
 
 
+def _python_env_project(tmp: Path, name: str, command: str, deps: list[str]) -> tuple[Path, dict[str, str]]:
+    """A project in ``tmp/name`` whose python_env.yaml asks for this Python, pip and ``deps``; and the
+    environment both tools run with (no MLFLOW_/MLEXEC_ settings, uv on PATH, a store in ``tmp``)."""
+    project = tmp / name
+    project.mkdir()
+    (project / "MLproject").write_text(
+        f"name: {name}\npython_env: python_env.yaml\nentry_points:\n  main:\n    command: \"{command}\"\n")
+    (project / "python_env.yaml").write_text(
+        f'python: "{VERSION}"\nbuild_dependencies:\n  - pip\ndependencies:\n' + "".join(f"  - {d}\n" for d in deps))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLEXEC_"))}
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])  # mlflow's uv manager wants uv on PATH
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return project, env
+
+
 def real_project(repeat: int) -> None:
     """The warm real project, mlexec vs `mlflow run --env-manager virtualenv`, and what compiling costs."""
     mlexec_bin, mlflow_bin = tools()
     deps = [f"scikit-learn=={_version('scikit-learn')}", f"mlflow=={_version('mlflow')}"]
     with tempfile.TemporaryDirectory(prefix="mlexec-bench-real-") as tmp:
         tmp = Path(tmp)
-        project = tmp / "sklearn_logistic_regression"
-        project.mkdir()
-        (project / "MLproject").write_text(
-            "name: sklearn_example\npython_env: python_env.yaml\nentry_points:\n  main:\n"
-            "    command: \"python train.py\"\n")
-        (project / "python_env.yaml").write_text(
-            f'python: "{VERSION}"\nbuild_dependencies:\n  - pip\ndependencies:\n'
-            + "".join(f"  - {d}\n" for d in deps))
+        project, env = _python_env_project(tmp, "sklearn_logistic_regression", "python train.py", deps)
         (project / "train.py").write_text(SKLEARN_TRAIN)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLEXEC_"))}
-        env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         mlexec_env = {**env, "MLEXEC_ENV_ROOT": str(tmp / "mlexec-envs")}
         mlflow_env = {**env, "MLFLOW_ENV_ROOT": str(tmp / "mlflow-envs")}
         mlexec_cmd = [mlexec_bin, "run", str(project), "--env-manager", "virtualenv"]
