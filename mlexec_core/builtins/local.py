@@ -48,7 +48,7 @@ class LocalBackend(Backend):
             output=run.output,
         )
         launcher = (prepared.launcher if prepared else None) or ProcessLauncher()
-        return ExecutionJob(launcher.start(spec))
+        return ExecutionJob(launcher.start(spec), time_limit=plan.resources.time)
 
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         return {"cwd": str(plan.work_dir), "shell": shell()[0]}

@@ -10,7 +10,7 @@ from mlexec_core.plugin import Registration, hookimpl
 @hookimpl
 def mlexec_backends():
     return [Registration(
-        kind="backend", name="local", path="mlexec_core.builtins.local:LocalBackend",
+        kind="backend", name="local", path="mlexec_core.builtins.local:LocalBackend", resources={"time"},
         description="runs on this machine, output streamed to the terminal and kept with the run",
     )]
 

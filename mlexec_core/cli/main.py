@@ -62,6 +62,9 @@ def cli(env_file: str | None) -> None:
 @click.option("-P", "--param-list", multiple=True, metavar="NAME=VALUE", help="A parameter; repeatable.")
 @click.option("-A", "--docker-args", multiple=True, metavar="NAME[=VALUE]",
               help="A `docker run` option (-A gpus=all, -A shm-size=1g); repeatable.")
+@click.option("-R", "--resource", "resources", multiple=True, metavar="NAME=VALUE",
+              help="What the run needs, over the MLproject's resources: cpus, memory, gpus, gpu-type, shm, time "
+                   "(-R gpus=1 -R time=2h; NAME=none drops one); repeatable.")
 @click.option("--experiment-name", envvar="MLFLOW_EXPERIMENT_NAME", help="Experiment to log to (created if new).")
 @click.option("--experiment-id", envvar="MLFLOW_EXPERIMENT_ID", help="Experiment id to log to.")
 @click.option("-b", "--backend", default="local", show_default=True, help="Where to run: local, or a plugin's.")
@@ -79,7 +82,7 @@ def cli(env_file: str | None) -> None:
 @click.option("--detach", is_flag=True, help="Cluster backends: submit the job and exit; follow it later with "
               "`mlexec attach RUN_ID`.")
 def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, ...], docker_args: tuple[str, ...],
-        experiment_name: str | None, experiment_id: str | None, backend: str, backend_config: str | None,
+        resources: tuple[str, ...], experiment_name: str | None, experiment_id: str | None, backend: str, backend_config: str | None,
         env_manager: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
         build_image: bool, dry_run: bool, as_json: bool, detach: bool) -> None:
     """Run the project at URI (a directory, as with `mlflow run`)."""
@@ -98,6 +101,7 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
             docker_args=docker_args, experiment_name=experiment_name, experiment_id=experiment_id,
             backend=backend, backend_config=backend_config, env_manager=env_manager,
             storage_dir=storage_dir, run_id=run_id, run_name=run_name, build_image=build_image,
+            resources=resources,
         )
         if dry_run:
             from mlexec_core.pipeline.describe import plan_summary

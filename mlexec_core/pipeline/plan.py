@@ -17,6 +17,7 @@ from attrs import frozen
 
 from mlexec_core.pipeline.output import RunOutput
 from mlexec_core.project.model import EntryPoint, ParamType, Project
+from mlexec_core.resources import Resources
 
 
 class RunStatus(str, enum.Enum):
@@ -94,6 +95,9 @@ class RunPlan:
     build_image: bool = False
     storage_dir: Path | None = None
     tracking: TrackingOptions = TrackingOptions()
+    #: What the run needs (the MLproject's ``resources:``, then ``-R``); every key set is one
+    #: the backend declared it honours (checked when the plan was made).
+    resources: Resources = Resources()
     #: Options that came only through the Python API (e.g. ``docker_auth``).
     options: Mapping[str, Any] = attrs.field(factory=dict)
 

@@ -25,6 +25,7 @@ from mlexec_core.plugin.manager import Plugins
 from mlexec_core.project.loader import load_project
 from mlexec_core.project.model import EntryPoint, EnvKind, ParamType, Project
 from mlexec_core.project.params import check_value, mlflow_str, placeholders, render_command
+from mlexec_core.resources import KEYS, Resources, canonical_key, parse_resources, unknown_key_message
 from mlexec_core.yamlfile import FileWarning, exists, is_file, parse_json, parse_yaml, read_text, shorten, text_problem
 
 #: MLflow's limits and rules for param names and values.
@@ -125,7 +126,7 @@ def entry_point_for(project: Project, name: str) -> EntryPoint:
             command = f"{shlex.quote(os.environ.get('SHELL') or 'bash')} {quoted}"
         else:
             command = f"Rscript -e \"mlflow::mlflow_source('{name}')\" --args"
-        return EntryPoint(name=name, command=command)
+        return EntryPoint(name=name, command=command, resources=project.resources)
     known = ", ".join(sorted(project.entry_points)) or "none declared"
     where = f" in {project.mlproject}" if project.mlproject else f" (no MLproject in {project.directory})"
     raise UsageError(
@@ -331,6 +332,7 @@ def resolve_plan(
     build_image: bool = False,
     tags: Mapping[str, str] | None = None,
     options: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any] | Sequence[str] | None = None,
     cwd: Path | None = None,
 ) -> RunPlan:
     cwd = Path(cwd or os.getcwd())
@@ -354,6 +356,7 @@ def resolve_plan(
     else:
         dargs = parse_docker_args(docker_args or ())
 
+    asked, cleared = parse_resource_options(resources)
     fetched = fetch(uri, version, cwd, reporter=reporter)
     project = load_project_reporting(fetched.directory, reporter, entry_point)
 
@@ -401,13 +404,85 @@ def resolve_plan(
         tracking=TrackingOptions(experiment_name=experiment_name, experiment_id=experiment_id,
                                  run_name=run_name, run_id=run_id, tags=dict(tags or {})),
         options=dict(options or {}),
+        resources=ep.resources.merged(asked).without(cleared),
     )
-    if backend_obj.uses_local_environment(plan):
+    local_env = backend_obj.uses_local_environment(plan)
+    check_resources(plugins, plan, asked, local_env)
+    if local_env:
         if env_error is not None:
             raise env_error
         with reporting_file_warnings(reporter):
             plugins.environment_manager(manager).check(project, requested)
     return plan
+
+
+def parse_resource_options(given: Mapping[str, Any] | Sequence[str] | None,
+                           option: str = "-R") -> tuple[Resources, frozenset[str]]:
+    """``-R NAME=VALUE`` items (or the API's ``resources={...}``) as a :class:`Resources`, and the
+    keys cleared with the value ``none`` (``-R time=none``: no limit, whatever the MLproject says)."""
+    if not given:
+        return Resources(), frozenset()
+    if isinstance(given, Mapping):
+        pairs: dict[Any, Any] = dict(given)
+        label = "resources"
+    else:
+        pairs = dict(parse_pairs(given, option))
+        label = option
+    cleared = set()
+    for key, value in list(pairs.items()):
+        if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+            name = canonical_key(key)
+            if name is None:
+                message, hint = unknown_key_message(key)
+                raise UsageError(f"{label} {str(key)[:80]}: {message}", hint=hint)
+            cleared.add(name)
+            del pairs[key]
+    fail = lambda message, hint: UsageError(message, hint=hint)  # noqa: E731
+    return parse_resources(pairs, fail, prefix=f"{label} "), frozenset(cleared)
+
+
+def honoured_resources(plugins: Plugins, plan: RunPlan, local_env: bool) -> tuple[frozenset[str], str]:
+    """The resource keys ``plan`` can ask for, and who decides: the backend's declaration, narrowed by
+    the environment manager's when the manager starts the command itself (a container)."""
+    backend = plugins.record("backend", plan.backend)
+    honoured = frozenset(backend.resources or ())
+    who = f"-b {plan.backend}"
+    if local_env and plan.env_manager:
+        manager = plugins.record("env-manager", plan.env_manager)
+        if manager.resources is not None:
+            honoured &= manager.resources
+            who = f"-b {plan.backend} with the {plan.env_manager} environment"
+    return honoured, who
+
+
+def check_resources(plugins: Plugins, plan: RunPlan, asked: Resources, local_env: bool) -> None:
+    """Refuse a plan that asks for a resource its backend (or environment manager) does not honour,
+    naming where the resource was asked for and which installed backends honour it."""
+    needed = [k for k in plan.resources.asked() if not (k == "gpus" and plan.resources.gpus == 0)]
+    if not needed:
+        return
+    honoured, who = honoured_resources(plugins, plan, local_env)
+    missing = [k for k in needed if k not in honoured]
+    if not missing:
+        return
+    key = missing[0]
+    value = plan.resources.shown()[key]
+    file = plan.project.mlproject.name if plan.project.mlproject else "MLproject"
+    if key in asked.asked():
+        where, drop = f"-R {key}={value}", f"leave out -R {key}"
+    elif plan.project.resources.get(key) == plan.resources.get(key):
+        where, drop = f"{key}: {value} (resources in {file})", f"pass -R {key}=none"
+    else:
+        where = f"{key}: {value} (entry_points.{plan.entry_point.name}.resources in {file})"
+        drop = f"pass -R {key}=none"
+    can = sorted(name for name, record in plugins.registered("backend").items()
+                 if name == record.name and key in (record.resources or ()))
+    others = f"backends that honour {key}: {', '.join('-b ' + n for n in can)}" if can \
+        else f"no installed backend honours {key}"
+    also = f" (nor {', '.join(missing[1:])})" if len(missing) > 1 else ""
+    honours = ", ".join(k for k in KEYS if k in honoured) or "no resources"
+    raise UsageError(f"{who} cannot honour the resource {where}{also}: it honours {honours}",
+                     hint=f"{others}; or {drop} to run without it")
 
 
 def _param_str(value: Any) -> str:

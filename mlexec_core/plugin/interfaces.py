@@ -21,6 +21,7 @@ from attrs import frozen
 
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus
 from mlexec_core.project.model import Project
+from mlexec_core.resources import Allocation, Resources  # noqa: F401  (public here for plugins)
 
 if TYPE_CHECKING:
     from mlexec_core.pipeline.output import RunOutput
@@ -185,6 +186,9 @@ class CommandSpec:
     #: ``output.pump(pipe, stream)`` for a pipe).  ``None``: the command inherits mlexec's
     #: own stdout and stderr, and nothing is kept.
     output: RunOutput | None = attrs.field(default=None, eq=False, repr=False)
+    #: The GPUs and cores this machine gave the job (the local backend's pool), for a
+    #: launcher that must pass them on (a container's device requests); ``None``: nothing allocated.
+    allocation: Allocation | None = None
 
 
 class Execution(abc.ABC):

@@ -143,16 +143,40 @@ class ProcessLauncher(Launcher):
 
 
 class ExecutionJob(SubmittedJob):
-    """A :class:`SubmittedJob` over one :class:`Execution`."""
+    """A :class:`SubmittedJob` over one :class:`Execution`.
 
-    def __init__(self, execution: Execution) -> None:
+    ``time_limit`` (seconds, the plan's ``resources.time``): once it has passed, the
+    execution is stopped as a cancel stops it (SIGTERM, the stop timeout, SIGKILL) and
+    the job ends FAILED with :func:`~mlexec_core.resources.time_limit_reason`.
+    """
+
+    def __init__(self, execution: Execution, time_limit: float | None = None) -> None:
         self.execution = execution
         self.cancelled = False
+        self.timed_out = False
         self.exit_code: int | None = None
         self.failure_reason: str | None = None
+        self.time_limit = time_limit
+        self._timer: threading.Timer | None = None
+        if time_limit is not None:
+            self._timer = threading.Timer(time_limit, self._time_is_up)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _time_is_up(self) -> None:
+        if self.settled is not None or self.cancelled:
+            return
+        self.timed_out = True
+        self.execution.stop(signal.SIGTERM, stop_timeout())
 
     def _conclude(self, code: int) -> RunStatus:
-        if self.cancelled:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.timed_out and not self.cancelled:
+            from mlexec_core.resources import time_limit_reason
+
+            self.settle(RunStatus.FAILED, time_limit_reason(self.time_limit), exit_code=code)
+        elif self.cancelled:
             self.settle(RunStatus.KILLED, "stopped by the user", exit_code=code)
         elif code == 0:
             self.settle(RunStatus.FINISHED, exit_code=code)

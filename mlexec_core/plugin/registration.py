@@ -97,6 +97,13 @@ class Registration:
     description: str = ""
     #: What it can do, from :data:`CAPABILITIES` for its kind (``{"detachable"}``, ``{"adaptive"}``).
     capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=_kinds)
+    #: The resources (keys of :data:`mlexec_core.resources.KEYS`: ``{"cpus", "memory", "time"}``) it honours.
+    #: Backends: a plan asking for any other is refused before anything exists (a backend that
+    #: declares nothing honours nothing).  Environment managers that start the command themselves
+    #: (a container): the keys they honour, so that a plan needs both the backend and the manager
+    #: to honour a key; ``None`` (the default) for one that leaves starting it to the backend.
+    resources: frozenset[str] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_kinds))  # type: ignore[misc]
 
     @property
     def module(self) -> str:
@@ -126,6 +133,14 @@ class Registration:
         if unknown:
             known = ", ".join(CAPABILITIES[self.kind]) or "none"
             return f"capability {unknown[0]!r} is not one a {self.kind} has (known: {known})"
+        if self.resources is not None:
+            from mlexec_core.resources import KEYS
+
+            if self.kind not in ("backend", "env-manager"):
+                return f"resources are declared by backends and environment managers, not by a {self.kind}"
+            unknown = sorted(self.resources - set(KEYS))
+            if unknown:
+                return f"resource {unknown[0]!r} is not one mlexec knows (known: {', '.join(KEYS)})"
         return None
 
     def load(self) -> type:

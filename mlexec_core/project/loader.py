@@ -42,12 +42,15 @@ from mlexec_core.project.model import (
     Project,
 )
 from mlexec_core.project.params import check_value, mlflow_str
+from mlexec_core.resources import Resources, parse_resources
 from mlexec_core.yamlfile import FileWarning, exists, is_file, load_yaml, shorten
 
 PYTHON_ENV_FILE = "python_env.yaml"
 CONDA_ENV_FILE = "conda.yaml"
-KNOWN_TOP_LEVEL = ("name", "entry_points", "conda_env", "python_env", "docker_env", "databricks_spark_job")
-ENTRY_POINT_KEYS = ("command", "parameters", "description")
+KNOWN_TOP_LEVEL = ("name", "entry_points", "conda_env", "python_env", "docker_env", "databricks_spark_job",
+                   "resources")
+#: ``resources`` is mlexec's (MLflow ignores it): strict, as a backend config is.
+ENTRY_POINT_KEYS = ("command", "parameters", "description", "resources")
 PARAMETER_KEYS = ("type", "default", "description")
 #: ``image``, ``volumes`` and ``environment`` are MLflow's; the rest are mlexec's.
 DOCKER_ENV_KEYS = ("image", "volumes", "environment", "dockerfile", "context", "args")
@@ -171,6 +174,7 @@ def _load_file(directory: Path, path: Path, selected: str | None) -> Project:
     if data.get("databricks_spark_job") is not None:
         warn("databricks_spark_job is Databricks-only and is ignored")
 
+    defaults = _resources(path, "resources", data.get("resources"))
     raw_eps = data.get("entry_points")
     if raw_eps is None:
         raw_eps = {}
@@ -185,7 +189,7 @@ def _load_file(directory: Path, path: Path, selected: str | None) -> Project:
         ep_name = str(raw_name)
         checked = selected is None or ep_name == selected
         try:
-            entry_points[ep_name] = _entry_point(path, ep_name, raw_ep, warn if checked else quiet)
+            entry_points[ep_name] = _entry_point(path, ep_name, raw_ep, warn if checked else quiet, defaults)
         except ProjectError as exc:
             if checked:
                 raise
@@ -198,10 +202,22 @@ def _load_file(directory: Path, path: Path, selected: str | None) -> Project:
         entry_points=entry_points,
         environment=_environment(directory, path, data, warn),
         invalid_entry_points=invalid,
+        resources=defaults,
     )
 
 
-def _entry_point(path: Path, name: str, raw: Any, warn: Warn) -> EntryPoint:
+def _resources(path: Path, key: str, raw: Any) -> Resources:
+    """A ``resources:`` mapping (mlexec's own key: every problem is an error naming the key)."""
+    if raw is None:
+        return Resources()
+    if not isinstance(raw, dict):
+        raise ProjectError(f"{key}: expected a mapping of resources to values, got {_yaml_type(raw)}",
+                           context=str(path), hint=f"{key}: {{cpus: 4, memory: 16G, gpus: 1, time: 2h}}")
+    return parse_resources(raw, lambda message, hint: ProjectError(message, context=str(path), hint=hint),
+                           prefix=f"{key}.")
+
+
+def _entry_point(path: Path, name: str, raw: Any, warn: Warn, defaults: Resources = Resources()) -> EntryPoint:
     key = f"entry_points.{name}"
 
     def fail(message: str, hint: str | None = None) -> ProjectError:
@@ -226,8 +242,10 @@ def _entry_point(path: Path, name: str, raw: Any, warn: Warn) -> EntryPoint:
     for raw_pname, spec in raw_params.items():
         pname = str(raw_pname)
         parameters[pname] = _parameter(path, f"{key}.parameters.{pname}", pname, spec, warn)
+    own = _resources(path, f"{key}.resources", raw.get("resources"))
     return EntryPoint(name=name, command=str(command), parameters=parameters,
-                      description=_description(raw.get("description"), f"{key}.description", warn))
+                      description=_description(raw.get("description"), f"{key}.description", warn),
+                      resources=defaults.merged(own))
 
 
 def _description(value: Any, key: str, warn: Warn) -> str | None:

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import attrs
 from attrs import frozen
 
+from mlexec_core.resources import Resources
+
 
 class ParamType(str, enum.Enum):
     STRING = "string"
@@ -72,6 +74,8 @@ class EntryPoint:
     command: str
     parameters: Mapping[str, Parameter] = attrs.field(factory=dict)
     description: str | None = None
+    #: What it needs (``resources:``): the top level's keys, then its own, key by key.
+    resources: Resources = Resources()
 
 
 @frozen
@@ -116,6 +120,8 @@ class Project:
     #: Entry points that cannot run, with why; only filled when one other entry point was loaded
     #: (``load_project(..., entry_point=...)``): a problem there never stops that run.
     invalid_entry_points: Mapping[str, Exception] = attrs.field(factory=dict)
+    #: The top level's ``resources:`` (every entry point's default; a script run as an entry point gets it).
+    resources: Resources = Resources()
 
     @property
     def display_name(self) -> str:
