@@ -37,6 +37,7 @@ def run(
     env_manager: str | None = None,
     build_image: bool = False,
     docker_auth: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
     plugins: Any = None,
 ) -> "SubmittedRun":
     """Run a project, as ``mlflow.projects.run`` does.
@@ -47,6 +48,8 @@ def run(
     finish; otherwise it returns as soon as the job has started, and a
     watcher thread ends the run in the tracking store when the job ends.
 
+    :param resources: what the run needs, over the MLproject's ``resources:`` (``{"gpus": 1,
+        "memory": "16G", "time": "2h"}``; ``None`` as a value drops a key), as ``-R`` does.
     :param plugins: a :class:`~mlexec_core.plugin.manager.Plugins` to use
         instead of the installed ones (tests).
     """
@@ -54,6 +57,7 @@ def run(
 
     from mlexec_core.errors import RunFailed
     from mlexec_core.pipeline.execute import submit
+    from mlexec_core.pipeline.options import RunOptions
     from mlexec_core.pipeline.resolve import resolve_plan
     from mlexec_core.plugin.manager import build_plugins
 
@@ -64,14 +68,14 @@ def run(
         experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
         experiment_id = None if experiment_name else os.environ.get("MLFLOW_EXPERIMENT_ID") or None
     parent = None if run_id else _active_mlflow_run_id()
-    plan = resolve_plan(
-        plugins, uri, entry_point=entry_point, version=version, parameters=parameters or {},
-        docker_args=docker_args, experiment_name=experiment_name, experiment_id=experiment_id,
-        backend=backend, backend_config=backend_config, env_manager=env_manager, storage_dir=storage_dir,
-        run_id=run_id, run_name=run_name, build_image=build_image,
-        tags={"mlflow.parentRunId": parent} if parent else None,
-        options={"docker_auth": dict(docker_auth)} if docker_auth else None,
-    )
+    plan = resolve_plan(plugins, RunOptions(
+        uri=uri, entry_point=entry_point, version=version, parameters=parameters or {},
+        docker_args=docker_args, resources=resources, experiment_name=experiment_name,
+        experiment_id=experiment_id, backend=backend, backend_config=backend_config, env_manager=env_manager,
+        storage_dir=storage_dir, run_id=run_id, run_name=run_name, build_image=build_image,
+        tags={"mlflow.parentRunId": parent} if parent else {},
+        extras={"docker_auth": dict(docker_auth)} if docker_auth else {},
+    ))
     submitted = submit(plugins, plan)
     if synchronous:
         if not submitted.wait():

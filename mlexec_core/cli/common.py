@@ -56,6 +56,8 @@ def open_store(terminal, repair: bool = True):
 def print_plan(terminal, summary: dict[str, Any]) -> None:
     """A dry run's plan, as tables (``--json`` prints ``summary`` itself)."""
     shown = dict(summary, backend_plan={k: v for k, v in summary["backend_plan"].items() if k != "text"})
+    shown["resources"] = ", ".join(f"{k}={v}" for k, v in summary.get("resources", {}).items()) or "none asked"
+    shown["honoured_resources"] = ", ".join(summary.get("honoured_resources", ())) or "none"
     rows = [(k, v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in shown.items()
             if k != "parameters"]
     terminal.table("Plan (dry run: nothing runs)", ["", "value"], rows)

@@ -13,6 +13,7 @@ import click
 
 from mlexec_core.version import __version__
 from mlexec_core.cli.common import fail, load_plugins, print_plan
+from mlexec_core.cli.options import run_options, take_run_options
 from mlexec_core.errors import MlexecError
 
 
@@ -58,33 +59,15 @@ def cli(env_file: str | None) -> None:
 @click.argument("uri")
 @click.option("-e", "--entry-point", default="main", show_default=True, metavar="NAME",
               help="Entry point to run, or a .py/.sh/.R file in the project.")
-@click.option("-v", "--version", "version", metavar="VERSION", help="Git commit, branch or tag to run.")
 @click.option("-P", "--param-list", multiple=True, metavar="NAME=VALUE", help="A parameter; repeatable.")
-@click.option("-A", "--docker-args", multiple=True, metavar="NAME[=VALUE]",
-              help="A `docker run` option (-A gpus=all, -A shm-size=1g); repeatable.")
-@click.option("-R", "--resource", "resources", multiple=True, metavar="NAME=VALUE",
-              help="What the run needs, over the MLproject's resources: cpus, memory, gpus, gpu-type, shm, time "
-                   "(-R gpus=1 -R time=2h; NAME=none drops one); repeatable.")
-@click.option("--experiment-name", envvar="MLFLOW_EXPERIMENT_NAME", help="Experiment to log to (created if new).")
-@click.option("--experiment-id", envvar="MLFLOW_EXPERIMENT_ID", help="Experiment id to log to.")
-@click.option("-b", "--backend", default="local", show_default=True, help="Where to run: local, or a plugin's.")
-@click.option("-c", "--backend-config", metavar="FILE|JSON", help="Backend configuration: a JSON or YAML file, "
-              "or inline JSON.")
-@click.option("--env-manager", metavar="NAME", help="Environment manager: local, or a plugin's (virtualenv, uv, "
-              "conda ...). Default: chosen from the project.")
-@click.option("--storage-dir", envvar="MLFLOW_TMP_DIR", type=click.Path(file_okay=False),
-              help="Directory for temporary files of the run.")
+@run_options("run")
 @click.option("--run-id", help="Log to this existing run instead of creating one.")
-@click.option("--run-name", help="Name of the new run.")
-@click.option("--build-image", is_flag=True, help="docker_env projects: build an image holding the project code.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and exit; nothing runs, no run is created.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
 @click.option("--detach", is_flag=True, help="Cluster backends: submit the job and exit; follow it later with "
               "`mlexec attach RUN_ID`.")
-def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, ...], docker_args: tuple[str, ...],
-        resources: tuple[str, ...], experiment_name: str | None, experiment_id: str | None, backend: str, backend_config: str | None,
-        env_manager: str | None, storage_dir: str | None, run_id: str | None, run_name: str | None,
-        build_image: bool, dry_run: bool, as_json: bool, detach: bool) -> None:
+def run(uri: str, entry_point: str, param_list: tuple[str, ...], run_id: str | None, dry_run: bool, as_json: bool,
+        detach: bool, **shared) -> None:
     """Run the project at URI (a directory, as with `mlflow run`)."""
     from mlexec_core.cli.terminal import Terminal
 
@@ -96,13 +79,8 @@ def run(uri: str, entry_point: str, version: str | None, param_list: tuple[str, 
         plugins = load_plugins(terminal)
         from mlexec_core.pipeline.resolve import resolve_plan
 
-        plan = resolve_plan(
-            plugins, uri, entry_point=entry_point, version=version, parameters=param_list,
-            docker_args=docker_args, experiment_name=experiment_name, experiment_id=experiment_id,
-            backend=backend, backend_config=backend_config, env_manager=env_manager,
-            storage_dir=storage_dir, run_id=run_id, run_name=run_name, build_image=build_image,
-            resources=resources,
-        )
+        plan = resolve_plan(plugins, take_run_options(shared, uri=uri, entry_point=entry_point,
+                                                      parameters=param_list, run_id=run_id))
         if dry_run:
             from mlexec_core.pipeline.describe import plan_summary
 

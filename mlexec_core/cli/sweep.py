@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from mlexec_core.cli.options import run_options, take_run_options
 from mlexec_core.errors import MlexecError, UsageError
 
 
@@ -53,7 +54,6 @@ class _SweepStopper:
 @click.command("sweep", context_settings={"max_content_width": 100})
 @click.argument("uri", required=False)
 @click.option("-e", "--entry-point", default=None, metavar="NAME", help="Entry point to sweep (default: main).")
-@click.option("-v", "--version", "version", metavar="VERSION", help="Git commit, branch or tag to run.")
 @click.option("-P", "--param-list", multiple=True, metavar="NAME=VALUES",
               help="Values: 5 | a,b,c | range(start, stop[, step]) | uniform(lo, hi) | loguniform(lo, hi) | "
                    "int(lo, hi) | choice(a, b, ...); \\, is a literal comma. Repeatable.")
@@ -72,27 +72,13 @@ class _SweepStopper:
 @click.option("--fail-fast", is_flag=True, default=None, help="Stop every child at the first failure.")
 @click.option("--retries", type=int, metavar="R", help="Rerun a failed child up to R times, each a new run.")
 @click.option("--resume", metavar="PARENT_RUN_ID", help="Continue this sweep: run its missing and failed children.")
-@click.option("-A", "--docker-args", multiple=True, metavar="NAME[=VALUE]", help="A `docker run` option; repeatable.")
-@click.option("--experiment-name", envvar="MLFLOW_EXPERIMENT_NAME", help="Experiment to log to (created if new).")
-@click.option("--experiment-id", envvar="MLFLOW_EXPERIMENT_ID", help="Experiment id to log to.")
-@click.option("-b", "--backend", default=None, help="Where the children run: local (default), or a plugin's.")
-@click.option("-c", "--backend-config", metavar="FILE|JSON", help="Backend configuration: a JSON or YAML file, "
-              "or inline JSON.")
-@click.option("--env-manager", metavar="NAME", help="Environment manager (default: chosen from the project).")
-@click.option("--storage-dir", envvar="MLFLOW_TMP_DIR", type=click.Path(file_okay=False),
-              help="Directory for temporary files of the runs.")
-@click.option("--run-name", help="Name of the parent run (children are named after it).")
-@click.option("--build-image", is_flag=True, default=None, help="docker_env projects: build an image holding the "
-              "project code (once, for every child).")
+@run_options("sweep")
 @click.option("--dry-run", is_flag=True, help="List the children and the backend's plan; nothing runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or, with --dry-run, the plan) as JSON.")
-def sweep(uri: str | None, entry_point: str | None, version: str | None, param_list: tuple[str, ...],
-          sweep_file: Path | None, strategy: str | None, trials: int | None, seed: int | None, metric: str | None,
-          goal: str | None, max_parallel: int | None, max_failures: int | None, fail_fast: bool | None,
-          retries: int | None, resume: str | None, docker_args: tuple[str, ...], experiment_name: str | None,
-          experiment_id: str | None, backend: str | None, backend_config: str | None, env_manager: str | None,
-          storage_dir: str | None, run_name: str | None, build_image: bool | None, dry_run: bool,
-          as_json: bool) -> None:
+def sweep(uri: str | None, entry_point: str | None, param_list: tuple[str, ...], sweep_file: Path | None,
+          strategy: str | None, trials: int | None, seed: int | None, metric: str | None, goal: str | None,
+          max_parallel: int | None, max_failures: int | None, fail_fast: bool | None, retries: int | None,
+          resume: str | None, dry_run: bool, as_json: bool, **shared: Any) -> None:
     """Run the project at URI once per combination of parameter values, in parallel.
 
     \b
@@ -121,10 +107,7 @@ def sweep(uri: str | None, entry_point: str | None, version: str | None, param_l
         if not spec.parameters and not resume:
             raise UsageError("nothing to sweep: give values with -P NAME=VALUES or --sweep-file",
                               hint="mlexec sweep . -P lr=0.001,0.01,0.1")
-        plan = plan_sweep(plugins, uri, spec, version=version, docker_args=docker_args,
-                          experiment_name=experiment_name, experiment_id=experiment_id, backend=backend,
-                          backend_config=backend_config, env_manager=env_manager, storage_dir=storage_dir,
-                          run_name=run_name, build_image=build_image, resume=resume)
+        plan = plan_sweep(plugins, take_run_options(shared, uri=uri), spec, resume=resume)
         if dry_run:
             _dry_run(terminal, plugins, plan, as_json)
             return

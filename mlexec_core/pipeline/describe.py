@@ -48,6 +48,9 @@ def project_summary(project: Project) -> dict[str, Any]:
 
 
 def plan_summary(plugins: Plugins, plan: RunPlan) -> dict[str, Any]:
+    from mlexec_core.pipeline.resolve import honoured_resources
+    from mlexec_core.resources import KEYS
+
     backend = plugins.backend(plan.backend)
     env_text = None
     if backend.uses_local_environment(plan):
@@ -65,6 +68,9 @@ def plan_summary(plugins: Plugins, plan: RunPlan) -> dict[str, Any]:
         "environment": environment_summary(plan.project)["description"],
         "env_manager": plan.env_manager_requested,
         "env_action": env_text,
+        "resources": plan.resources.shown(),
+        "honoured_resources": [k for k in KEYS if k in honoured_resources(
+            plugins, plan, backend.uses_local_environment(plan))[0]],
         "backend": plan.backend,
         "backend_plan": dict(backend.dry_run(plan)),
         "docker_args": [[k, v] for k, v in plan.docker_args],

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 from mlexec_core.errors import MlexecError, ParameterError, PluginError, UsageError
+from mlexec_core.pipeline.options import RunOptions
 from mlexec_core.pipeline.plan import ResolvedParameter, RunPlan, TrackingOptions
 from mlexec_core.pipeline.source import fetch
 from mlexec_core.plugin.manager import Plugins
@@ -313,30 +314,19 @@ def _describe_env(project: Project) -> str:
     return "a project without an environment"
 
 
-def resolve_plan(
-    plugins: Plugins,
-    uri: str,
-    *,
-    entry_point: str = "main",
-    version: str | None = None,
-    parameters: Mapping[str, str] | Sequence[str] | None = None,
-    docker_args: Sequence[str] | Mapping[str, Any] | None = None,
-    experiment_name: str | None = None,
-    experiment_id: str | None = None,
-    backend: str = "local",
-    backend_config: str | Mapping[str, Any] | None = None,
-    env_manager: str | None = None,
-    storage_dir: str | os.PathLike[str] | None = None,
-    run_id: str | None = None,
-    run_name: str | None = None,
-    build_image: bool = False,
-    tags: Mapping[str, str] | None = None,
-    options: Mapping[str, Any] | None = None,
-    resources: Mapping[str, Any] | Sequence[str] | None = None,
-    cwd: Path | None = None,
-) -> RunPlan:
+def resolve_plan(plugins: Plugins, options: RunOptions, *, cwd: Path | None = None) -> RunPlan:
+    """Check everything in ``options`` against the project and the plugins; the plan, or the first
+    problem as a :class:`MlexecError`.  Creates nothing (a git or archive source is fetched into the cache)."""
     cwd = Path(cwd or os.getcwd())
     reporter = plugins.context.reporter
+    if options.uri is None:
+        raise UsageError("give the project URI", hint="mlexec run . -e main")
+    uri, version = options.uri, options.version
+    entry_point = options.entry_point or "main"
+    backend = options.backend or "local"
+    experiment_name, experiment_id = options.experiment_name, options.experiment_id
+    run_id, run_name, storage_dir = options.run_id, options.run_name, options.storage_dir
+    env_manager, backend_config = options.env_manager, options.backend_config
     if experiment_name is not None and experiment_id is not None:
         raise UsageError("give --experiment-name or --experiment-id, not both")
     for option, text in (("--experiment-name", experiment_name), ("--experiment-id", experiment_id),
@@ -344,6 +334,7 @@ def resolve_plan(
                          ("-b", backend), ("--storage-dir", None if storage_dir is None else os.fspath(storage_dir))):
         if isinstance(text, str):
             check_text(option, text)
+    parameters, docker_args = options.parameters, options.docker_args
     if isinstance(parameters, Mapping):
         given = {str(k): _param_str(v) for k, v in parameters.items()}
         for key, text in given.items():
@@ -356,7 +347,7 @@ def resolve_plan(
     else:
         dargs = parse_docker_args(docker_args or ())
 
-    asked, cleared = parse_resource_options(resources)
+    asked, cleared = parse_resource_options(options.resources)
     fetched = fetch(uri, version, cwd, reporter=reporter)
     project = load_project_reporting(fetched.directory, reporter, entry_point)
 
@@ -399,15 +390,16 @@ def resolve_plan(
         backend=backend_obj.name,
         backend_config=parsed_config,
         docker_args=dargs,
-        build_image=build_image,
+        build_image=bool(options.build_image),
         storage_dir=Path(storage_dir).resolve() if storage_dir else None,
         tracking=TrackingOptions(experiment_name=experiment_name, experiment_id=experiment_id,
-                                 run_name=run_name, run_id=run_id, tags=dict(tags or {})),
-        options=dict(options or {}),
+                                 run_name=run_name, run_id=run_id, tags=dict(options.tags)),
+        options=dict(options.extras),
         resources=ep.resources.merged(asked).without(cleared),
     )
     local_env = backend_obj.uses_local_environment(plan)
-    check_resources(plugins, plan, asked, local_env)
+    check_resources(plugins, plan, asked, local_env,
+                    label="resources" if isinstance(options.resources, Mapping) else "-R")
     if local_env:
         if env_error is not None:
             raise env_error
@@ -455,7 +447,8 @@ def honoured_resources(plugins: Plugins, plan: RunPlan, local_env: bool) -> tupl
     return honoured, who
 
 
-def check_resources(plugins: Plugins, plan: RunPlan, asked: Resources, local_env: bool) -> None:
+def check_resources(plugins: Plugins, plan: RunPlan, asked: Resources, local_env: bool,
+                    label: str = "-R") -> None:
     """Refuse a plan that asks for a resource its backend (or environment manager) does not honour,
     naming where the resource was asked for and which installed backends honour it."""
     needed = [k for k in plan.resources.asked() if not (k == "gpus" and plan.resources.gpus == 0)]
@@ -469,7 +462,7 @@ def check_resources(plugins: Plugins, plan: RunPlan, asked: Resources, local_env
     value = plan.resources.shown()[key]
     file = plan.project.mlproject.name if plan.project.mlproject else "MLproject"
     if key in asked.asked():
-        where, drop = f"-R {key}={value}", f"leave out -R {key}"
+        where, drop = f"{label} {key}={value}", f"leave out {label} {key}"
     elif plan.project.resources.get(key) == plan.resources.get(key):
         where, drop = f"{key}: {value} (resources in {file})", f"pass -R {key}=none"
     else:

@@ -84,7 +84,8 @@ def sweep(
     retries: int | None = None,
     resume: str | None = None,
     version: str | None = None,
-    docker_args: Sequence[str] = (),
+    docker_args: Sequence[str] | Mapping[str, Any] = (),
+    resources: Mapping[str, Any] | None = None,
     experiment_name: str | None = None,
     experiment_id: str | None = None,
     backend: str | None = None,
@@ -99,11 +100,14 @@ def sweep(
 
     ``parameters`` maps names to the same values ``-P`` takes (``"0.1,0.2"``,
     ``"range(1, 5)"``, ``"uniform(0, 1)"``) or to a Python list of values.
+    ``resources`` is what every child needs (``{"gpus": 1}``), over the sweep file's and the
+    MLproject's, as ``-R`` does.
     Problems with the input raise :class:`~mlexec_core.errors.MlexecError` here,
     before anything runs; preparing the environment happens here too.
     """
     from pathlib import Path
 
+    from mlexec_core.pipeline.options import RunOptions
     from mlexec_core.plugin.manager import build_plugins
     from mlexec_core.sweeps.engine import Sweep, plan_sweep
     from mlexec_core.sweeps.spec import build_spec
@@ -113,10 +117,11 @@ def sweep(
                       trials=trials, seed=seed, metric=metric, goal=goal, max_parallel=max_parallel,
                       max_failures=max_failures, fail_fast=fail_fast or None, retries=retries,
                       entry_point=entry_point)
-    plan = plan_sweep(plugins, uri, spec, version=version, docker_args=docker_args, experiment_name=experiment_name,
-                      experiment_id=experiment_id, backend=backend, backend_config=backend_config,
-                      env_manager=env_manager, storage_dir=storage_dir, run_name=run_name,
-                      build_image=build_image, resume=resume)
+    options = RunOptions(uri=uri, version=version, docker_args=docker_args, resources=resources or {},
+                         experiment_name=experiment_name, experiment_id=experiment_id, backend=backend,
+                         backend_config=backend_config, env_manager=env_manager, storage_dir=storage_dir,
+                         run_name=run_name, build_image=build_image)
+    plan = plan_sweep(plugins, options, spec, resume=resume)
     runner = Sweep(plugins, plan)
     runner.prepare()
     return SweepHandle(runner)

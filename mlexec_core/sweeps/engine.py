@@ -26,6 +26,7 @@ import attrs
 from attrs import frozen
 
 from mlexec_core.errors import MlexecError, ParameterError, UsageError
+from mlexec_core.pipeline.options import RunOptions
 from mlexec_core.pipeline.plan import RunPlan, RunRecord, RunStatus, TrackingOptions
 from mlexec_core.sweeps import tracking as T
 from mlexec_core.sweeps.spec import SweepSpec, check_domain
@@ -94,41 +95,47 @@ def child_plan(base: RunPlan, params: Mapping[str, str], cwd: Path, backend, *,
     return attrs.evolve(base, parameters=values, extra_parameters=extra, command=command, tracking=tracking)
 
 
-def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | None = None, version: str | None = None,
-               docker_args: Sequence[str] | None = None, experiment_name: str | None = None,
-               experiment_id: str | None = None, backend: str | None = None,
-               backend_config: str | Mapping[str, Any] | None = None, env_manager: str | None = None,
-               storage_dir: str | None = None, run_name: str | None = None, build_image: bool | None = None,
+def plan_sweep(plugins, options: RunOptions, spec: SweepSpec, *, strategy: str | None = None,
                resume: str | None = None, cwd: Path | None = None) -> SweepPlan:
-    """Check everything; raise :class:`MlexecError` on the first problem.  Creates nothing."""
+    """Check everything; raise :class:`MlexecError` on the first problem.  Creates nothing.
+
+    ``options`` are every child's (its ``parameters`` and ``entry_point`` are the spec's);
+    with ``resume``, what they leave out is taken from the earlier sweep."""
     from mlexec_core.builtins.mlflow.store import tracking_uri
     from mlexec_core.pipeline.resolve import resolve_plan
 
     cwd = Path(cwd or os.getcwd())
     earlier = None
+    uri = options.uri
     if resume:
         earlier = T.read_sweep(tracking_uri(), resume)
         stored = SweepSpec.from_json(earlier.spec_json)
         _compare_specs(stored, spec)
         spec = attrs.evolve(stored, max_parallel=spec.max_parallel or stored.max_parallel,
                             max_failures=spec.max_failures if spec.max_failures is not None else stored.max_failures,
-                            fail_fast=spec.fail_fast or stored.fail_fast, retries=spec.retries or stored.retries)
+                            fail_fast=spec.fail_fast or stored.fail_fast, retries=spec.retries or stored.retries,
+                            resources={**stored.resources, **spec.resources})
         opts = earlier.options
         if uri is not None and opts.get("uri") and uri != opts["uri"] \
                 and os.path.abspath(os.path.join(cwd, uri)) != opts["uri"]:
             raise UsageError(f"--resume {resume}: the sweep ran {opts['uri']}, not {uri}",
                              hint="leave out the URI to resume the same project")
-        uri = opts.get("uri") if uri is None else uri
-        version = version or opts.get("version")
-        backend = backend or opts.get("backend")
-        backend_config = backend_config if backend_config is not None else opts.get("backend_config")
-        env_manager = env_manager or opts.get("env_manager")
-        docker_args = docker_args or opts.get("docker_args") or ()
-        build_image = build_image if build_image else bool(opts.get("build_image"))
-        experiment_id, experiment_name = earlier.experiment_id, None
+        options = options.evolve(
+            uri=opts.get("uri") if uri is None else uri,
+            version=options.version or opts.get("version"),
+            backend=options.backend or opts.get("backend"),
+            backend_config=options.backend_config if options.backend_config is not None
+            else opts.get("backend_config"),
+            env_manager=options.env_manager or opts.get("env_manager"),
+            docker_args=options.docker_args or opts.get("docker_args") or (),
+            resources=options.resources or opts.get("resources") or (),
+            build_image=options.build_image or bool(opts.get("build_image")),
+            experiment_id=earlier.experiment_id, experiment_name=None)
+        uri = options.uri
     if uri is None:
         raise UsageError("mlexec sweep needs the project URI", hint="mlexec sweep . -P lr=0.1,0.2")
-    backend = backend or "local"
+    options = options.evolve(backend=options.backend or "local", entry_point=spec.entry_point, run_id=None,
+                             resources=_resource_options(spec.resources, options.resources))
 
     name = strategy or spec.strategy or ("random" if spec.sampled else "grid")
     strat = plugins.search_strategy(name)  # an unknown name: a PluginError listing what is installed
@@ -147,20 +154,20 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
     # Representative values, so the project, the backend and its config are checked once.
     rng = random.Random(0)
     base_values = {n: draw(d, rng) for n, d in spec.parameters.items()}
-    experiment_name = experiment_name or (None if experiment_id else os.environ.get("MLFLOW_EXPERIMENT_NAME") or None)
-    experiment_id = experiment_id or (None if experiment_name else os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
+    experiment_name = options.experiment_name or (
+        None if options.experiment_id else os.environ.get("MLFLOW_EXPERIMENT_NAME") or None)
+    experiment_id = options.experiment_id or (
+        None if experiment_name else os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
+    options = options.evolve(experiment_name=experiment_name, experiment_id=experiment_id)
     try:
-        base = resolve_plan(plugins, uri, entry_point=spec.entry_point, version=version, parameters=base_values,
-                            docker_args=list(docker_args or ()), experiment_name=experiment_name,
-                            experiment_id=experiment_id, backend=backend, backend_config=backend_config,
-                            env_manager=env_manager, storage_dir=storage_dir, build_image=bool(build_image), cwd=cwd)
+        base = resolve_plan(plugins, options.evolve(parameters=base_values, run_name=None), cwd=cwd)
     except ParameterError:
         # say it about the values the user gave, not about the representative one
         from mlexec_core.pipeline.resolve import entry_point_for, load_project_reporting
         from mlexec_core.pipeline.source import fetch
 
-        project = load_project_reporting(fetch(uri, version, cwd, reporter=plugins.context.reporter).directory,
-                                         plugins.context.reporter)
+        project = load_project_reporting(
+            fetch(uri, options.version, cwd, reporter=plugins.context.reporter).directory, plugins.context.reporter)
         ep = entry_point_for(project, spec.entry_point)
         for pname, domain in spec.parameters.items():
             check_domain(pname, domain, ep)
@@ -182,18 +189,33 @@ def plan_sweep(plugins, uri: str | None, spec: SweepSpec, *, strategy: str | Non
             children.append((dict(params), child_plan(base, params, cwd, backend_obj)))
     parallel = spec.max_parallel or default_parallelism(plugins.backend(base.backend))
     local = os.path.join(cwd, uri)
+    backend_config = options.backend_config
     if isinstance(backend_config, str) and os.path.isfile(os.path.join(cwd, backend_config)):
         recorded_config: Any = os.path.abspath(os.path.join(cwd, backend_config))  # --resume from anywhere
     elif backend_config is None or isinstance(backend_config, str):
         recorded_config = backend_config
     else:
         recorded_config = dict(backend_config)
-    options = {"uri": os.path.abspath(local) if os.path.isdir(local) else uri,
-               "version": version, "backend": base.backend, "backend_config": recorded_config,
-               "env_manager": env_manager, "docker_args": list(docker_args or ()),
-               "build_image": bool(build_image), "run_name": run_name}
+    docker_args = options.docker_args
+    recorded = {"uri": os.path.abspath(local) if os.path.isdir(local) else uri,
+                "version": options.version, "backend": base.backend, "backend_config": recorded_config,
+                "env_manager": options.env_manager,
+                "docker_args": dict(docker_args) if isinstance(docker_args, Mapping) else list(docker_args),
+                "resources": dict(options.resources), "build_image": bool(options.build_image),
+                "run_name": options.run_name}
     return SweepPlan(spec, record.name, base, parallel, tuple(children) if children is not None else None,
-                     options, cwd, earlier)
+                     recorded, cwd, earlier)
+
+
+def _resource_options(from_file: Mapping[str, Any], given: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+    """The sweep file's ``resources:``, then ``-R`` (or the API's mapping) over it, key by key."""
+    from mlexec_core.pipeline.resolve import parse_pairs
+    from mlexec_core.resources import canonical_key
+
+    merged = {canonical_key(k) or k: v for k, v in from_file.items()}
+    extra = given if isinstance(given, Mapping) else parse_pairs(given, "-R")
+    merged.update({canonical_key(k) or k: v for k, v in extra.items()})
+    return merged
 
 
 def _compare_specs(stored: SweepSpec, given: SweepSpec) -> None:

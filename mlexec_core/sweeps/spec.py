@@ -222,6 +222,8 @@ class SweepSpec:
     entry_point: str = "main"
     #: Options a strategy plugin reads (``strategy_options:`` in the sweep file).
     strategy_options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: ``resources:`` in the sweep file, as written (checked): every child's, under ``-R``.
+    resources: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def sampled(self) -> list[str]:
@@ -247,7 +249,7 @@ class SweepSpec:
             "metric": self.metric, "goal": self.goal, "strategy_options": dict(self.strategy_options),
             "parameters": {n: d.text for n, d in self.parameters.items()},
             "max_parallel": self.max_parallel, "max_failures": self.max_failures, "fail_fast": self.fail_fast,
-            "retries": self.retries,
+            "retries": self.retries, "resources": dict(self.resources),
             # the order the parameters were given in: it decides the draws of a seed and the grid's
             # numbering, which --resume must repeat (sort_keys sorts the mapping above)
             "order": list(self.parameters),
@@ -263,7 +265,7 @@ class SweepSpec:
                    metric=data["metric"], goal=data["goal"], max_parallel=data.get("max_parallel"),
                    max_failures=data.get("max_failures"), fail_fast=bool(data.get("fail_fast")),
                    retries=int(data.get("retries") or 0), entry_point=data["entry_point"],
-                   strategy_options=data.get("strategy_options") or {})
+                   strategy_options=data.get("strategy_options") or {}, resources=data.get("resources") or {})
 
 
 @frozen
@@ -286,6 +288,7 @@ class _SweepFile:
     retries: int | None = None
     parameters: Mapping[str, Any] = attrs.field(factory=dict)
     strategy_options: Mapping[str, Any] = attrs.field(factory=dict)
+    resources: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def load_sweep_file(path: Path) -> dict[str, Any]:
@@ -312,6 +315,11 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     for name in raw.parameters:
         if not name:
             raise UsageError(f"parameters: {name!r} is not a parameter name", context=where)
+    if raw.resources:
+        from mlexec_core.resources import parse_resources
+
+        parse_resources(raw.resources, lambda message, hint: UsageError(message, context=where, hint=hint),
+                        prefix="resources.")
     return {k: v for k, v in attrs.asdict(raw, recurse=False).items() if v is not None}
 
 
@@ -385,4 +393,5 @@ def build_spec(
         retries=int(pick(retries, "retries", 0) or 0),
         entry_point=pick(entry_point, "entry_point", "main"),
         strategy_options=dict(pick(strategy_options, "strategy_options", {}) or {}),
+        resources=dict(file.get("resources") or {}),
     )

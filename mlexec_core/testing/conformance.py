@@ -41,6 +41,16 @@ sqlite store, read back with ``MlflowClient``:
 * ``test_sweep_dry_run_has_no_side_effects`` (when ``sweeps``): ``mlexec sweep
   --dry-run --json`` lists the 3 children, creates no run and runs nothing; with
   ``fan-out``, its ``fan_out`` entry is what ``dry_run_many`` returned.
+* ``test_undeclared_resources_are_refused_before_any_run``: for every resource the
+  backend (with its environment manager) does not declare in its record's
+  ``resources``, ``mlexec run -R KEY=VALUE`` is one error naming the backend and the
+  resource, exit 2, no run.
+* ``test_time_limit_ends_failed_with_the_reason`` (when ``time`` is declared): the
+  ``slow`` entry point with ``-R time=3s`` ends FAILED with the reason ``time limit 3s
+  reached``, ``mlexec run`` exits 1 and (``runs_here``) nothing is left running.
+* ``test_declared_resources_take_effect``: each of ``resource_probes`` (a resource,
+  a value, a command that prints what the job sees and the text expected) runs and
+  prints what is expected; a probe for an undeclared resource is an error of the suite.
 * after every test: no run in the store is left RUNNING, and
   ``contract_leftovers()`` reports nothing new (containers, Jobs ...).
 
@@ -87,6 +97,8 @@ fail:
 slow:
   command: "sleep 300 & echo \\"contract-ready $$ $!\\"; wait"
 """
+#: A value of every resource, for the refusal test.
+RESOURCE_VALUES = {"cpus": "1", "memory": "64M", "gpus": "1", "gpu-type": "A100", "shm": "64M", "time": "1h"}
 #: The slow entry point's line once it runs: its shell's pid and its child's.
 READY = re.compile(r"contract-ready (\d+) (\d+)")
 
@@ -130,6 +142,9 @@ class Contract:
     separates_stderr: ClassVar[bool] = True
     #: Run the sweep cases (``mlexec sweep`` on this backend).
     sweeps: ClassVar[bool] = True
+    #: What the job sees of a declared resource: ``{"cpus": ("1", "nproc", "1")}`` runs
+    #: ``nproc`` with ``-R cpus=1`` and expects ``1`` in its output (plain POSIX sh).
+    resource_probes: ClassVar[Mapping[str, tuple[str, str, str]]] = {}
 
     # -- fixtures a suite may override -------------------------------------------------
 
@@ -308,6 +323,61 @@ class Contract:
         assert "contract alpha=0.5" in plan["command"]
         assert store.runs() == []
         assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before
+
+    # -- resources -----------------------------------------------------------------------
+
+    def _honoured(self, mlexec, proj, contract_env) -> set[str]:
+        proc = mlexec("run", proj, *self._args(), "--dry-run", "--json", cwd=proj, env=contract_env)
+        assert proc.returncode == 0, proc.stderr
+        return set(json.loads(proc.stdout)["honoured_resources"])
+
+    def test_undeclared_resources_are_refused_before_any_run(self, mlexec, store, contract_project, contract_env,
+                                                             contract_arrange):
+        proj = contract_project()
+        contract_arrange("dry-run")
+        honoured = self._honoured(mlexec, proj, contract_env)
+        for key, value in RESOURCE_VALUES.items():
+            if key in honoured:
+                continue
+            proc = mlexec("run", proj, *self._args(), "-R", f"{key}={value}", cwd=proj, env=contract_env)
+            self._one_error(proc, f"cannot honour the resource -R {key}={value}", store)
+            assert f"-b {self.backend}" in proc.stderr, proc.stderr
+
+    def test_time_limit_ends_failed_with_the_reason(self, mlexec, store, contract_project, contract_env,
+                                                    contract_arrange):
+        proj = contract_project()
+        contract_arrange("dry-run")
+        if "time" not in self._honoured(mlexec, proj, contract_env):
+            pytest.skip(f"-b {self.backend} does not declare the resource time")
+        contract_arrange("slow")
+        proc = mlexec("run", proj, "-e", "slow", *self._args(), "-R", "time=3s", cwd=proj, env=contract_env,
+                      timeout=self.start_timeout + 120)
+        assert proc.returncode == 1, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert_no_traceback(proc)
+        run = store.only_run()
+        assert run.info.status == "FAILED"
+        assert run.data.tags.get("mlexec.failureReason") == "time limit 3s reached"
+        assert "time limit 3s reached" in proc.stderr.strip().splitlines()[-1]
+        if self.runs_here and self.runs_command:
+            found = READY.search(proc.stdout)
+            assert found, proc.stdout
+            assert_processes_gone([int(found.group(1)), int(found.group(2))], timeout=5)
+
+    def test_declared_resources_take_effect(self, mlexec, store, contract_project, contract_env, contract_arrange):
+        if not self.resource_probes:
+            pytest.skip("the suite names no resource_probes")
+        probes = "".join(f"probe-{key}:\n  command: {json.dumps(command)}\n"
+                         for key, (_, command, _) in self.resource_probes.items())
+        proj = contract_project(ENTRY_POINTS + probes)
+        contract_arrange("dry-run")
+        honoured = self._honoured(mlexec, proj, contract_env)
+        for key, (value, _, expected) in self.resource_probes.items():
+            assert key in honoured, f"a probe for {key}, which -b {self.backend} does not declare"
+            contract_arrange("success")
+            proc = mlexec("run", proj, "-e", f"probe-{key}", *self._args(), "-R", f"{key}={value}", cwd=proj,
+                          env=contract_env, timeout=self.start_timeout + 60)
+            assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            assert expected in proc.stdout, f"-R {key}={value}: expected {expected!r} in\n{proc.stdout}"
 
     # -- sweeps --------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from mlexec_core.sources.urls import redact, scrub, secrets_of
 #: Why a run failed or was killed, in one line (set by mlexec when it ends the run).
 FAILURE_REASON_TAG = "mlexec.failureReason"
 MAX_TAG_VALUE = 8000
+#: ``mlexec.resources.gpus = 1`` ...: the resources a run asked for, as a user writes them.
+RESOURCE_TAG_PREFIX = "mlexec.resources."
 
 
 def _run_tags(plan: RunPlan) -> dict[str, str]:
@@ -45,6 +47,8 @@ def _run_tags(plan: RunPlan) -> dict[str, str]:
         tags["mlflow.source.git.repoURL"] = source.git_repo_url
     if source.git_branch:
         tags["mlflow.source.git.branch"] = source.git_branch
+    for key, value in plan.resources.shown().items():  # what was asked; what it got comes from the job
+        tags[f"{RESOURCE_TAG_PREFIX}{key}"] = value
     parent = os.environ.get("MLFLOW_RUN_ID")
     if parent and not plan.tracking.run_id:
         tags["mlflow.parentRunId"] = parent

@@ -147,13 +147,14 @@ class Recorder:
 
 def test_image_builder_pushes_with_the_content_tag_and_skips_an_unchanged_push(
         docker_project, registry, engine, busybox_image):
+    from mlexec_core.pipeline.options import RunOptions
     from mlexec_core.pipeline.resolve import resolve_plan
     from mlexec_core.plugin.manager import build_plugins
 
     proj = docker_project("image: mlexec-test/busybox:1", 'main: {command: "cat msg"}', files={"msg": "hi"})
     recorder = Recorder()
     plugins = build_plugins(reporter=recorder)
-    plan = resolve_plan(plugins, str(proj))
+    plan = resolve_plan(plugins, RunOptions(uri=str(proj)))
     builder = plugins.image_builder("docker")
     repository = f"{registry}/team/proj"
 

@@ -10,6 +10,7 @@ import mlexec_core
 from mlexec_core.errors import BackendError, RunFailed
 from mlexec_core.pipeline.execute import submit
 from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.pipeline.options import RunOptions
 from mlexec_core.pipeline.resolve import resolve_plan
 
 import pytest
@@ -88,7 +89,8 @@ def test_get_status_without_wait_does_not_block(in_process, k8s_project, fake_cl
     """No one waits: get_status() reads the Job once per call."""
     proj = k8s_project()
     plugins = in_process()
-    plan = resolve_plan(plugins, str(proj), backend="kubernetes", backend_config=str(proj / "backend_config.yaml"))
+    plan = resolve_plan(plugins, RunOptions(uri=str(proj), backend="kubernetes",
+                                            backend_config=str(proj / "backend_config.yaml")))
     submitted = submit(plugins, plan)
     namespace, name = NS, fake_cluster.created_jobs()[0]["metadata"]["name"]
     assert submitted.get_status() is RunStatus.SCHEDULED

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlexec_core.errors import UsageError
+from mlexec_core.pipeline.options import RunOptions
 from mlexec_core.pipeline.resolve import resolve_plan
 from mlexec_core.plugin.manager import build_plugins
 
@@ -96,8 +97,8 @@ def plan_for(project):
                 command: "python -c 'import sys; print(sys.argv)' {{lr}} {{note}}"
             """, where=where)
         plugins = build_plugins(entry_points=False, extra=[("kubernetes", kubernetes_plugin)])
-        return resolve_plan(plugins, str(root), backend="kubernetes", backend_config=config,
-                            parameters={"lr": "0.5", "extra": "x y"}, cwd=root)
+        return resolve_plan(plugins, RunOptions(uri=str(root), backend="kubernetes", backend_config=config,
+                                                parameters={"lr": "0.5", "extra": "x y"}), cwd=root)
 
     return make
 
@@ -340,5 +341,6 @@ def test_a_config_file_mistake_names_the_file(tmp_path):
     (tmp_path / "k8s.yaml").write_text("repository-uri: r/x\nbackoff-limit: '4'\n")
     plugins = build_plugins(entry_points=False, extra=[("kubernetes", kubernetes_plugin)])
     with pytest.raises(UsageError) as info:
-        resolve_plan(plugins, str(tmp_path), backend="kubernetes", backend_config="k8s.yaml", cwd=tmp_path)
+        resolve_plan(plugins, RunOptions(uri=str(tmp_path), backend="kubernetes", backend_config="k8s.yaml"),
+                     cwd=tmp_path)
     assert info.value.context == "k8s.yaml" and "'backoff-limit' must be an integer" in info.value.message
