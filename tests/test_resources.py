@@ -244,3 +244,13 @@ def test_mlflow_run_ignores_the_resources_keys(mlexec, project, tmp_path, store)
     assert proc.returncode == 0, proc.stderr
     assert "ran-by-mlflow" in proc.stdout
     assert store.only_run().info.status == "FINISHED"
+
+
+def test_describe_shows_what_each_entry_point_needs(mlexec, project):
+    proj = project(PROJECT)
+    proc = mlexec("describe", proj, "--json", check=0)
+    needs = {ep["name"]: ep["resources"] for ep in json.loads(proc.stdout)["entry_points"]}
+    assert needs == {"main": {"cpus": "2", "memory": "1G", "time": "30m"}, "plain": {"cpus": "2", "time": "1h"},
+                     "kind": {"cpus": "2", "gpu-type": "A100", "time": "1h"}}
+    proc = mlexec("describe", proj, check=0)
+    assert "main\tcpus=2, memory=1G, time=30m" in proc.stdout, proc.stdout

@@ -246,6 +246,10 @@ def describe(uri: str, as_json: bool) -> None:
                 ("(required)" if p["required"] else p["default"]) if p else "",
             ))
     terminal.table("Entry points", ["entry point", "command", "parameter", "type", "default"], rows)
+    needs = [(ep["name"], ", ".join(f"{k}={v}" for k, v in ep["resources"].items()))
+             for ep in summary["entry_points"] if ep["resources"]]
+    if needs:
+        terminal.table("Resources", ["entry point", "needs"], needs)
 
 
 @cli.command("plugins")

@@ -36,6 +36,7 @@ def project_summary(project: Project) -> dict[str, Any]:
                 "name": ep.name,
                 "command": ep.command,
                 "description": ep.description,
+                "resources": ep.resources.shown(),
                 "parameters": [
                     {"name": p.name, "type": p.type_name, "default": p.default, "required": p.required,
                      "description": p.description}
