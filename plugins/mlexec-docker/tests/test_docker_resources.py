@@ -172,9 +172,16 @@ def test_allocated_gpus_and_cores_as_container_options(tmp_path):
     from mlexec_docker.engine import Engine
     from mlexec_docker.launcher import ContainerLauncher
 
+    warnings = []
+
+    class Reporter:
+        def warning(self, message):
+            warnings.append(message)
+
     def body(resources, allocation, host_config=None):
         launcher = ContainerLauncher(Engine(), "img", project="p", mount_code=None, binds=[], environment={},
-                                     config={}, host_config=host_config or {}, resources=resources)
+                                     config={}, host_config=host_config or {}, resources=resources,
+                                     reporter=Reporter())
         spec = CommandSpec(command="true", cwd=tmp_path, env={"MLFLOW_RUN_ID": "r1"},
                            added={"CUDA_VISIBLE_DEVICES": "1,3"}, allocation=allocation)
         made = launcher.body(spec)
@@ -199,6 +206,12 @@ def test_allocated_gpus_and_cores_as_container_options(tmp_path):
 
     host, env = body(Resources(), None, host_config={"DeviceRequests": ["from -A gpus"]})  # nothing asked
     assert host["DeviceRequests"] == ["from -A gpus"] and env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert warnings == []
+
+    host, env = body(Resources(cpus=1), Allocation(cores=(1,)), host_config={"CpusetCpus": "0"})  # -A cpuset-cpus=0
+    assert host["CpusetCpus"] == "1"
+    (warning,) = warnings
+    assert "-A cpuset-cpus=0 is replaced by the cores this machine gave the job (1)" in warning
 
 
 def test_dry_run_shows_the_docker_run_options(docker_project, busybox_image):
@@ -227,3 +240,31 @@ def test_dry_run_shows_the_docker_run_options(docker_project, busybox_image):
         "--user=1000", "--shm-size=1g"]}
     (warning,) = recorder.lines
     assert "-A memory=1g" in warning and "memory=256M" in warning and "-R memory=none" in warning
+
+
+def test_resources_over_docker_args_as_engine_options():
+    """The mapping without a daemon (it also runs where the core does not yet let a docker run ask
+    for cpus, memory or shm): what each resource sets, what it replaces, what it keeps."""
+    from mlexec_core.errors import UsageError
+    from mlexec_core.plugin.interfaces import Resources
+    from mlexec_docker.resources import apply_resources, check_limits
+    from mlexec_docker.runconfig import apply_docker_args
+
+    args = (("m", "1g"), ("memory-swap", "2g"), ("cpus", "2"), ("gpus", None), ("pids-limit", "64"))
+    _, from_args = apply_docker_args(args)
+    host, warnings = apply_resources(Resources(memory=512 * MiB, cpus=0.5, gpus=1), args, from_args)
+    assert host["Memory"] == 512 * MiB and host["MemorySwap"] == 2 * 1024**3  # -A memory-swap kept: swap on top
+    assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 64
+    assert "DeviceRequests" not in host  # the allotted devices are added when the container is created
+    assert [w.split(" and ")[0] for w in warnings] == ["-A cpus=2", "-A m=1g", "-A gpus"]
+    assert all("-R " in w and "=none" in w for w in warnings)
+
+    host, warnings = apply_resources(Resources(shm=64 * MiB, memory=128 * MiB), (), {})
+    assert host == {"ShmSize": 64 * MiB, "Memory": 128 * MiB, "MemorySwap": 128 * MiB} and warnings == []
+    assert apply_resources(Resources(), args, from_args) == (from_args, [])  # nothing asked: -A as given
+
+    with pytest.raises(UsageError, match="the Docker engine has 2 CPUs"):
+        check_limits(Resources(cpus=2.5), (), {}, engine_cpus=2)
+    with pytest.raises(UsageError, match="at least 0.01 CPUs"):
+        check_limits(Resources(cpus=0.005), (), {})
+    check_limits(Resources(cpus=2, memory=6 * MiB), (), {"MemorySwap": -1}, engine_cpus=2)
