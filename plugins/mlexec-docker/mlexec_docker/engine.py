@@ -277,6 +277,15 @@ class Engine:
         except EngineError as exc:
             raise DaemonUnreachable(self.host, exc.message) from None
 
+    def cpus(self) -> int | None:
+        """How many CPUs the daemon's machine has (``docker info``'s ``NCPU``); ``None`` if it does not say."""
+        try:
+            info = self._call("GET", "/info")
+        except EngineError:
+            return None
+        ncpu = info.get("NCPU") if isinstance(info, dict) else None
+        return ncpu if isinstance(ncpu, int) and ncpu > 0 else None
+
     def image(self, name: str) -> dict[str, Any] | None:
         """``docker image inspect``, or ``None`` when the image is not here."""
         try:

@@ -6,11 +6,15 @@ registry, a failing Dockerfile, an unset variable, a missing volume path, an
 unknown ``-A`` option) ends the command with one message and leaves no run.
 It returns a :class:`PreparedEnvironment` whose launcher starts the command
 in a container; the core's local backend supervises it like a process.
+
+The run's resources (``-R``, ``resources:``) become container limits here too
+(:mod:`mlexec_docker.resources`), so a ``-A`` option they replace is reported,
+and a limit the engine would refuse is refused, before the run exists.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from mlexec_core.errors import EnvironmentBuildError
 from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment, RunPlan
@@ -19,6 +23,7 @@ from mlexec_core.project.model import DockerEnv, EnvKind, Project
 from mlexec_docker.engine import Engine, EngineError
 from mlexec_docker.images import CODE_DIR, LABEL_KEY, LABEL_KIND, LABEL_PROJECT, ImageInfo, Images, repository_name
 from mlexec_docker.launcher import ContainerLauncher
+from mlexec_docker.resources import apply_resources, check_limits, docker_run_options
 from mlexec_docker.runconfig import apply_docker_args, resolve_environment, resolve_volumes
 
 TAG_IMAGE_URI = "mlflow.docker.image.uri"
@@ -57,9 +62,14 @@ class DockerEnvironment(EnvironmentManager):
         environment = resolve_environment(docker, project)
         binds = resolve_volumes(docker, project)
         config, host_config = apply_docker_args(plan.docker_args)
+        host_config, warnings = apply_resources(plan.resources, plan.docker_args, host_config)
+        for warning in warnings:
+            self.context.reporter.warning(warning)
 
         engine = Engine()
         engine.ping()
+        check_limits(plan.resources, plan.docker_args, host_config,
+                     engine_cpus=engine.cpus() if plan.resources.cpus is not None else None)
         images = Images(engine, self.context.reporter, plan.options.get("docker_auth"))
         image = project_image(images, project, with_code=plan.build_image)
         if not image.built:
@@ -69,6 +79,7 @@ class DockerEnvironment(EnvironmentManager):
             engine, image.uri, project=repository_name(project),
             mount_code=None if plan.build_image else str(project.directory),
             binds=binds, environment=environment, config=config, host_config=host_config,
+            resources=plan.resources, reporter=self.context.reporter,
         )
         return PreparedEnvironment(
             name="docker",
@@ -81,6 +92,21 @@ class DockerEnvironment(EnvironmentManager):
         docker = docker_env_of(project)
         source = f"built from {docker.dockerfile}" if docker.dockerfile else f"image {docker.image}"
         return f"a container ({source}), the project at {CODE_DIR}"
+
+    def dry_run(self, plan: RunPlan) -> dict[str, Any]:
+        """What :meth:`prepare` would start, contacting nothing: the image and the ``docker run``
+        options (the resources', then the ``-A`` options they leave), with the same warnings
+        for the ``-A`` options a resource replaces."""
+        docker = docker_env_of(plan.project)
+        config, host_config = apply_docker_args(plan.docker_args)
+        host_config, warnings = apply_resources(plan.resources, plan.docker_args, host_config)
+        for warning in warnings:
+            self.context.reporter.warning(warning)
+        check_limits(plan.resources, plan.docker_args, host_config)
+        return {
+            "image": docker.image or f"built from {docker.dockerfile}",
+            "docker_run": docker_run_options(plan.resources, plan.docker_args),
+        }
 
     # -- mlexec env list / prune -----------------------------------------------------------
 

@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from mlexec_core import reaper
 from mlexec_core.errors import BackendError
-from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, stop_timeout
+from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, Resources, stop_timeout
 
 from mlexec_docker.engine import Engine, EngineError
 from mlexec_docker.images import CODE_DIR
+from mlexec_docker.resources import allocation_options
 from mlexec_docker.runconfig import PASSTHROUGH_VARS, tracking_for_container
 
 if TYPE_CHECKING:
-    from mlexec_core.plugin.interfaces import RunOutput
+    from mlexec_core.plugin.interfaces import Reporter, RunOutput
 
 #: Label on every container mlexec starts, with the run id as value.
 RUN_LABEL = "mlexec.run-id"
@@ -148,11 +149,17 @@ def remove_container(engine: Engine, container: str) -> None:
 
 
 class ContainerLauncher(Launcher):
-    """Starts a :class:`CommandSpec` in a new container of ``image``."""
+    """Starts a :class:`CommandSpec` in a new container of ``image``.
+
+    ``host_config`` already holds the run's resources (:func:`~mlexec_docker.resources.apply_resources`);
+    what the machine gave the job (``spec.allocation``: cores, GPUs) is added when it starts, with
+    ``resources`` saying how many GPUs to request when nothing was allotted.
+    """
 
     def __init__(self, engine: Engine, image: str, *, project: str, mount_code: str | None,
                  binds: list[str], environment: Mapping[str, str], config: Mapping[str, Any],
-                 host_config: Mapping[str, Any]) -> None:
+                 host_config: Mapping[str, Any], resources: Resources | None = None,
+                 reporter: Reporter | None = None) -> None:
         self.engine = engine
         self.image = image
         self.project = project
@@ -161,6 +168,8 @@ class ContainerLauncher(Launcher):
         self.environment = dict(environment)
         self.config = dict(config)
         self.host_config = dict(host_config)
+        self.resources = resources or Resources()
+        self.reporter = reporter
 
     def container_env(self, env: Mapping[str, str], added: Mapping[str, str] | None = None) -> dict[str, str]:
         """What of the job's complete environment belongs in the container."""
@@ -183,6 +192,14 @@ class ContainerLauncher(Launcher):
         if self.mount_code:
             binds.insert(0, f"{self.mount_code}:{CODE_DIR}")
         host = {"Init": True, **self.host_config}
+        allotted, allotted_env = allocation_options(self.resources, spec.allocation)
+        if "CpusetCpus" in allotted and self.host_config.get("CpusetCpus") not in (None, allotted["CpusetCpus"]):
+            if self.reporter is not None:
+                self.reporter.warning(
+                    f"-A cpuset-cpus={self.host_config['CpusetCpus']} is replaced by the cores this machine gave "
+                    f"the job ({allotted['CpusetCpus']}): other jobs may be pinned to the others")
+        host.update(allotted)
+        env.update(allotted_env)
         host["Binds"] = binds + list(self.host_config.get("Binds", []))
         if host_network and "NetworkMode" not in self.host_config:
             host["NetworkMode"] = "host"

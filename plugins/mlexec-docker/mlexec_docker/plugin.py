@@ -14,6 +14,9 @@ def mlexec_environment_managers():
     return [Registration(
         kind="env-manager", name="docker", path="mlexec_docker.environment:DockerEnvironment",
         handles={"docker"}, default_for={"docker"}, priority=10,
+        # the container's limits (mlexec_docker.resources) and the local backend's time limit;
+        # not gpu-type: a local machine cannot choose a kind of GPU
+        resources={"cpus", "memory", "gpus", "shm", "time"},
         description="runs docker_env projects in a container (image or Dockerfile; --build-image copies the code in)",
     )]
 
