@@ -54,8 +54,11 @@ def plan_summary(plugins: Plugins, plan: RunPlan) -> dict[str, Any]:
 
     backend = plugins.backend(plan.backend)
     env_text = None
+    env_plan: dict[str, Any] = {}
     if backend.uses_local_environment(plan):
-        env_text = plugins.environment_manager(plan.env_manager).describe(plan.project)
+        manager = plugins.environment_manager(plan.env_manager)
+        env_text = manager.describe(plan.project)
+        env_plan = dict(manager.dry_run(plan))
     return {
         "project": plan.project.display_name,
         "directory": str(plan.work_dir),
@@ -69,6 +72,7 @@ def plan_summary(plugins: Plugins, plan: RunPlan) -> dict[str, Any]:
         "environment": environment_summary(plan.project)["description"],
         "env_manager": plan.env_manager_requested,
         "env_action": env_text,
+        **({"env_plan": env_plan} if env_plan else {}),
         "resources": plan.resources.shown(),
         "honoured_resources": [k for k in KEYS if k in honoured_resources(
             plugins, plan, backend.uses_local_environment(plan))[0]],

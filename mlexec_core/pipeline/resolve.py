@@ -434,15 +434,19 @@ def parse_resource_options(given: Mapping[str, Any] | Sequence[str] | None,
 
 
 def honoured_resources(plugins: Plugins, plan: RunPlan, local_env: bool) -> tuple[frozenset[str], str]:
-    """The resource keys ``plan`` can ask for, and who decides: the backend's declaration, narrowed by
-    the environment manager's when the manager starts the command itself (a container)."""
+    """The resource keys ``plan`` can ask for, and who decides.
+
+    The backend's declaration; but when the plan's environment manager starts the command
+    itself (it declares ``resources``: the docker manager's container), the manager's: it
+    applies them to what it starts (``--cpus``, device requests), with what the backend that
+    runs its launcher does for every job (the local backend's time limit and devices)."""
     backend = plugins.record("backend", plan.backend)
     honoured = frozenset(backend.resources or ())
     who = f"-b {plan.backend}"
     if local_env and plan.env_manager:
         manager = plugins.record("env-manager", plan.env_manager)
         if manager.resources is not None:
-            honoured &= manager.resources
+            honoured = manager.resources
             who = f"-b {plan.backend} with the {plan.env_manager} environment"
     return honoured, who
 

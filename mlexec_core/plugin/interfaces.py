@@ -272,6 +272,12 @@ class EnvironmentManager(Registered, abc.ABC):
         """One line on what :meth:`prepare` would do, for ``--dry-run``."""
         return self.name
 
+    def dry_run(self, plan: RunPlan) -> Mapping[str, Any]:
+        """What :meth:`prepare` would make of ``plan``, contacting nothing, for ``--dry-run``
+        (a container's ``docker run`` options); warn through ``self.context.reporter`` as
+        :meth:`prepare` would.  The default: nothing more than :meth:`describe`."""
+        return {}
+
     def list_environments(self) -> Iterable[EnvironmentInfo]:
         """The environments this manager has cached (``mlexec env list``)."""
         return ()
