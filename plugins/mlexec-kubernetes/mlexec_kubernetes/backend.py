@@ -19,6 +19,7 @@ from mlexec_kubernetes.cluster import (
 from mlexec_kubernetes.config import KubernetesConfig, parse_config
 from mlexec_kubernetes.job import TAG_CONTAINER, TAG_CONTEXT, TAG_JOB, TAG_NAMESPACE, KubernetesJob
 from mlexec_kubernetes.manifest import build_job, dns_label, job_name, to_yaml
+from mlexec_kubernetes.resources import check as check_resources, conflicts as resource_conflicts
 
 #: The image builder the backend uses (from mlexec-docker).
 IMAGE_BUILDER = "docker"
@@ -78,6 +79,15 @@ class KubernetesBackend(Backend):
         if config.namespace or template_ns:
             return config.namespace or template_ns
         return cluster.default_namespace if cluster else context_namespace(config.kube_context)
+
+    def check(self, plan: RunPlan) -> None:
+        """The resources the manifest cannot take are refused; those that override the config are said."""
+        self._check_resources(plan, self._config(plan))
+
+    def _check_resources(self, plan: RunPlan, config: KubernetesConfig) -> None:
+        check_resources(plan.resources, config)
+        for warning in resource_conflicts(plan.resources, config):
+            self.context.reporter.warning(warning)
 
     def prepare(self, plan: RunPlan, environment: PreparedEnvironment | None) -> Prepared:
         config = self._config(plan)
@@ -149,6 +159,7 @@ class KubernetesBackend(Backend):
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         """The Job manifest, without contacting the cluster or building anything."""
         config = self._config(plan)
+        self._check_resources(plan, config)
         namespace = self._namespace(config, None)
         placeholder = "<set when the run is created>"
         run = RunRecord(run_id=placeholder, env={"MLFLOW_RUN_ID": placeholder, "MLFLOW_EXPERIMENT_ID": placeholder,

@@ -244,8 +244,8 @@ class KubernetesJob(SubmittedJob):
                 code = terminated.get("exitCode")
                 reason = terminated.get("reason") or ""
                 if reason == "OOMKilled":
-                    return (f"the container ran out of memory (OOMKilled, exit code {code}); raise "
-                            "resources.memory in the backend config", code)
+                    return (f"the container ran out of memory (OOMKilled, exit code {code}); raise its memory "
+                            "(-R memory=..., or resources.memory in the backend config)", code)
                 if code not in (None, 0):
                     extra = f" ({reason})" if reason and reason not in ("Error", "Completed") else ""
                     msg = terminated.get("message")
