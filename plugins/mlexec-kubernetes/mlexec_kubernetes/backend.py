@@ -17,7 +17,10 @@ from mlexec_kubernetes.cluster import (
     TRACKING_URI_VAR, Cluster, api_error, check_namespace, connect, context_namespace, is_connection_error,
 )
 from mlexec_kubernetes.config import KubernetesConfig, parse_config
-from mlexec_kubernetes.job import TAG_CONTAINER, TAG_CONTEXT, TAG_JOB, TAG_NAMESPACE, KubernetesJob
+from mlexec_kubernetes.job import (
+    TAG_CONTAINER, TAG_CONTEXT, TAG_JOB, TAG_NAMESPACE, TAG_TIME_LIMIT, KubernetesJob, time_limit_from_tag,
+    time_limit_tag,
+)
 from mlexec_kubernetes.manifest import build_job, dns_label, job_name, to_yaml
 from mlexec_kubernetes.resources import check as check_resources, conflicts as resource_conflicts
 
@@ -60,7 +63,8 @@ class KubernetesBackend(Backend):
                                hint="only runs started with -b kubernetes can be attached")
         cluster = connect(tags.get(TAG_CONTEXT))
         return KubernetesJob(cluster, namespace, name, tags.get("mlflow.docker.image.uri", ""),
-                             tags.get(TAG_CONTAINER) or "", self.context.reporter, {}, output=run.output)
+                             tags.get(TAG_CONTAINER) or "", self.context.reporter, {}, output=run.output,
+                             time_limit=time_limit_from_tag(tags.get(TAG_TIME_LIMIT)), attached=True)
 
     def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> KubernetesConfig:
         return parse_config(config, base_dir)
@@ -153,8 +157,10 @@ class KubernetesBackend(Backend):
         }
         if prepared.cluster.context:
             tags[TAG_CONTEXT] = prepared.cluster.context
+        if plan.resources.time is not None:  # so that an attached mlexec enforces it too
+            tags[TAG_TIME_LIMIT] = time_limit_tag(plan.resources.time)
         return KubernetesJob(prepared.cluster, prepared.namespace, name, prepared.pinned_image, container,
-                             self.context.reporter, tags, output=run.output)
+                             self.context.reporter, tags, output=run.output, time_limit=plan.resources.time)
 
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         """The Job manifest, without contacting the cluster or building anything."""

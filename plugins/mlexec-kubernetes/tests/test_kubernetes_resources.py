@@ -10,7 +10,9 @@ appears only when a test sets it.  No real cluster is involved.
 
 from __future__ import annotations
 
+import datetime
 import json
+import subprocess
 
 import pytest
 import yaml
@@ -18,8 +20,8 @@ import yaml
 from mlexec_core.errors import UsageError
 from mlexec_core.pipeline.resolve import resolve_plan
 from mlexec_core.plugin.manager import build_plugins
-from mlexec_core.resources import Resources
-from mlexec_core.testing import assert_no_traceback
+from mlexec_core.resources import Resources, time_limit_reason
+from mlexec_core.testing import MLEXEC, assert_no_traceback
 
 from mlexec_kubernetes import plugin as kubernetes_plugin
 from mlexec_kubernetes.config import DEFAULT_GPU_TYPE_LABEL, parse_config
@@ -333,3 +335,159 @@ def test_template_volume_mounts_must_be_a_list(tmp_path):
     with pytest.raises(UsageError) as info:
         parse_config({"repository-uri": "r/x", "kube-job-template-path": "t.yaml"}, tmp_path)
     assert "spec.template.spec.containers[0].volumeMounts must be a list" in str(info.value)
+
+
+# -- the time limit, through the API double ----------------------------------------------------
+
+
+def _runs_forever(c, ns, job):
+    pod = c.start_pod(ns, job)
+    c.log(ns, pod, "training forever\n")
+
+
+def test_the_time_limit_stops_the_job_and_fails_the_run(mlexec, k8s_env, k8s_project, fake_cluster, store):
+    """The double enforces no deadline: mlexec's own timer, from the pod's Running, stops the Job."""
+    fake_cluster.scenario = _runs_forever
+    proj = k8s_project("repository-uri: registry.example.test/team/demo\nnamespace: ml\n"
+                       "active-deadline-seconds: 3600\n")
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "-R", "time=2s", cwd=proj,
+                  env=k8s_env)
+    assert proc.returncode == 1, proc.stderr
+    assert_no_traceback(proc)
+    assert "training forever\n" in proc.stdout
+    # the config's deadline is overridden, said before the Job exists
+    err = proc.stderr
+    assert err.index("--backend-config key 'active-deadline-seconds' is 3600") < err.index("Created Job")
+    [job] = fake_cluster.created_jobs()
+    assert job["spec"]["activeDeadlineSeconds"] == 2
+    # stopped as Ctrl-C stops it: deleted in the foreground, its pods with it
+    [(path, policy)] = fake_cluster.deleted_jobs()
+    assert path.endswith("/" + job["metadata"]["name"]) and policy == "Foreground"
+    assert not fake_cluster.jobs and not fake_cluster.pods
+    run = store.only_run()
+    assert run.info.status == "FAILED"
+    assert err.strip().splitlines()[-1] == f"=== Run {run.info.run_id} failed: time limit 2s reached ==="
+    assert run.data.tags["mlexec.kubernetes.failure-reason"] == time_limit_reason(2) == "time limit 2s reached"
+    assert run.data.tags["mlexec.kubernetes.time-limit"] == "2"
+
+
+def test_deadline_exceeded_ends_with_the_same_words(mlexec, k8s_env, k8s_project, fake_cluster, store):
+    """The cluster kept the limit (activeDeadlineSeconds): its DeadlineExceeded says what the timer says."""
+    def scenario(c, ns, job):
+        pod = c.start_pod(ns, job)
+        c.log(ns, pod, "starting\n")
+        c.set_container(ns, pod, {"terminated": {"exitCode": 143, "reason": "Error"}})
+        c.job_condition(ns, job, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+
+    fake_cluster.scenario = scenario
+    proj = k8s_project()
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "-R", "time=1h30m", cwd=proj,
+                  env=k8s_env)
+    assert proc.returncode == 1, proc.stderr
+    assert_no_traceback(proc)
+    run = store.only_run()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"=== Run {run.info.run_id} failed: time limit 1h30m reached ==="
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlexec.kubernetes.failure-reason"] == time_limit_reason(5400)
+    assert fake_cluster.deleted_jobs() == []  # the cluster ended it; nothing to stop
+
+
+def test_deadline_exceeded_without_a_time_resource_names_the_config(mlexec, k8s_env, k8s_project, fake_cluster,
+                                                                    store):
+    from mlexec_k8s_double import failing
+
+    fake_cluster.scenario, expected = failing("deadline")
+    proj = k8s_project("repository-uri: registry.example.test/team/demo\nnamespace: ml\n"
+                       "active-deadline-seconds: 600\n")
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", cwd=proj, env=k8s_env)
+    assert proc.returncode == 1, proc.stderr
+    assert "ran longer than its activeDeadlineSeconds (600 s)" in proc.stderr and expected in proc.stderr
+
+
+def _detach(mlexec, k8s_env, proj, store, *args):
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "--detach", *args, cwd=proj,
+                  env=k8s_env)
+    assert proc.returncode == 0, proc.stderr
+    assert_no_traceback(proc)
+    run = store.only_run()
+    assert run.info.status == "RUNNING"
+    return run.info.run_id
+
+
+def test_an_attached_mlexec_keeps_the_time_limit_from_the_containers_start(mlexec, k8s_env, k8s_project,
+                                                                           fake_cluster, store):
+    def scenario(c, ns, job):
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pod = c.start_pod(ns, job, {"running": {"startedAt": started}})
+        c.log(ns, pod, "training forever\n")
+
+    fake_cluster.scenario = scenario
+    proj = k8s_project()
+    run_id = _detach(mlexec, k8s_env, proj, store, "-R", "time=3s")
+    assert store.client.get_run(run_id).data.tags["mlexec.kubernetes.time-limit"] == "3"
+    assert fake_cluster.wait_for(lambda c: bool(c.pods), 30)
+    attach = mlexec("attach", run_id, env=k8s_env)
+    assert attach.returncode == 1, attach.stderr
+    assert_no_traceback(attach)
+    assert "time limit 3s reached" in attach.stderr
+    [(path, policy)] = fake_cluster.deleted_jobs()
+    assert policy == "Foreground" and not fake_cluster.jobs and not fake_cluster.pods
+    run = store.client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlexec.failureReason"] == "time limit 3s reached"
+
+
+def test_logs_follow_does_not_stop_a_job_at_its_time_limit(mlexec, k8s_env, cli_env, k8s_project, fake_cluster,
+                                                           store):
+    """`mlexec logs -f` only looks: the limit is kept by the cluster and by whoever supervises the run."""
+    def scenario(c, ns, job):
+        pod = c.start_pod(ns, job, {"running": {"startedAt": "2026-01-01T00:00:01Z"}})  # long past its limit
+        c.log(ns, pod, "training forever\n")
+
+    fake_cluster.scenario = scenario
+    proj = k8s_project()
+    run_id = _detach(mlexec, k8s_env, proj, store, "-R", "time=1s")
+    assert fake_cluster.wait_for(lambda c: bool(c.pods), 30)
+    logs = subprocess.Popen([*MLEXEC, "logs", "-f", run_id], env={**cli_env, **k8s_env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        # its pod watch has seen the container running once its log is asked for
+        assert fake_cluster.wait_for(lambda c: c.log_requests(), 60)
+        [(namespace, name)] = list(fake_cluster.jobs)
+        [(_, pod)] = list(fake_cluster.pods)
+        fake_cluster.finish_pod(namespace, pod, 0)
+        fake_cluster.job_condition(namespace, name, "Complete")
+        out, err = logs.communicate(timeout=120)
+    finally:
+        if logs.poll() is None:
+            logs.kill()
+    assert "Traceback" not in err and "time limit" not in err
+    assert "training forever" in out
+    assert fake_cluster.deleted_jobs() == []
+
+
+def test_an_attached_job_reads_deadline_exceeded_as_its_time_limit(mlexec, k8s_env, k8s_project, fake_cluster,
+                                                                   store, in_process):
+    """What `mlexec attach`, `runs repair` and `cancel` pick up: the limit comes from the run's tag."""
+    from mlexec_core.plugin.interfaces import RunRecord, RunStatus
+
+    def scenario(c, ns, job):
+        c.start_pod(ns, job)
+        c.job_condition(ns, job, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+
+    fake_cluster.scenario = scenario
+    proj = k8s_project()
+    run_id = _detach(mlexec, k8s_env, proj, store, "-R", "time=45m")
+    assert fake_cluster.wait_for(
+        lambda cluster: any(cond.get("reason") == "DeadlineExceeded" for j in cluster.jobs.values()
+                            for cond in (j.get("status") or {}).get("conditions") or ()), 30)
+    tags = store.client.get_run(run_id).data.tags
+    job = in_process().backend("kubernetes").attach(RunRecord(run_id=run_id), tags)
+    assert job.time_limit == 2700
+    assert job.get_status() is RunStatus.FAILED
+    assert job.failure_reason == "time limit 45m reached"
+    # without the tag (a run from before it was written), the cluster's own words
+    del tags["mlexec.kubernetes.time-limit"]
+    job = in_process().backend("kubernetes").attach(RunRecord(run_id=run_id), tags)
+    assert job.get_status() is RunStatus.FAILED and "DeadlineExceeded" in job.failure_reason
