@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -491,3 +492,10 @@ def test_an_attached_job_reads_deadline_exceeded_as_its_time_limit(mlexec, k8s_e
     del tags["mlexec.kubernetes.time-limit"]
     job = in_process().backend("kubernetes").attach(RunRecord(run_id=run_id), tags)
     assert job.get_status() is RunStatus.FAILED and "DeadlineExceeded" in job.failure_reason
+
+
+def test_readme_and_backends_doc_name_the_gpu_type_label():
+    root = Path(__file__).resolve().parents[3]
+    for doc in (root / "plugins" / "mlexec-kubernetes" / "README.md", root / "docs" / "backends.md"):
+        text = doc.read_text()
+        assert "gpu-type-label" in text and DEFAULT_GPU_TYPE_LABEL in text, doc
