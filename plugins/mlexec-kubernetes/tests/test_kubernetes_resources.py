@@ -195,6 +195,10 @@ def test_a_template_with_its_own_dev_shm_gets_one_mount(job_for, tmp_path):
     assert _main(job)["volumeMounts"] == [{"name": "data", "mountPath": "/data"},
                                           {"name": "mlexec-shm", "mountPath": "/dev/shm"}]
     kubernetes_validate.validate(job, VERSIONS[-1], strict=True)
+    assert _conflicts({"shm": 2 * GIB}, {"kube-job-template-path": "shm.yaml"}, tmp_path) == [
+        "the Job template shm.yaml: spec.template.spec.containers[0].volumeMounts (/dev/shm) is volume 'dshm' "
+        "(emptyDir), but the resource shm=2G says otherwise and wins: /dev/shm is a memory-backed emptyDir of 2Gi; "
+        "to keep volume 'dshm' (emptyDir), run with -R shm=none"]
 
 
 # -- conflicts with the config: the resource wins, and says so --------------------------------
