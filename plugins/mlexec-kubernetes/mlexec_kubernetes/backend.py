@@ -17,8 +17,12 @@ from mlexec_kubernetes.cluster import (
     TRACKING_URI_VAR, Cluster, api_error, check_namespace, connect, context_namespace, is_connection_error,
 )
 from mlexec_kubernetes.config import KubernetesConfig, parse_config
-from mlexec_kubernetes.job import TAG_CONTAINER, TAG_CONTEXT, TAG_JOB, TAG_NAMESPACE, KubernetesJob
+from mlexec_kubernetes.job import (
+    TAG_CONTAINER, TAG_CONTEXT, TAG_JOB, TAG_NAMESPACE, TAG_TIME_LIMIT, KubernetesJob, time_limit_from_tag,
+    time_limit_tag,
+)
 from mlexec_kubernetes.manifest import build_job, dns_label, job_name, to_yaml
+from mlexec_kubernetes.resources import check as check_resources, conflicts as resource_conflicts
 
 #: The image builder the backend uses (from mlexec-docker).
 IMAGE_BUILDER = "docker"
@@ -59,7 +63,8 @@ class KubernetesBackend(Backend):
                                hint="only runs started with -b kubernetes can be attached")
         cluster = connect(tags.get(TAG_CONTEXT))
         return KubernetesJob(cluster, namespace, name, tags.get("mlflow.docker.image.uri", ""),
-                             tags.get(TAG_CONTAINER) or "", self.context.reporter, {}, output=run.output)
+                             tags.get(TAG_CONTAINER) or "", self.context.reporter, {}, output=run.output,
+                             time_limit=time_limit_from_tag(tags.get(TAG_TIME_LIMIT)), attached=True)
 
     def parse_config(self, config: Mapping[str, Any], base_dir: Path) -> KubernetesConfig:
         return parse_config(config, base_dir)
@@ -78,6 +83,15 @@ class KubernetesBackend(Backend):
         if config.namespace or template_ns:
             return config.namespace or template_ns
         return cluster.default_namespace if cluster else context_namespace(config.kube_context)
+
+    def check(self, plan: RunPlan) -> None:
+        """The resources the manifest cannot take are refused; those that override the config are said."""
+        self._check_resources(plan, self._config(plan))
+
+    def _check_resources(self, plan: RunPlan, config: KubernetesConfig) -> None:
+        check_resources(plan.resources, config)
+        for warning in resource_conflicts(plan.resources, config):
+            self.context.reporter.warning(warning)
 
     def prepare(self, plan: RunPlan, environment: PreparedEnvironment | None) -> Prepared:
         config = self._config(plan)
@@ -143,12 +157,15 @@ class KubernetesBackend(Backend):
         }
         if prepared.cluster.context:
             tags[TAG_CONTEXT] = prepared.cluster.context
+        if plan.resources.time is not None:  # so that an attached mlexec enforces it too
+            tags[TAG_TIME_LIMIT] = time_limit_tag(plan.resources.time)
         return KubernetesJob(prepared.cluster, prepared.namespace, name, prepared.pinned_image, container,
-                             self.context.reporter, tags, output=run.output)
+                             self.context.reporter, tags, output=run.output, time_limit=plan.resources.time)
 
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         """The Job manifest, without contacting the cluster or building anything."""
         config = self._config(plan)
+        self._check_resources(plan, config)
         namespace = self._namespace(config, None)
         placeholder = "<set when the run is created>"
         run = RunRecord(run_id=placeholder, env={"MLFLOW_RUN_ID": placeholder, "MLFLOW_EXPERIMENT_ID": placeholder,

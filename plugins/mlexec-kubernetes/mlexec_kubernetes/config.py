@@ -27,6 +27,11 @@ _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
+#: The node label a ``gpu-type`` resource selects on, unless the config's ``gpu-type-label`` names
+#: another: the one NVIDIA GPU feature discovery (part of the NVIDIA GPU Operator) puts on every
+#: GPU node, whose values are product names such as ``NVIDIA-A100-SXM4-80GB``.
+DEFAULT_GPU_TYPE_LABEL = "nvidia.com/gpu.product"
+
 _TOLERATION_OPERATORS = {"Exists", "Equal"}
 _TOLERATION_EFFECTS = {"NoSchedule", "PreferNoSchedule", "NoExecute"}
 
@@ -46,6 +51,10 @@ class KubernetesConfig:
     env: Mapping[str, str] = attrs.field(factory=dict)
     #: ``{"requests": {...}, "limits": {...}}``
     resources: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict)
+    #: Whether ``resources`` was written as ``{requests: ..., limits: ...}`` (else one mapping for both).
+    resources_split: bool = False
+    #: The node label a ``gpu-type`` resource becomes a ``nodeSelector`` entry of.
+    gpu_type_label: str = DEFAULT_GPU_TYPE_LABEL
     node_selector: Mapping[str, str] = attrs.field(factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     backoff_limit: int | None = None
@@ -77,6 +86,7 @@ class _KubernetesFile:
     image_pull_secrets: Any = setting("image-pull-secrets")
     env: Mapping[str, TextValue] = setting(factory=dict)
     resources: Any = setting()
+    gpu_type_label: NonEmpty | None = setting("gpu-type-label")
     node_selector: Mapping[str, TextValue] = setting("node-selector", factory=dict)
     tolerations: tuple[_Toleration, ...] = setting(default=())
     backoff_limit: int | None = setting("backoff-limit")
@@ -139,11 +149,23 @@ def _quantities(key: str, value: Any) -> dict[str, str]:
 def _resources(value: Any) -> dict[str, dict[str, str]]:
     if value is None:
         return {}
-    if isinstance(value, Mapping) and value and set(value) <= {"requests", "limits"}:
+    if _is_split(value):
         return {part: _quantities(f"resources.{part}", value[part]) for part in value}
     flat = _quantities("resources", value)
     # One set of numbers: request what the limit allows (GPUs must have requests == limits anyway).
     return {"requests": dict(flat), "limits": dict(flat)} if flat else {}
+
+
+def _is_split(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and set(value) <= {"requests", "limits"}
+
+
+def _label_key(key: str, value: str | None) -> str | None:
+    prefix, _, name = (value or "").rpartition("/")
+    if value is not None and (len(prefix) > 253 or len(name) > 63 or not _LABEL_KEY.match(value)):
+        raise UsageError(f"{_where(key)}: {shorten(repr(value))} is not a node label key",
+                         hint="for example nvidia.com/gpu.product or cloud.google.com/gke-accelerator")
+    return value
 
 
 def _tolerations(value: tuple[_Toleration, ...]) -> tuple[dict[str, Any], ...]:
@@ -258,7 +280,7 @@ def check_template(template: Mapping[str, Any], context: str) -> None:
     containers = pod.get("containers") or []
     if containers:
         main = containers[0]
-        for key in ("env", "args", "command"):
+        for key in ("env", "args", "command", "volumeMounts"):
             if main.get(key) is not None and not isinstance(main.get(key), list):
                 raise UsageError(f"spec.template.spec.containers[0].{key} must be a list", context=context)
         for index, item in enumerate(main.get("env") or []):
@@ -298,6 +320,8 @@ def parse_config(config: Mapping[str, Any], base_dir: Path) -> KubernetesConfig:
         image_pull_secrets=_pull_secrets(raw.image_pull_secrets),
         env=_names("env", raw.env, _ENV_NAME, "environment variable name"),
         resources=_resources(raw.resources),
+        resources_split=_is_split(raw.resources),
+        gpu_type_label=_label_key("gpu-type-label", raw.gpu_type_label) or DEFAULT_GPU_TYPE_LABEL,
         node_selector=_names("node-selector", raw.node_selector, _LABEL_KEY, "label key"),
         tolerations=_tolerations(raw.tolerations),
         backoff_limit=_at_least("backoff-limit", raw.backoff_limit, 0),

@@ -6,6 +6,13 @@ pods (to stream each pod's log as soon as its container starts, and to see
 why a pod fails: an image that cannot be pulled, OOMKilled, an exit code).
 A watch that ends or drops is resumed from the last resourceVersion it saw;
 when the server says that version is gone (410), the state is listed again.
+
+A run's ``time`` resource is the Job's ``activeDeadlineSeconds`` (the cluster's
+limit, which also holds while no mlexec watches), and mlexec keeps it too while it
+watches: from the moment the pod runs (for an attached Job, from its container's
+``startedAt``), to the second; at the limit the Job is deleted as Ctrl-C deletes
+it and the run ends FAILED with :func:`~mlexec_core.resources.time_limit_reason`,
+the words the Job's ``DeadlineExceeded`` also ends with.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime
 from typing import Any, Callable, Mapping, TextIO
 
 from mlexec_core.plugin.interfaces import Reporter, RunStatus, SubmittedJob
+from mlexec_core.resources import time_limit_reason
 
 from mlexec_kubernetes.cluster import Cluster, api_message
 
@@ -43,6 +52,29 @@ TAG_NAMESPACE = "mlexec.kubernetes.namespace"
 TAG_CONTEXT = "mlexec.kubernetes.context"
 TAG_CONTAINER = "mlexec.kubernetes.container"
 TAG_FAILURE = "mlexec.kubernetes.failure-reason"
+#: The run's ``time`` resource in seconds, for an mlexec that attaches to the Job later.
+TAG_TIME_LIMIT = "mlexec.kubernetes.time-limit"
+
+
+def time_limit_tag(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
+
+
+def time_limit_from_tag(text: str | None) -> float | None:
+    """The time limit :func:`time_limit_tag` wrote, or ``None`` (no tag, or not a number of seconds)."""
+    try:
+        seconds = float(text) if text else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds > 0 and seconds != float("inf") else None
+
+
+def _timestamp(text: Any) -> float | None:
+    """An RFC 3339 time of the API (``2026-01-01T00:00:01Z``) as seconds since the epoch."""
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _raw(response: Any) -> dict[str, Any]:
@@ -59,7 +91,7 @@ class KubernetesJob(SubmittedJob):
 
     def __init__(self, cluster: Cluster, namespace: str, name: str, image: str, container: str,
                  reporter: Reporter, tags: Mapping[str, str], out: TextIO | None = None,
-                 output: Any = None) -> None:
+                 output: Any = None, time_limit: float | None = None, attached: bool = False) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.name = name
@@ -73,6 +105,14 @@ class KubernetesJob(SubmittedJob):
         self.failure_reason: str | None = None
         self.exit_code: int | None = None
         self.cancelled = False
+        #: The run's ``time`` resource (seconds), kept while :meth:`wait` watches; ``None``: no limit.
+        self.time_limit = time_limit
+        #: Whether the time limit stopped the Job.
+        self.timed_out = False
+        #: Picked up again (``mlexec attach``): the pod may have run long before this mlexec saw it.
+        self.attached = attached
+        self._enforce = True
+        self._timer: threading.Timer | None = None
         self._deleting = False
         #: SCHEDULED, then RUNNING once a pod runs; the end is :attr:`settled`.
         self._status = RunStatus.SCHEDULED
@@ -90,7 +130,7 @@ class KubernetesJob(SubmittedJob):
         self._start_watching()
         while not self._done.wait(0.5):
             pass
-        if self.settled is not RunStatus.KILLED:
+        if self.settled is not RunStatus.KILLED and not self.timed_out:
             # A quick Job can end before the pod watch saw its container start: its log is still there.
             for pod in self._list_pods():
                 self._remember_pod(pod)
@@ -118,9 +158,10 @@ class KubernetesJob(SubmittedJob):
     def print_logs(self, follow: bool = False) -> None:
         """The Job's pod logs so far into the output (``mlexec logs``); with ``follow``, until the Job ends.
 
-        The run is not ended: whoever supervises it does that.
+        The run is not ended, nor is its time limit kept: whoever supervises it does that.
         """
         if follow:
+            self._enforce = False
             self.wait()
             return
         for pod in self._list_pods():
@@ -141,15 +182,18 @@ class KubernetesJob(SubmittedJob):
                 (self.out or sys.stdout).write(data.decode(errors="replace"))
 
     def cancel(self, signum: int | None = None) -> None:
-        from kubernetes.client.rest import ApiException
-
         with self._lock:
             if self.settled is not None and not self.cancelled:
                 return
             self.cancelled = True
-        # Foreground: the Job object goes only once its pods are gone; SIGKILL (a second
-        # Ctrl-C) asks for no grace period.
-        grace = 0 if signum == signal.SIGKILL else None
+        # SIGKILL (a second Ctrl-C) asks for no grace period.
+        self._stop(0 if signum == signal.SIGKILL else None)
+        self._settle(RunStatus.KILLED, "stopped by the user")
+
+    def _stop(self, grace: int | None) -> None:
+        """Delete the Job in the foreground: the Job object goes only once its pods are gone."""
+        from kubernetes.client.rest import ApiException
+
         try:
             self.cluster.batch().delete_namespaced_job(
                 self.name, self.namespace, propagation_policy="Foreground", grace_period_seconds=grace)
@@ -162,26 +206,67 @@ class KubernetesJob(SubmittedJob):
                                   f"delete it with: kubectl delete job -n {self.namespace} {self.name}")
         else:
             self.reporter.info(f"Deleted Job {self.namespace}/{self.name}; its pods are deleted with it")
-        self._settle(RunStatus.KILLED, "stopped by the user")
+
+    # -- the time limit -----------------------------------------------------------------
+
+    def _start_clock(self, running: Mapping[str, Any]) -> None:
+        """Keep the time limit from now on: the pod runs (``running``: its container's running state)."""
+        if self.time_limit is None or not self._enforce or self.settled is not None:
+            return
+        elapsed = 0.0
+        if self.attached:  # it may have run for a while without us: count from the container's start
+            started = _timestamp(running.get("startedAt"))
+            if started is not None:
+                elapsed = max(0.0, time.time() - started)
+        with self._lock:
+            if self._timer is not None:
+                return
+            self._timer = threading.Timer(max(0.0, self.time_limit - elapsed), self._time_is_up)
+            self._timer.name = f"mlexec-k8s-time-limit-{self.name}"
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _time_is_up(self) -> None:
+        """The time limit has passed while the Job runs: stop it as a cancel does, and fail the run."""
+        with self._lock:
+            if self.settled is not None or self.cancelled or self.time_limit is None:
+                return
+            self.timed_out = True
+            self._deleting = True
+        reason = time_limit_reason(self.time_limit)
+        self.reporter.warning(f"{reason}: stopping Job {self.namespace}/{self.name}")
+        self._stop(None)
+        self._settle(RunStatus.FAILED, reason, exact=True)
 
     # -- state --------------------------------------------------------------------------
 
-    def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> None:
-        """:meth:`settle`, with a failure's reason naming the Job and tagged; then wake :meth:`wait`."""
-        if status is RunStatus.FAILED:
+    def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None,
+                exact: bool = False) -> None:
+        """:meth:`settle`, with a failure's reason naming the Job (unless ``exact``: a reason worded the
+        same on every backend) and tagged; then wake :meth:`wait`."""
+        if status is RunStatus.FAILED and not exact:
             reason = f"{reason or 'the Job failed'} [Job {self.namespace}/{self.name}, image {self.image}]"
         if self.settle(status, reason, exit_code):
             if status is RunStatus.FAILED:
                 self.tags[TAG_FAILURE] = reason
+            timer = self._timer
+            if timer is not None:
+                timer.cancel()
             self._done.set()
 
     def _on_job(self, job: Mapping[str, Any]) -> None:
+        if self.timed_out:  # mlexec is stopping it: the run ends with the time limit's reason
+            return
         status = job.get("status") or {}
         for condition in status.get("conditions") or ():
             if condition.get("status") != "True":
                 continue
             if condition.get("type") == "Complete":
                 self._settle(RunStatus.FINISHED, exit_code=0)
+                return
+            if condition.get("type") == "Failed" and condition.get("reason") == "DeadlineExceeded" \
+                    and self.time_limit is not None:  # the cluster kept the run's time limit
+                self._settle(RunStatus.FAILED, time_limit_reason(self.time_limit), exact=True)
                 return
             if condition.get("type") == "Failed":
                 reason, code = self._explain_failure(job, condition)
@@ -244,8 +329,8 @@ class KubernetesJob(SubmittedJob):
                 code = terminated.get("exitCode")
                 reason = terminated.get("reason") or ""
                 if reason == "OOMKilled":
-                    return (f"the container ran out of memory (OOMKilled, exit code {code}); raise "
-                            "resources.memory in the backend config", code)
+                    return (f"the container ran out of memory (OOMKilled, exit code {code}); raise its memory "
+                            "(-R memory=..., or resources.memory in the backend config)", code)
                 if code not in (None, 0):
                     extra = f" ({reason})" if reason and reason not in ("Error", "Completed") else ""
                     msg = terminated.get("message")
@@ -289,6 +374,8 @@ class KubernetesJob(SubmittedJob):
             with self._lock:
                 if self._status is RunStatus.SCHEDULED:
                     self._status = RunStatus.RUNNING
+            if state.get("running"):
+                self._start_clock(state["running"])
             self._stream_logs(name)
 
     def _fail_fast(self, reason: str) -> None:
@@ -462,7 +549,7 @@ class KubernetesJob(SubmittedJob):
 
     def _finish_logs(self) -> None:
         """Let the log streams print what is left (a finished container's log ends by itself)."""
-        deadline = time.monotonic() + (2 if self.settled is RunStatus.KILLED else 15)
+        deadline = time.monotonic() + (2 if self.settled is RunStatus.KILLED or self.timed_out else 15)
         for thread in list(self._log_threads.values()):
             thread.join(max(0.0, deadline - time.monotonic()))
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from mlexec_core.plugin.interfaces import RunPlan
 
 from mlexec_kubernetes.config import KubernetesConfig
+from mlexec_kubernetes.resources import apply as apply_resources
 
 #: Labels on the Job and its pods.
 RUN_LABEL = "mlexec.run-id"
@@ -63,8 +64,10 @@ def build_job(plan: RunPlan, config: KubernetesConfig, *, name: str, namespace: 
     ``MLFLOW_*`` and the config's ``env``); they replace same-named ones of the template.
 
     What the run needs (name, namespace, image, command, variables) always wins
-    over the template; settings from the config win over the template's; the
-    rest of the template (volumes, init containers, annotations ...) is kept.
+    over the template; settings from the config win over the template's, and the
+    run's resources (``plan.resources``) over both
+    (:mod:`mlexec_kubernetes.resources`); the rest of the template (volumes, init
+    containers, annotations ...) is kept.
     """
     job = copy.deepcopy(dict(config.job_template)) if config.job_template else {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {}, "spec": {}}
@@ -121,6 +124,7 @@ def build_job(plan: RunPlan, config: KubernetesConfig, *, name: str, namespace: 
         main["resources"] = resources
         for part, values in config.resources.items():
             resources[part] = {**(resources.get(part) or {}), **values}
+    apply_resources(job, plan.resources, config)
     return job
 
 

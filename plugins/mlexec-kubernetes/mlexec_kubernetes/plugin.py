@@ -10,5 +10,6 @@ def mlexec_backends():
     return [Registration(
         kind="backend", name="kubernetes", path="mlexec_kubernetes.backend:KubernetesBackend",
         capabilities={"detachable"},
+        resources={"cpus", "memory", "gpus", "gpu-type", "shm", "time"},
         description="runs the project as a Kubernetes Job (image built and pushed with mlexec-docker)",
     )]
