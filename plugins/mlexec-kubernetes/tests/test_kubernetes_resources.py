@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from mlexec_core.errors import UsageError
+from mlexec_core.pipeline.options import RunOptions
 from mlexec_core.pipeline.resolve import resolve_plan
 from mlexec_core.plugin.manager import build_plugins
 from mlexec_core.resources import Resources, time_limit_reason
@@ -53,8 +54,8 @@ def job_for(project, tmp_path):
         if config.get("kube-job-template-path") == "TEMPLATE":
             config["kube-job-template-path"] = str(template)
         plugins = build_plugins(entry_points=False, extra=[("kubernetes", kubernetes_plugin)])
-        plan = resolve_plan(plugins, str(root), backend="kubernetes", backend_config=config, resources=resources,
-                            cwd=root)
+        plan = resolve_plan(plugins, RunOptions(uri=str(root), backend="kubernetes", backend_config=config,
+                                                resources=resources), cwd=root)
         job = build_job(plan, plan.backend_config, name=job_name("Demo", "f" * 32), namespace=NS, image=IMAGE,
                         env={"MLFLOW_RUN_ID": "f" * 32}, run_id="f" * 32)
         return job, plan
