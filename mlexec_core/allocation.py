@@ -262,6 +262,21 @@ def capacity(resources: Resources, environ: Mapping[str, str] | None = None) -> 
     return min(bounds) if bounds else None
 
 
+def describe_allocation(allocation: Allocation | None) -> str:
+    """What a job got, for a run's header and a sweep's live view: ``GPUs 0,1; cores 2-3; memory 16G``
+    (``""`` for ``None`` or an empty allocation)."""
+    if allocation is None:
+        return ""
+    parts = []
+    if allocation.gpus:
+        parts.append(f"GPU{'s' if len(allocation.gpus) > 1 else ''} {','.join(allocation.gpus)}")
+    if allocation.cores:
+        parts.append(f"core{'s' if len(allocation.cores) > 1 else ''} {_ranges(allocation.cores)}")
+    if allocation.memory:
+        parts.append(f"memory {format_size(allocation.memory)}")
+    return "; ".join(parts)
+
+
 def job_environment(allocation: Allocation, env: Mapping[str, str]) -> dict[str, str]:
     """The variables a job with ``allocation`` gets on top of ``env`` (its environment so far):
     ``CUDA_VISIBLE_DEVICES`` (its devices) when it got GPUs, and ``OMP_NUM_THREADS``/
@@ -526,7 +541,9 @@ class LeaseStore:
         holder = lease.get("holder")
         if holder and _process_alive(holder, lease.get("holder_start")):
             return f"pid {holder}" if holder != self._me else "this mlexec"
-        return f"the job of a gone mlexec (process group {lease.get('pgid')})"
+        if holder:
+            return f"the job of a gone mlexec (process group {lease.get('pgid')})"
+        return f"what is left of an ended job (process group {lease.get('pgid')})"
 
     def withdraw(self, ticket: str) -> None:
         """Take ``ticket`` out of the queue (its job stopped waiting)."""
