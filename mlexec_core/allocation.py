@@ -534,7 +534,8 @@ class LeaseStore:
             used = sum(int(lease.get("memory") or 0) for lease in leases)
             parts.append(f"memory {_gigabytes(used)} of {_gigabytes(total)} held")
         if ahead is not None:
-            parts.append(f"after an earlier request of pid {ahead.get('holder')}")
+            who = "this mlexec" if ahead.get("holder") == self._me else f"pid {ahead.get('holder')}"
+            parts.append(f"after an earlier request of {who}")
         return f"waiting for {request.describe()} ({'; '.join(parts)})"
 
     def _holder(self, lease: Mapping[str, Any]) -> str:

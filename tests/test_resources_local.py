@@ -352,3 +352,31 @@ def test_no_resources_leaves_the_machine_alone(rec, mlexec, tmp_path):
     mlexec(*args(folder, "none", "gpus=0"), env=env, check=0)  # no GPU at all, and nothing to lease
     assert records(out)["none"]["cuda"] == ""
     assert not (tmp_path / "state").exists()
+
+
+def test_the_lease_store_counts_a_lease_by_its_mlexec_and_its_job(tmp_path):
+    """In one process: a lease of a pid that was reused (another start time) with no job left
+    is free; a lease whose mlexec is gone but whose job's process group still runs is held."""
+    from mlexec_core.allocation import GpuPool, Grant, LeaseStore, Request
+
+    path = tmp_path / "leases.json"
+    job = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        path.write_text(json.dumps({"queue": [], "leases": [
+            {"id": "reused", "holder": os.getpid(), "holder_start": "1", "pgid": None, "mark": None,
+             "gpus": ["0"], "cores": [], "memory": 0, "cgroup": None, "since": 0},
+            {"id": "orphan", "holder": 2 ** 22 + 1, "holder_start": "1", "pgid": job.pid, "mark": None,
+             "gpus": ["1"], "cores": [], "memory": 0, "cgroup": None, "since": 0}]}))
+        store = LeaseStore(path)
+        pool = GpuPool(("0", "1"), "CUDA_VISIBLE_DEVICES")
+        grant = store.acquire(Request(gpus=1), "t1", pool=pool)
+        assert isinstance(grant, Grant) and grant.allocation.gpus == ("0",)
+        why = store.acquire(Request(gpus=1), "t2", pool=pool)
+        assert why.startswith("waiting for 1 GPU (pool 0,1: ") and "0 held by this mlexec" in why
+        assert f"1 held by the job of a gone mlexec (process group {job.pid})" in why
+        store.release(grant.lease)
+        assert store.acquire(Request(gpus=1), "t2", pool=pool).allocation.gpus == ("0",)
+    finally:
+        job.kill()
+        job.wait()
+    assert [lease["gpus"] for lease in LeaseStore(path).leases()] == [["0"]]  # the orphan's group is gone
