@@ -491,7 +491,7 @@ class LeaseStore:
                 free_gpus = [g for g in entry["pool"] if g not in held_gpus and g not in taken_gpus]
                 free_cores = [c for c in entry["machine_cores"] if c not in held_cores and c not in taken_cores]
                 fits = (len(free_gpus) >= entry["gpus"] and len(free_cores) >= entry["cores"]
-                        and (not entry["memory"]
+                        and (not entry["memory"] or not entry["machine_memory"]  # (no MemTotal: not admitted)
                              or held_memory + taken_memory + entry["memory"] <= entry["machine_memory"]))
                 if entry is mine:
                     break

@@ -235,6 +235,15 @@ def test_an_mlexec_killed_with_sigkill_gives_its_devices_back_once_its_job_is_go
     assert_store_empty(tmp_path)
 
 
+def test_a_run_past_its_time_limit_ends_failed_and_gives_its_devices_back(rec, mlexec, store, tmp_path):
+    folder, out, env = rec
+    proc = mlexec(*args(folder, "late", "gpus=2", "cpus=1", "time=1s", hold="never"), env=env, check=1)
+    assert "time limit 1s reached" in proc.stderr, proc.stderr
+    assert_no_traceback(proc)
+    assert [(r.info.status, r.data.tags.get("mlexec.gpus")) for r in store.runs()] == [("FAILED", "0,1")]
+    assert_store_empty(tmp_path)
+
+
 def test_more_gpus_than_the_pool_is_refused_before_any_run(rec, mlexec, store, tmp_path):
     folder, out, env = rec
     proc = mlexec(*args(folder, "big", "gpus=5"), env=env, check=2)
