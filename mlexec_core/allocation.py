@@ -650,6 +650,21 @@ def enter_cgroup_prefix(folder: Path) -> str:
     return f"echo $$ > {shlex.quote(str(folder / 'cgroup.procs'))} || exit 125; "
 
 
+def oom_kills(folder: str | Path) -> int:
+    """How many processes the kernel killed in cgroup ``folder`` for going over its memory
+    (``oom_kill`` of ``memory.oom_control`` on v1, of ``memory.events`` on v2); 0 if unknown."""
+    for name in ("memory.oom_control", "memory.events"):
+        try:
+            text = (Path(folder) / name).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return 0
+
+
 def remove_cgroup(folder: str | Path) -> bool:
     """Remove a job's cgroup (empty once its processes are gone); ``False`` if it is still in use."""
     try:

@@ -327,6 +327,23 @@ COUNT_DEVICES = (
     "cuda.cuDeviceGetCount(ctypes.byref(n)); print(n.value)")
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").is_file(),
+                    reason="needs root on cgroup v1, where mlexec makes a memory cgroup per job")
+def test_a_job_over_its_memory_is_killed_in_its_cgroup_and_says_so(project, mlexec, store, tmp_path):
+    folder = project("""
+        name: hog
+        entry_points:
+          main:
+            command: python -c "b = bytearray(256 * 1024 * 1024); print('survived')"
+    """)
+    proc = mlexec("run", folder, "--env-manager", "local", "-R", "memory=64M",
+                  env={"XDG_STATE_HOME": str(tmp_path / "state")}, check=1)
+    assert "survived" not in proc.stdout
+    assert "out of memory: the job went over its memory=64M and the kernel killed it" in proc.stderr, proc.stderr
+    assert [r.info.status for r in store.runs()] == ["FAILED"]
+    assert_store_empty(tmp_path)
+
+
 @pytest.mark.skipif(os.environ.get("MLEXEC_TEST_GPUS") != "1",
                     reason="needs a machine with real GPUs: set MLEXEC_TEST_GPUS=1 there")
 def test_real_gpus_each_run_sees_exactly_its_own_device(project, mlexec_background, tmp_path):

@@ -248,9 +248,18 @@ class AllocatedJob(SubmittedJob):
         self.store.release(self.lease)
 
     def _ended(self, status: RunStatus) -> RunStatus:
-        self._release()
+        """Settle as the command ended (the kernel's memory kill named as such); give the lease back."""
         inner = self.inner
-        self.settle(status, inner.failure_reason if inner else None, exit_code=inner.exit_code if inner else None)
+        reason = inner.failure_reason if inner else None
+        if status is RunStatus.FAILED and self.cgroup is not None and not (inner and inner.timed_out):
+            from mlexec_core.allocation import oom_kills
+            from mlexec_core.resources import format_size
+
+            if oom_kills(self.cgroup):
+                reason = (f"out of memory: the job went over its memory={format_size(self.allocation.memory)} "
+                          f"and the kernel killed it ({reason})")
+        self._release()
+        self.settle(status, reason, exit_code=inner.exit_code if inner else None)
         return self.settled or status
 
     # -- SubmittedJob -----------------------------------------------------------------
@@ -261,8 +270,9 @@ class AllocatedJob(SubmittedJob):
             return self.settled or RunStatus.FAILED
         try:
             status = self.inner.wait()
-        finally:
+        except BaseException:
             self._release()
+            raise
         return self._ended(status)
 
     def get_status(self) -> RunStatus:
