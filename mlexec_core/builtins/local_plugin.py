@@ -10,7 +10,8 @@ from mlexec_core.plugin import Registration, hookimpl
 @hookimpl
 def mlexec_backends():
     return [Registration(
-        kind="backend", name="local", path="mlexec_core.builtins.local:LocalBackend", resources={"time"},
+        kind="backend", name="local", path="mlexec_core.builtins.local:LocalBackend",
+        resources={"cpus", "memory", "gpus", "time"},
         description="runs on this machine, output streamed to the terminal and kept with the run",
     )]
 

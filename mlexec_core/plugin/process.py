@@ -14,12 +14,13 @@ Plugins import these from :mod:`mlexec_core.plugin.interfaces`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from mlexec_core.pipeline.plan import RunStatus
 from mlexec_core.pipeline.stopping import STOP_TIMEOUT_VAR, stop_timeout  # noqa: F401  (public here for plugins)
@@ -125,14 +126,16 @@ class ProcessLauncher(Launcher):
         piped = spec.output is not None
         if piped:
             env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = subprocess.Popen(
-            [*shell(), spec.command],
-            cwd=spec.cwd,
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.PIPE if piped else None,
-            stderr=subprocess.PIPE if piped else None,
-        )
+        cores = spec.allocation.cores if spec.allocation is not None else ()
+        with _pinned(cores):
+            proc = subprocess.Popen(
+                [*shell(), spec.command],
+                cwd=spec.cwd,
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.PIPE if piped else None,
+                stderr=subprocess.PIPE if piped else None,
+            )
         from mlexec_core import reaper
 
         reaper.watch_group(proc.pid)  # stopped even if mlexec itself is killed (kill -9, OOM)
@@ -140,6 +143,20 @@ class ProcessLauncher(Launcher):
         if piped:
             pumps = (spec.output.pump(proc.stdout, "stdout"), spec.output.pump(proc.stderr, "stderr"))
         return ProcessExecution(proc, pumps)
+
+
+@contextlib.contextmanager
+def _pinned(cores: tuple[int, ...]) -> Iterator[None]:
+    """This thread pinned to ``cores`` (if any) while the block runs: what it forks inherits them."""
+    if not cores:
+        yield
+        return
+    previous = os.sched_getaffinity(0)  # pid 0: the calling thread, not the whole of mlexec
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
 
 
 class ExecutionJob(SubmittedJob):
