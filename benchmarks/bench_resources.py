@@ -123,7 +123,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLEXEC_"))}
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(DEVICES)
-        env["MLEXEC_STATE_HOME"] = str(tmp / "state")  # leases of this benchmark only
+        env["XDG_STATE_HOME"] = str(tmp / "state")  # the leases of this benchmark only
         project = tmp / "uneven"
         project.mkdir()
         (project / "child.py").write_text(CHILD)

@@ -406,3 +406,42 @@ def test_the_lease_store_counts_a_lease_by_its_mlexec_and_its_job(tmp_path):
         job.kill()
         job.wait()
     assert [lease["gpus"] for lease in LeaseStore(path).leases()] == [["0"]]  # the orphan's group is gone
+
+
+def test_a_sweep_shares_the_pool_without_collisions_and_shows_each_childs_devices(rec, mlexec, store, tmp_path):
+    """Six children asking for a GPU each, on a pool of four: never more than four at once (the
+    machine's room bounds --max-parallel), no two running children on one device."""
+    folder, out, env = rec
+    proc = mlexec("sweep", folder, "--env-manager", "local", "-P", "name=c0,c1,c2,c3,c4,c5", "-P", "barrier=4",
+                  "-R", "gpus=1", "--max-parallel", "6", env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert_no_traceback(proc)
+    assert "at most 4 children at once: this machine has room for 4 with gpus=1 each" in proc.stderr
+    assert "at most 4 at once" in proc.stderr
+    got = records(out)
+    assert sorted(got) == [f"c{i}" for i in range(6)]
+    for name, record in got.items():
+        assert record["cuda"] in POOL, record
+    names = sorted(got)
+    for x, a in enumerate(names):
+        for b in names[x + 1:]:
+            if overlap(got[a], got[b]):
+                assert got[a]["cuda"] != got[b]["cuda"], f"{a} and {b} ran at the same time on {got[a]['cuda']}"
+    # the first four waited for each other (barrier=4): four devices were in use at once
+    assert len({got[f"c{i}"]["cuda"] for i in range(4)}) == 4
+    children = [r for r in store.runs() if r.data.tags.get("mlexec.sweep") != "parent"]
+    assert {r.data.params["name"]: r.data.tags["mlexec.gpus"] for r in children} == \
+        {name: record["cuda"] for name, record in got.items()}
+    for name, record in got.items():  # each child's line says where it ran (piped: one line per child)
+        line = next(x for x in proc.stderr.splitlines() if f"name={name} " in x)
+        assert line.endswith(f"(GPU {record['cuda']})"), line
+    assert_store_empty(tmp_path)
+
+
+def test_mlexec_run_says_what_it_asked_for_and_what_it_got(rec, mlexec, tmp_path):
+    folder, out, env = rec
+    proc = mlexec(*args(folder, "one", "gpus=2", "cpus=1"), env=env, check=0)
+    got = records(out)["one"]
+    assert "    resources: cpus=1, gpus=2" in proc.stderr, proc.stderr
+    assert len(got["affinity"]) == 1
+    assert f"    on GPUs {got['cuda']}; core {got['affinity'][0]}" in proc.stderr, proc.stderr

@@ -169,8 +169,11 @@ class AllocatedJob(SubmittedJob):
         return None
 
     def _wait_for_lease(self) -> None:
+        import time
+
         from mlexec_core.allocation import wait_for_release
 
+        asked = time.monotonic()
         try:
             while True:
                 with self._lock:
@@ -181,7 +184,7 @@ class AllocatedJob(SubmittedJob):
                         return
                     grant = self._ask()
                     if grant is not None:
-                        self._start(grant)
+                        self._start(grant, waited=time.monotonic() - asked)
                         break
                 wait_for_release()
         except BaseException as exc:  # noqa: BLE001  (the job ends FAILED; nothing is left held)
@@ -193,7 +196,7 @@ class AllocatedJob(SubmittedJob):
             self._begun.set()
         self._report(RunStatus.RUNNING)
 
-    def _start(self, grant) -> None:
+    def _start(self, grant, waited: float | None = None) -> None:
         """Start the command with what ``grant`` holds (under ``self._lock``); on any error the lease is released."""
         from mlexec_core import allocation
         from mlexec_core.resources import format_size
@@ -217,6 +220,9 @@ class AllocatedJob(SubmittedJob):
                     note = (f"mlexec: memory {format_size(got.memory)} is admission only here, "
                             f"not enforced: {why}\n")
             spec = attrs.evolve(self.spec, command=command, env=env, added=added, allocation=got)
+            if waited is not None and (got.gpus or got.cores):
+                note = (note or "") + (f"mlexec: starting on {allocation.describe_allocation(got)} "
+                                       f"after waiting {waited:.1f}s\n")
             if note and spec.output is not None:
                 spec.output.write(note.encode(), "stderr")
             execution = self.launcher.start(spec)

@@ -164,9 +164,16 @@ def _run_plan(terminal, plugins, plan, stopper: _Stopper, detach: bool = False) 
     def announce(run) -> None:  # before the job starts, so its first lines come after
         where = f" (experiment {run.experiment_id})" if run.experiment_id else ""
         terminal.info(f"=== Run {run.run_id}{where}: {plan.command} ===")
+        if plan.resources:
+            terminal.info(f"    resources: {plan.resources}")
 
     submitted = start(plugins, plan, prepared, announce=announce)
     stopper.started(submitted)
+    got = getattr(submitted.job, "allocation", None)
+    if got is not None:  # what this machine gave it (a job that waits says so in its output)
+        from mlexec_core.allocation import describe_allocation
+
+        terminal.info(f"    on {describe_allocation(got)}")
     if detach:
         return _detach(terminal, plugins, submitted)
     submitted.wait()

@@ -46,6 +46,8 @@ class SubmittedRun:
         #: Pids of the job's processes that were still running on this machine when the job
         #: ended, and that mlexec stopped (the stop contract, :mod:`mlexec_core.pipeline.stopping`).
         self.left_behind: list[int] = []
+        #: The job's tags as written to the run so far.
+        self._tags_written: dict[str, str] = {}
 
     @property
     def run_id(self) -> str:
@@ -129,9 +131,21 @@ class SubmittedRun:
         return self.run.output
 
     def _report_status(self, status: RunStatus) -> None:
-        """A queued job started, or a started one was queued again (SubmittedJob.report_status)."""
+        """A queued job started, or a started one was queued again (SubmittedJob.report_status).
+        A job that started after waiting has its tags now (the devices it got): they are written."""
         if self._status is None:
             self.plugins.run_status(run=self.run, plan=self.plan, status=status)
+            if status is RunStatus.RUNNING:
+                self._write_job_tags()
+
+    def _write_job_tags(self) -> None:
+        """The job's tags not written yet (each once: a tag write is a store round trip)."""
+        tags = dict(self.job.tags)
+        with self._lock:
+            new = {k: v for k, v in tags.items() if self._tags_written.get(k) != v}
+            self._tags_written.update(new)
+        if new:
+            self.plugins.run_tags(run=self.run, tags=new)
 
     def _finish(self, status: RunStatus, reason: str | None) -> None:
         """Record the end once; a second ``wait()`` (the API's watcher thread and the
@@ -147,8 +161,7 @@ class SubmittedRun:
             self._recorded.wait()
             return
         try:
-            if self.job.tags:
-                self.plugins.run_tags(run=self.run, tags=dict(self.job.tags))
+            self._write_job_tags()
             _finish_run(self.plugins, self.run, self.plan, status, reason)
         finally:
             self._recorded.set()
@@ -261,6 +274,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
             _finish_run(plugins, run, plan, status, f"{type(exc).__name__}: {exc}".rstrip(": "))
         raise
     submitted = SubmittedRun(plugins, plan, run, job, environment)
+    submitted._tags_written = dict(job.tags)
     plugins.run_started(run=run, plan=plan)
     job.status_listener = lambda status: submitted._report_status(status)
     return submitted
@@ -311,6 +325,7 @@ def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: 
     started = []
     for plan, run, job in zip(plans, runs, jobs):
         submitted = SubmittedRun(plugins, plan, run, job, environment)
+        submitted._tags_written = dict(job.tags)
         plugins.run_started(run=run, plan=plan)
         job.status_listener = submitted._report_status
         started.append(submitted)

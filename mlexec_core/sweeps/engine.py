@@ -51,6 +51,17 @@ def default_parallelism(backend: Any) -> int:
     return REMOTE_DEFAULT_PARALLEL
 
 
+def machine_capacity(plan: RunPlan) -> int | None:
+    """How many children of ``plan``'s resources this machine runs at once, for the local backend
+    (``None``: no bound from resources).  Children beyond it would only wait for their share."""
+    if plan.backend != "local" or not (plan.resources.gpus or plan.resources.cpus or plan.resources.memory):
+        return None
+    from mlexec_core.allocation import capacity
+
+    fits = capacity(plan.resources)
+    return None if fits is None else max(1, fits)
+
+
 def entry_point_fingerprint(plan: RunPlan) -> dict[str, Any]:
     ep = plan.entry_point
     return {"name": ep.name, "command": ep.command,
@@ -188,6 +199,13 @@ def plan_sweep(plugins, options: RunOptions, spec: SweepSpec, *, strategy: str |
         while (params := strat.ask()) is not None:
             children.append((dict(params), child_plan(base, params, cwd, backend_obj)))
     parallel = spec.max_parallel or default_parallelism(plugins.backend(base.backend))
+    fits = machine_capacity(base)
+    if fits is not None and fits < parallel:
+        if spec.max_parallel:
+            plugins.context.reporter.info(
+                f"at most {fits} children at once: this machine has room for {fits} with "
+                f"{base.resources} each (--max-parallel {spec.max_parallel})")
+        parallel = fits
     local = os.path.join(cwd, uri)
     backend_config = options.backend_config
     if isinstance(backend_config, str) and os.path.isfile(os.path.join(cwd, backend_config)):

@@ -28,6 +28,19 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
+def child_allocation(child: Child) -> str:
+    """What this machine gave a running child (``GPUs 2; cores 1``), or what it waits for."""
+    submitted = child.submitted
+    job = getattr(submitted, "job", None)
+    allocation = getattr(job, "allocation", None)
+    if allocation is not None:
+        from mlexec_core.allocation import describe_allocation
+
+        return describe_allocation(allocation)
+    reason = getattr(job, "pending_reason", None)
+    return "waiting" if reason else ""
+
+
 def _metric(sweep: Sweep, child: Child) -> str:
     if not sweep.spec.metric:
         return ""
@@ -74,9 +87,10 @@ class TerminalView(Events):
         self.ended_count += 1
         if self.live is None:
             total = sweep.queued_total
+            got = child_allocation(child)
             self.terminal.info(f"[{self.ended_count}/{total}] {child.status.lower()}: child {child.number} "
                                f"{params_text(child.params)}{_metric(sweep, child)}  {format_duration(child.duration)}  "
-                               f"run {child.run_id}")
+                               f"run {child.run_id}" + (f"  ({got})" if got and got != "waiting" else ""))
         self.tick(sweep)
 
     def child_failed(self, sweep: Sweep, child: Child, retrying: bool) -> None:
@@ -120,6 +134,9 @@ class TerminalView(Events):
         running = sorted(list(sweep.running.values()), key=lambda ch: ch.number)
         for child in running[:20]:
             label = f"#{child.number} {params_text(child.params, 40)} {format_duration(child.duration)}"
+            got = child_allocation(child)
+            if got:
+                label += f" [{got}]"
             last = child.last_line.strip()
             text = Text(label, style="bold")
             if last:

@@ -152,8 +152,9 @@ def store(tmp_path, template_db, mlflow_client_cls) -> Store:
 def cli_env(store, tmp_path):
     """The CLI's environment: this process's, less ``MLFLOW_*``, ``MLEXEC_*`` and
     ``NO_COLOR``; plus ``MLFLOW_TRACKING_URI`` (``store``), ``MLEXEC_STOP_TIMEOUT=5``,
-    ``PYTHONPATH`` with the repository root first, ``XDG_CACHE_HOME`` (``tmp_path/.cache``)
-    and ``TMPDIR`` (``tmp_path/.tmp``)."""
+    ``PYTHONPATH`` with the repository root first, ``XDG_CACHE_HOME`` (``tmp_path/.cache``),
+    ``XDG_STATE_HOME`` (``tmp_path/.state``: the local backend's leases of GPUs and cores are
+    the test's own) and ``TMPDIR`` (``tmp_path/.tmp``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLEXEC_"))}
     env["MLFLOW_TRACKING_URI"] = store.uri
     env["MLEXEC_STOP_TIMEOUT"] = "5"
@@ -161,7 +162,7 @@ def cli_env(store, tmp_path):
     env.pop("NO_COLOR", None)
     # Caches (the YAML parse cache, environments, sources) and temporary files stay
     # in the test's own folder, never in ~/.cache or /tmp of the machine.
-    for var, name in (("XDG_CACHE_HOME", ".cache"), ("TMPDIR", ".tmp")):
+    for var, name in (("XDG_CACHE_HOME", ".cache"), ("XDG_STATE_HOME", ".state"), ("TMPDIR", ".tmp")):
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
         env[var] = str(folder)
