@@ -11,7 +11,8 @@ measurement:
 * Hydra's multirun on the joblib launcher at ``n_jobs=4``, which cannot pin
   devices: every job sees all four and a CUDA program would use the first.
 
-Every child records its start, its end (its own clock) and the device a CUDA
+Every child records its start (its process's start time, as the kernel keeps it:
+its own start-up is the child's), its end (its own clock) and the device a CUDA
 program in it would use (the first of its ``CUDA_VISIBLE_DEVICES``).  A device
 is busy while at least one child uses it (two children on one device do not
 make it busier), so
@@ -48,7 +49,10 @@ DEVICES = ["0", "1", "2", "3"]
 #: What each child does, for both tools: record, hold the device, record.
 CHILD = """\
 import json, os, sys, time
-start = time.time()
+# the device is the child's from the moment its process exists (its own start-up included):
+# the process's start time, from the kernel (clock ticks since boot, on CLOCK_BOOTTIME)
+ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+start = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + ticks / os.sysconf("SC_CLK_TCK")
 devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 i, out = int(sys.argv[1]), sys.argv[2]
 duration = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "durations.json")))[i]
@@ -114,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     mlexec_bin, _ = tools()
     rng = random.Random(7)
-    durations = [round(rng.uniform(0.5, 3.0), 2) for _ in range(args.children)]
+    durations = [round(rng.uniform(1.0, 5.0), 2) for _ in range(args.children)]
     n = len(durations)
     pool = len(DEVICES)
 

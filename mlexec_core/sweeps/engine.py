@@ -292,6 +292,8 @@ class Child:
         #: True for a child started through the backend's native fan-out (``Backend.submit_many``).
         self.fanned = False
         self.duration_earlier: float | None = None
+        #: Its job is over (nothing of it runs); its end may still be being recorded.
+        self.job_done = False
 
     @property
     def duration(self) -> float | None:
@@ -548,7 +550,7 @@ class Sweep:
                               for number, (params, plan) in planned if number not in done_numbers], cwd)
             exhausted = True  # retries, if any, are started one by one below, within the bound
         while True:
-            while (not self.stopped and not self.no_more and len(self.running) < self.plan.max_parallel
+            while (not self.stopped and not self.no_more and self._busy() < self.plan.max_parallel
                    and (retry or not exhausted)):
                 if retry:
                     prev = retry.pop(0)
@@ -580,6 +582,11 @@ class Sweep:
             if item is None:
                 continue
             self._ended(item, strategy, retry)
+
+    def _busy(self) -> int:
+        """Children whose job still runs (a child whose end is being recorded no longer counts)."""
+        with self._lock:
+            return sum(1 for c in self.running.values() if not c.job_done)
 
     def fan_out(self) -> bool:
         """Whether the fixed children go to the backend as one native submission
@@ -674,8 +681,12 @@ class Sweep:
                          daemon=True).start()
 
     def _watch(self, child: Child) -> None:
+        def job_ended() -> None:  # its share of the machine is free: the next child may start
+            child.job_done = True
+            self._events.put(None)
+
         try:
-            child.submitted.wait()
+            child.submitted.wait(job_ended=job_ended)
         except BaseException as exc:  # a backend bug: the run was ended FAILED by wait()
             child.reason = f"{type(exc).__name__}: {exc}"
         finally:
