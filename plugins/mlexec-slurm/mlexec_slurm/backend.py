@@ -197,7 +197,7 @@ class SlurmBackend(Backend):
         self.context.reporter.info(f"Submitted Slurm job {job_id}{where}, partition {partition or 'default'}")
         return SlurmJob(prepared.client, job_id, job_dir, self.context.reporter, tags, output_writer(run),
                         time_limit=config.time, mem=config.mem or config.mem_per_cpu,
-                        keep_job_dir=bool(os.environ.get(KEEP_VAR)))
+                        run_time_limit=applied.time_limit, keep_job_dir=bool(os.environ.get(KEEP_VAR)))
 
     # -- a sweep as one job array (the record's "fan-out" capability) --------------------
 
@@ -211,7 +211,7 @@ class SlurmBackend(Backend):
         folder = ArrayFolder(job_dir, len(children), keep=bool(os.environ.get(KEEP_VAR)))
         options = self._array_options(plan, config, job_dir, len(children), max_parallel)
         try:
-            for index, (_, run) in enumerate(children):
+            for index, (child_plan, run) in enumerate(children):
                 task = folder.task(index)
                 task.path.mkdir(parents=True, exist_ok=True)
                 task.script.write_text(self._script(child_plan, config, run, task, prepared.environment,
@@ -233,13 +233,14 @@ class SlurmBackend(Backend):
                                    f"{array_option(len(children), max_parallel)[8:]}){where}, "
                                    f"partition {partition or 'default'}")
         jobs: list[SubmittedJob] = []
-        for index, (_, run) in enumerate(children):
+        for index, (child_plan, run) in enumerate(children):
             task_id = f"{array_id}_{index}"
             tags = {TAG_JOB_ID: task_id, TAG_ARRAY_JOB_ID: array_id, TAG_ARRAY_TASK_ID: str(index),
                     TAG_CLUSTER: prepared.cluster, TAG_PARTITION: partition}
             jobs.append(SlurmJob(prepared.client, task_id, folder.task(index), _Quiet(self.context.reporter),
                                  tags, output_writer(run), time_limit=config.time,
-                                 mem=config.mem or config.mem_per_cpu, keep_job_dir=folder.keep))
+                                 mem=config.mem or config.mem_per_cpu,
+                                 run_time_limit=child_plan.resources.time, keep_job_dir=folder.keep))
         return jobs
 
     def _array_options(self, plan: RunPlan, config: SlurmConfig, job_dir: JobDir, count: int,
