@@ -10,6 +10,8 @@
 # The test cluster: partition `debug` (default, 60 minute MaxTime, limits
 # enforced at submission so `sbatch --test-only` refuses a longer --time) and
 # partition `urgent` on the same node, whose jobs preempt (cancel) debug's;
+# two GPUs of type a100 in Slurm's bookkeeping only (gres gpu:a100:2; no GPU
+# behind them), so GPU requests are accepted, allocated and shown;
 # accounting in slurmdbd (MariaDB on loopback), associations enforced, so an
 # unknown --account is refused; memory over --mem ends the job OUT_OF_MEMORY
 # through cgroup v1 (task/cgroup) where the machine mounts the memory
@@ -152,15 +154,35 @@ JobAcctGatherFrequency=task=1
 $gather_params
 PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
-NodeName=$host CPUs=$cpus RealMemory=$real_mem State=UNKNOWN
+GresTypes=gpu
+NodeName=$host CPUs=$cpus RealMemory=$real_mem Gres=gpu:a100:2 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=60 PriorityTier=1 State=UP
 PartitionName=urgent Nodes=$host MaxTime=60 PriorityTier=10 State=UP
+CONF
+)
+# Two GPUs of type a100 that exist only in Slurm's bookkeeping: slurmd (22.05) drops a GPU
+# without a File, so each gets a character device node with /dev/null's numbers (a regular
+# file where mknod is not allowed: slurmd logs an error and counts it all the same). No GPU
+# is behind them: `--gres=gpu:a100:1` is accepted, allocated (CUDA_VISIBLE_DEVICES=0) and
+# shown by scontrol, and the job sees no device (no ConstrainDevices in cgroup.conf).
+gpus=$state/gpus
+mkdir -p "$gpus"
+for i in 0 1; do
+    [ -e "$gpus/gpu$i" ] || mknod "$gpus/gpu$i" c 1 3 2>/dev/null || touch "$gpus/gpu$i"
+done
+gres_want=$(cat <<CONF
+# Written by plugins/mlexec-slurm/ci-setup.sh: GPUs without a GPU (Slurm's bookkeeping only).
+NodeName=$host Name=gpu Type=a100 File=$gpus/gpu[0-1]
 CONF
 )
 changed=0
 if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
     log "writing $conf"
     printf '%s\n' "$want" >"$conf"
+    changed=1
+fi
+if [ ! -f /etc/slurm/gres.conf ] || [ "$(cat /etc/slurm/gres.conf)" != "$gres_want" ]; then
+    printf '%s\n' "$gres_want" >/etc/slurm/gres.conf
     changed=1
 fi
 if [ ! -f /etc/slurm/cgroup.conf ] || [ "$(cat /etc/slurm/cgroup.conf)" != "$cgroup_want" ]; then

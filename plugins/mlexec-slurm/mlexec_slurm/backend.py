@@ -25,6 +25,7 @@ from mlexec_core.project.model import EnvKind
 from mlexec_slurm.cluster import SlurmClient
 from mlexec_slurm.config import SlurmConfig, parse_config
 from mlexec_slurm.job import TAG_CLUSTER, TAG_JOB_ID, TAG_PARTITION, SlurmJob, output_writer
+from mlexec_slurm.resources import Applied, apply_resources
 from mlexec_slurm.script import JobDir, batch_script, environment_lines
 
 #: Set to keep job folders (working copy, script, output) after the run, for debugging.
@@ -75,6 +76,14 @@ class SlurmBackend(Backend):
             config = parse_config(config or {}, Path.cwd())
         return config
 
+    def _applied(self, plan: RunPlan) -> Applied:
+        """The backend config with the run's resources written over it (mlexec_slurm.resources)."""
+        return apply_resources(self._config(plan), plan.resources)
+
+    def _warn(self, applied: Applied) -> None:
+        for note in applied.notes:
+            self.context.reporter.warning(note)
+
     def environment_root(self, plan: RunPlan) -> Path | None:
         return self._config(plan).env_root
 
@@ -93,7 +102,9 @@ class SlurmBackend(Backend):
     def check(self, plan: RunPlan) -> None:
         """Fast checks before anything is built or any run exists."""
         self._refuse_docker(plan)
-        config = self._config(plan)
+        applied = self._applied(plan)
+        self._warn(applied)  # once, before anything exists (a sweep checks its base plan once)
+        config = applied.config
         client = SlurmClient()
         client.tool("sbatch")
         client.ping()
@@ -167,7 +178,8 @@ class SlurmBackend(Backend):
         return prepared.job_dir if first else self._copy_project(plan, config)
 
     def submit(self, plan: RunPlan, run: RunRecord, prepared: Prepared) -> SubmittedJob:
-        config = self._config(plan)
+        applied = self._applied(plan)
+        config = applied.config
         job_dir = self._job_dir(plan, config, prepared)
         options = self._options(plan, config, job_dir)
         job_dir.script.write_text(self._script(plan, config, run, job_dir, prepared.environment, options))
@@ -185,7 +197,7 @@ class SlurmBackend(Backend):
         self.context.reporter.info(f"Submitted Slurm job {job_id}{where}, partition {partition or 'default'}")
         return SlurmJob(prepared.client, job_id, job_dir, self.context.reporter, tags, output_writer(run),
                         time_limit=config.time, mem=config.mem or config.mem_per_cpu,
-                        keep_job_dir=bool(os.environ.get(KEEP_VAR)))
+                        run_time_limit=applied.time_limit, keep_job_dir=bool(os.environ.get(KEEP_VAR)))
 
     # -- a sweep as one job array (the record's "fan-out" capability) --------------------
 
@@ -194,7 +206,7 @@ class SlurmBackend(Backend):
         from mlexec_slurm.array import (TAG_ARRAY_JOB_ID, TAG_ARRAY_TASK_ID, ArrayFolder, array_option,
                                         array_script)
 
-        config = self._config(plan)
+        config = self._applied(plan).config  # the children carry the sweep's resources
         job_dir = self._job_dir(plan, config, prepared)
         folder = ArrayFolder(job_dir, len(children), keep=bool(os.environ.get(KEEP_VAR)))
         options = self._array_options(plan, config, job_dir, len(children), max_parallel)
@@ -221,13 +233,14 @@ class SlurmBackend(Backend):
                                    f"{array_option(len(children), max_parallel)[8:]}){where}, "
                                    f"partition {partition or 'default'}")
         jobs: list[SubmittedJob] = []
-        for index, (_, run) in enumerate(children):
+        for index, (child_plan, run) in enumerate(children):
             task_id = f"{array_id}_{index}"
             tags = {TAG_JOB_ID: task_id, TAG_ARRAY_JOB_ID: array_id, TAG_ARRAY_TASK_ID: str(index),
                     TAG_CLUSTER: prepared.cluster, TAG_PARTITION: partition}
             jobs.append(SlurmJob(prepared.client, task_id, folder.task(index), _Quiet(self.context.reporter),
                                  tags, output_writer(run), time_limit=config.time,
-                                 mem=config.mem or config.mem_per_cpu, keep_job_dir=folder.keep))
+                                 mem=config.mem or config.mem_per_cpu,
+                                 run_time_limit=child_plan.resources.time, keep_job_dir=folder.keep))
         return jobs
 
     def _array_options(self, plan: RunPlan, config: SlurmConfig, job_dir: JobDir, count: int,
@@ -238,21 +251,25 @@ class SlurmBackend(Backend):
                 f"--output={job_dir.path / 'tasks' / '%a' / 'job.out'}", f"--chdir={job_dir.project}"]
 
     def dry_run_many(self, plan: RunPlan, children, max_parallel: int) -> dict[str, Any]:
-        """The array's sbatch options and script, and the first child's script."""
+        """The array's sbatch options and script (the resources' warnings are the base plan's
+        :meth:`dry_run`'s, shown once)."""
         from mlexec_slurm.array import array_script
 
-        config = self._config(plan)
+        applied = self._applied(plan)
+        config = applied.config
         job_dir = JobDir(config.jobs_dir / "<time>-<project>-<id>")
         options = self._array_options(plan, config, job_dir, len(children), max_parallel)
         script = array_script(job_dir.path, [f"mlexec sweep: {len(children)} children, one task each"])
         command = f"sbatch --parsable {' '.join(options)} {job_dir.path / 'array.sh'}"
         return {"sbatch": command, "sbatch_options": options, "array_script": script,
-                "text": f"# {command}\n{script}"}
+                "warnings": list(applied.notes), "text": f"# {command}\n{script}"}
 
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         """The sbatch options and the batch script, without contacting the cluster."""
         self._refuse_docker(plan)
-        config = self._config(plan)
+        applied = self._applied(plan)
+        self._warn(applied)
+        config = applied.config
         job_dir = JobDir(config.jobs_dir / "<time>-<project>-<id>")
         from mlexec_core.plugin.interfaces import redact, tracking_uri
 
@@ -274,6 +291,7 @@ class SlurmBackend(Backend):
             "shared_dir": str(config.shared_dir),
             "environments": str(config.env_root),
             "batch_script": script,
+            "warnings": list(applied.notes),
             "text": f"# {command}\n{script}",
         }
 

@@ -137,8 +137,10 @@ class SlurmClient:
         text = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0:
             raise BackendError(f"the cluster refuses the job: {error_text(proc)}",
-                               hint="check partition, account, qos, time and the resources in the backend config "
-                                    "against `sinfo` and `sacctmgr show assoc user=$USER`; "
+                               hint="check partition, account, qos, time and the resources (the backend config's, "
+                                    "and the run's: -R, the MLproject's resources:) against `sinfo` (`sinfo -o "
+                                    "'%P %c %m %G'`: CPUs, memory and GPUs per partition) and "
+                                    "`sacctmgr show assoc user=$USER`; "
                                     "`mlexec run ... --dry-run` shows the sbatch options")
         return text.splitlines()[-1].removeprefix("sbatch: ") if text else ""
 

@@ -14,6 +14,14 @@ How mlexec follows a job without loading the controller and without lag:
 - once the job has left the queue its final state comes from ``scontrol show
   job`` (kept for MinJobAge), else from accounting (``sacct``), else from the
   exit status the script wrote.
+
+The run's ``time`` resource is enforced here, to the second: Slurm's own limit
+(``--time``) counts whole minutes and its kill comes only at its next check, so
+a timer started when the job is seen RUNNING cancels it as Ctrl-C does
+(``scancel``) and the run ends FAILED with
+:func:`~mlexec_core.resources.time_limit_reason`, the words every backend uses;
+a job Slurm ends TIMEOUT (mlexec was stopped, or Slurm came first) ends with
+the same words.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Callable, Mapping
 from mlexec_core import reaper
 from mlexec_core.errors import MlexecError
 from mlexec_core.plugin.interfaces import Reporter, RunRecord, RunStatus, SubmittedJob
+from mlexec_core.resources import format_duration, time_limit_reason
 
 from mlexec_slurm.cluster import ACTIVE_STATES, SlurmClient
 from mlexec_slurm.script import JobDir
@@ -94,14 +103,21 @@ class SlurmJob(SubmittedJob):
 
     def __init__(self, client: SlurmClient, job_id: str, job_dir: JobDir, reporter: Reporter,
                  tags: Mapping[str, str], write: Callable[[bytes], None], *, time_limit: str | None = None,
-                 mem: str | None = None, keep_job_dir: bool = False) -> None:
+                 mem: str | None = None, run_time_limit: float | None = None,
+                 keep_job_dir: bool = False) -> None:
         self.client = client
         self.job_id = job_id
         self.job_dir = job_dir
         self.reporter = reporter
         self.tags: dict[str, str] = dict(tags)
         self.write = write
+        #: Slurm's limit (``--time``) as given to sbatch.
         self.time_limit = time_limit
+        #: The run's ``time`` resource in seconds: enforced by mlexec from the job's start.
+        self.run_time_limit = run_time_limit
+        #: Whether mlexec cancelled the job because :attr:`run_time_limit` had passed.
+        self.timed_out = False
+        self._timer: threading.Timer | None = None
         self.mem = mem
         self.keep_job_dir = keep_job_dir
         self.failure_reason: str | None = None
@@ -208,7 +224,7 @@ class SlurmJob(SubmittedJob):
         while self.settled is None:
             self._pump_output()
             now = time.monotonic()
-            ending = self.cancelled or self.job_dir.exit_status.exists()
+            ending = self.cancelled or self.timed_out or self.job_dir.exit_status.exists()
             if now >= next_query or ending:
                 try:
                     # A task of an array may share an answer up to half an interval old, unless it is ending.
@@ -253,6 +269,7 @@ class SlurmJob(SubmittedJob):
                 requeued = self._status is RunStatus.RUNNING and self.settled is None
                 if requeued:
                     self._status = RunStatus.SCHEDULED
+                    self._stop_timer()  # Slurm starts the limit again with the next attempt; so does mlexec
             # Left by an attempt that Slurm requeued (a node failure): this attempt has not ended.
             self.job_dir.exit_status.unlink(missing_ok=True)
             if requeued or not self._reported_pending:
@@ -269,11 +286,50 @@ class SlurmJob(SubmittedJob):
                 return
             self._status = RunStatus.RUNNING
         self.pending_reason = None
+        self._start_timer()
         if nodes:
             self.tags[TAG_NODES] = nodes
         self.reporter.info(f"Slurm job {self.job_id} is running" + (f" on {nodes}" if nodes else ""))
         if self._reported_pending:
             self.report_status(RunStatus.RUNNING)
+
+    # -- the run's time limit ---------------------------------------------------------
+
+    def _start_timer(self) -> None:
+        if self.run_time_limit is None:
+            return
+        with self._lock:
+            if self._timer is not None or self.settled is not None:
+                return
+            self._timer = threading.Timer(self.run_time_limit, self._time_is_up)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _stop_timer(self) -> None:
+        """Under ``self._lock``."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _time_is_up(self) -> None:
+        """The run's time has passed since the job started: stop it as Ctrl-C does (``scancel``);
+        :meth:`_conclude` ends the run FAILED once it has left the queue."""
+        with self._lock:
+            if self.settled is not None or self.cancelled or self.timed_out:
+                return
+            self.timed_out = True
+        try:
+            problem = self.client.cancel(self.job_id)
+        except MlexecError as exc:
+            problem = exc.message
+        limit = format_duration(self.run_time_limit)
+        if problem:
+            self.reporter.warning(f"Slurm job {self.job_id} reached its time limit ({limit}) but could not be "
+                                  f"cancelled: {problem}; cancel it with: scancel {self.job_id}")
+        else:
+            self.reporter.info(f"Slurm job {self.job_id} reached its time limit ({limit}): cancelled it; "
+                               "waiting for it to leave the queue")
+        self._wake.set()
 
     def _pump_output(self) -> None:
         with self._output_lock:
@@ -341,7 +397,9 @@ class SlurmJob(SubmittedJob):
         info = self._final_info()
         if info is None:
             code = self._script_status()
-            if code is None:
+            if self.timed_out and code != 0:
+                self._settle(RunStatus.FAILED, time_limit_reason(self.run_time_limit), exit_code=code)
+            elif code is None:
                 self._settle(RunStatus.FAILED, f"Slurm no longer knows job {self.job_id} and there is no "
                                                "accounting (sacct) to ask how it ended")
             elif code == 0:
@@ -358,8 +416,12 @@ class SlurmJob(SubmittedJob):
             self.tags[TAG_NODES] = info["NodeList"]
         code, sig = _exit_code(info.get("ExitCode", ""))
         script = self._script_status()
-        if state == "COMPLETED":
+        if state == "COMPLETED":  # also when it finished just as mlexec cancelled it for its time
             self._settle(RunStatus.FINISHED, exit_code=0)
+            return
+        if self.timed_out or (state == "TIMEOUT" and self.run_time_limit is not None):
+            # Stopped by mlexec at the run's time, or by Slurm at its own (whole minutes) limit: the same words.
+            self._settle(RunStatus.FAILED, time_limit_reason(self.run_time_limit), exit_code=code or script)
             return
         if state == "FAILED" and self._output_says_out_of_memory():
             # Clusters without cgroups kill a job over --mem through job accounting (OverMemoryKill):
@@ -396,6 +458,8 @@ class SlurmJob(SubmittedJob):
     def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> None:
         """:meth:`settle`, then wake the thread that follows the job."""
         if self.settle(status, reason, exit_code):
+            with self._lock:
+                self._stop_timer()
             self._wake.set()
 
 

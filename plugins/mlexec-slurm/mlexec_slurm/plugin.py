@@ -11,5 +11,7 @@ def mlexec_backends():
     return [Registration(
         kind="backend", name="slurm", path="mlexec_slurm.backend:SlurmBackend",
         capabilities={"fan-out", "command-in-script"},
+        # sbatch options (mlexec_slurm.resources); no shm: Slurm has no option for /dev/shm.
+        resources={"cpus", "memory", "gpus", "gpu-type", "time"},
         description="submits the project as a Slurm batch job; output streamed, Slurm's own status and reasons",
     )]
