@@ -140,6 +140,16 @@ def overlap(a: dict, b: dict) -> bool:
     return a["start"] < b["end"] and b["start"] < a["end"]
 
 
+def assert_no_device_shared(got: dict[str, dict]) -> None:
+    """No two jobs that ran at the same time (by their own clocks) had a device in common."""
+    names = sorted(got)
+    for x, a in enumerate(names):
+        for b in names[x + 1:]:
+            if overlap(got[a], got[b]):
+                shared = set(got[a]["cuda"].split(",")) & set(got[b]["cuda"].split(","))
+                assert not shared, f"{a} and {b} ran at the same time on device {shared}"
+
+
 def test_concurrent_mlexec_processes_never_share_a_device(rec, mlexec_background, store, tmp_path):
     folder, out, env = rec
     asks = [1, 2, 1, 2, 1, 1, 2]  # 10 devices asked of a pool of 4, at once
@@ -160,12 +170,7 @@ def test_concurrent_mlexec_processes_never_share_a_device(rec, mlexec_background
     for i, k in enumerate(asks):
         devices = got[f"j{i}"]["cuda"].split(",")
         assert len(devices) == k and len(set(devices)) == k and set(devices) <= set(POOL), got[f"j{i}"]
-    names = sorted(got)
-    for x, a in enumerate(names):
-        for b in names[x + 1:]:
-            if overlap(got[a], got[b]):
-                shared = set(got[a]["cuda"].split(",")) & set(got[b]["cuda"].split(","))
-                assert not shared, f"{a} and {b} ran at the same time on device {shared}"
+    assert_no_device_shared(got)
     # more was asked than the pool holds: someone waited, and said so
     assert any("mlexec: waiting for" in p.stderr and "pool 0,1,2,3" in p.stderr for p in done)
     tags = {r.data.params["name"]: r.data.tags.get("mlexec.gpus") for r in store.runs()}
@@ -422,11 +427,7 @@ def test_a_sweep_shares_the_pool_without_collisions_and_shows_each_childs_device
     assert sorted(got) == [f"c{i}" for i in range(6)]
     for name, record in got.items():
         assert record["cuda"] in POOL, record
-    names = sorted(got)
-    for x, a in enumerate(names):
-        for b in names[x + 1:]:
-            if overlap(got[a], got[b]):
-                assert got[a]["cuda"] != got[b]["cuda"], f"{a} and {b} ran at the same time on {got[a]['cuda']}"
+    assert_no_device_shared(got)
     # the first four waited for each other (barrier=4): four devices were in use at once
     assert len({got[f"c{i}"]["cuda"] for i in range(4)}) == 4
     children = [r for r in store.runs() if r.data.tags.get("mlexec.sweep") != "parent"]
