@@ -11,7 +11,7 @@ import types
 import pytest
 
 import mlexec_core
-from mlexec_core.errors import ParameterError
+from mlexec_core.errors import ParameterError, UsageError
 from mlexec_core.pipeline.plan import RunStatus
 from mlexec_core.plugin.manager import build_plugins
 from mlexec_core.testing import ROOT
@@ -145,3 +145,14 @@ def test_the_direct_sqlite_store_is_safe_from_many_threads(store):
     runs = store.runs()
     assert sorted(r.info.run_id for r in runs) == sorted(ids) and len(ids) == 80
     assert {(r.info.status, r.data.tags["k"], r.data.params["p"]) for r in runs} == {("FINISHED", "v", "1")}
+
+
+def test_resources_reach_every_child(api_env, project, store):
+    handle = mlexec_core.sweep(str(project(PROJECT)), parameters={"n": [1, 2]}, env_manager="local",
+                               resources={"time": "5m"}, plugins=api_env)
+    assert handle.wait(timeout=120)["status"] == "FINISHED"
+    children = [store.client.get_run(c["run_id"]) for c in handle.children]
+    assert [c.data.tags["mlexec.resources.time"] for c in children] == ["5m", "5m"]
+    with pytest.raises(UsageError, match="resources gpu-type"):
+        mlexec_core.sweep(str(project(PROJECT)), parameters={"n": [1]}, env_manager="local",
+                          resources={"gpu-type": "A100"}, plugins=api_env)
