@@ -137,15 +137,17 @@ def put(path: Path, content: bytes | str) -> None:
 
 MLPROJECT_KEYS = ["name", "entry_points", "main", "parameters", "command", "type", "default", "description",
                   "docker_env", "image", "volumes", "environment", "dockerfile", "args", "context", "python_env",
-                  "conda_env", "databricks_spark_job", "alpha", "namespace", "registry", "type:float"]
+                  "conda_env", "databricks_spark_job", "alpha", "namespace", "registry", "type:float", "resources",
+                  "cpus", "memory", "gpus", "gpu-type", "shm", "time"]
 MLPROJECT = {
     "name": "fuzz",
     "entry_points": {
         "main": {"parameters": {"alpha": {"type": "float", "default": 0.5}, "data": {"type": "path", "default": "."},
                                 "n": "int", "u": {"type": "uri", "default": "s3://b/k"}},
                  "command": "echo {alpha} {data} {n} {u}"},
-        "other": {"command": "echo other"},
+        "other": {"command": "echo other", "resources": {"memory": "1G", "time": "1h"}},
     },
+    "resources": {"cpus": 2, "gpus": 0, "time": "30m"},
 }
 PYTHON_ENV_KEYS = ["python", "build_dependencies", "dependencies"]
 PYTHON_ENV = {"python": "3.11", "build_dependencies": ["pip"], "dependencies": ["-r requirements.txt", "six"]}
@@ -188,6 +190,7 @@ def _call(fn, *args, **kwargs):
 
 def check_mlproject(root: Path, content, entry_point: str, params: dict[str, str]) -> None:
     """The MLproject through load_project and resolve_plan (what `mlexec run --dry-run` does before output)."""
+    from mlexec_core.pipeline.options import RunOptions
     from mlexec_core.pipeline.resolve import resolve_plan
     from mlexec_core.plugin.manager import build_plugins
 
@@ -197,8 +200,8 @@ def check_mlproject(root: Path, content, entry_point: str, params: dict[str, str
     project.mkdir(parents=True)
     put(project / "MLproject", content)
     plugins = build_plugins(entry_points=False)
-    _call(resolve_plan, plugins, str(project), entry_point=entry_point, parameters=params, env_manager="local",
-          cwd=root)
+    _call(resolve_plan, plugins, RunOptions(uri=str(project), entry_point=entry_point, parameters=params,
+                                            env_manager="local"), cwd=root)
 
 
 def check_python_env(root: Path, content, requirements) -> None:

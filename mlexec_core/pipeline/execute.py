@@ -53,11 +53,12 @@ class SubmittedRun:
     def run_id(self) -> str:
         return self.run.run_id
 
-    def wait(self, job_ended: Callable[[], None] | None = None) -> bool:
+    def wait(self, job_ended: Callable[[RunStatus], None] | None = None) -> bool:
         """Block until the run ends; ``True`` if it succeeded.
 
-        ``job_ended``, if given, is called once the job is over and nothing of it runs any
-        more, before its end is recorded (a sweep starts its next child then).
+        ``job_ended``, if given, is called with the job's status once the job is over and
+        nothing of it runs any more, before its end is recorded (a sweep starts its next
+        child then).
 
         Before the end is recorded: a ``cancel()`` still running (on another thread)
         is waited for, up to :func:`~mlexec_core.pipeline.stopping.cancel_timeout`;
@@ -81,7 +82,7 @@ class SubmittedRun:
         try:
             self._end_job()
             if job_ended is not None:
-                job_ended()
+                job_ended(status)
         finally:  # the end is recorded even if the sweep is interrupted
             if self._cancel_requested and status is not RunStatus.FINISHED and status is not RunStatus.KILLED:
                 status, reason = RunStatus.KILLED, reason or "stopped by the user"

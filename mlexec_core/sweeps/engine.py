@@ -681,9 +681,12 @@ class Sweep:
                          daemon=True).start()
 
     def _watch(self, child: Child) -> None:
-        def job_ended() -> None:  # its share of the machine is free: the next child may start
-            child.job_done = True
-            self._events.put(None)
+        def job_ended(status: RunStatus) -> None:
+            # It finished: its share of the machine is free and the next child may start now, while
+            # its end is recorded.  A failure is counted first (--max-failures, --fail-fast, --retries).
+            if status is RunStatus.FINISHED:
+                child.job_done = True
+                self._events.put(None)
 
         try:
             child.submitted.wait(job_ended=job_ended)
