@@ -419,9 +419,11 @@ class SlurmJob(SubmittedJob):
         if state == "COMPLETED":  # also when it finished just as mlexec cancelled it for its time
             self._settle(RunStatus.FINISHED, exit_code=0)
             return
-        if self.timed_out or (state == "TIMEOUT" and self.run_time_limit is not None):
-            # Stopped by mlexec at the run's time, or by Slurm at its own (whole minutes) limit: the same words.
-            self._settle(RunStatus.FAILED, time_limit_reason(self.run_time_limit), exit_code=code or script)
+        limit_seconds = self.run_time_limit if self.run_time_limit is not None else _seconds(info.get("TimeLimit"))
+        if self.timed_out or (state == "TIMEOUT" and limit_seconds is not None):
+            # Stopped by mlexec at the run's time, or by Slurm at its own (whole minutes) limit, the run's
+            # or the config's: the same words as every backend's.
+            self._settle(RunStatus.FAILED, time_limit_reason(limit_seconds), exit_code=code or script)
             return
         if state == "FAILED" and self._output_says_out_of_memory():
             # Clusters without cgroups kill a job over --mem through job accounting (OverMemoryKill):
@@ -470,3 +472,15 @@ def _exit_code(text: str) -> tuple[int | None, int | None]:
         return int(code), int(sig or 0)
     except ValueError:
         return None, None
+
+
+def _seconds(limit: str | None) -> float | None:
+    """Slurm's ``TimeLimit`` (``00:01:00``, ``1-00:00:00``) in seconds; ``None`` for ``UNLIMITED`` and the like."""
+    from mlexec_core.resources import ResourceValueError, parse_duration
+
+    if not limit:
+        return None
+    try:
+        return parse_duration(limit)
+    except ResourceValueError:
+        return None

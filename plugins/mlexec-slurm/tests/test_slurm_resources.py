@@ -9,7 +9,6 @@ sbatch command line.
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 
@@ -138,30 +137,6 @@ def test_time_limit_stops_the_job_to_the_second_and_fails_the_run(mlexec, projec
     assert run.info.status == "FAILED"
     assert run.data.tags["mlexec.failureReason"] == "time limit 3s reached"  # the local backend's words
     assert run.data.tags["mlexec.slurm.state"] == "CANCELLED"
-    assert_no_traceback(proc)
-
-
-def test_slurms_own_timeout_ends_the_run_with_the_same_words(mlexec_background, project, store, slurm_config,
-                                                             no_jobs_left):
-    """mlexec is stopped (SIGSTOP) while its job runs, so Slurm's own limit (whole minutes) ends
-    the job TIMEOUT first: the run fails in the words mlexec's own limit uses.  The slow one
-    (Slurm's smallest limit is a minute, and it checks limits every 30 s or so)."""
-    run = mlexec_background("run", project(PROJECT), "-e", "sleep", "-b", "slurm", "-c", slurm_config(),
-                            "--env-manager", "local", "-R", "time=1m")
-    run.wait_for("started")
-    job_id = store.only_run().data.tags["mlexec.slurm.job-id"]
-    run.signal(signal.SIGSTOP)
-    try:
-        wait_until(lambda: job_id not in queued_jobs(), 240, f"Slurm to end job {job_id} at its time limit",
-                   interval=1)
-    finally:
-        run.signal(signal.SIGCONT)
-    proc = run.finish()
-    assert proc.returncode == 1, proc.stderr
-    assert "time limit 1m reached" in proc.stderr
-    tags = store.only_run().data.tags
-    assert tags["mlexec.slurm.state"] == "TIMEOUT"
-    assert tags["mlexec.failureReason"] == "time limit 1m reached"
     assert_no_traceback(proc)
 
 
