@@ -254,3 +254,13 @@ def test_describe_shows_what_each_entry_point_needs(mlexec, project):
                      "kind": {"cpus": "2", "gpu-type": "A100", "time": "1h"}}
     proc = mlexec("describe", proj, check=0)
     assert "main\tcpus=2, memory=1G, time=30m" in proc.stdout, proc.stdout
+
+
+def test_resume_keeps_the_sweeps_resources(mlexec, project, store):
+    proj = project("entry_points:\n  main:\n    parameters: {code: int}\n    command: exit {code}\n")
+    proc = mlexec("sweep", proj, "--env-manager", "local", "-P", "code=0,3", "-R", "time=7m", cwd=proj, check=1)
+    [parent] = [r for r in store.runs() if r.data.tags.get("mlexec.sweep") == "parent"]
+    mlexec("sweep", "--resume", parent.info.run_id, cwd=proj, check=1)
+    children = [r for r in store.runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3, proc.stderr  # the failed one ran again
+    assert {c.data.tags["mlexec.resources.time"] for c in children} == {"7m"}

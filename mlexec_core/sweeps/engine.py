@@ -219,17 +219,21 @@ def plan_sweep(plugins, options: RunOptions, spec: SweepSpec, *, strategy: str |
                 "version": options.version, "backend": base.backend, "backend_config": recorded_config,
                 "env_manager": options.env_manager,
                 "docker_args": dict(docker_args) if isinstance(docker_args, Mapping) else list(docker_args),
-                "resources": dict(options.resources), "build_image": bool(options.build_image),
+                "resources": dict(options.resources) if isinstance(options.resources, Mapping)
+                else list(options.resources), "build_image": bool(options.build_image),
                 "run_name": options.run_name}
     return SweepPlan(spec, record.name, base, parallel, tuple(children) if children is not None else None,
                      recorded, cwd, earlier)
 
 
-def _resource_options(from_file: Mapping[str, Any], given: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+def _resource_options(from_file: Mapping[str, Any],
+                      given: Mapping[str, Any] | Sequence[str]) -> Mapping[str, Any] | Sequence[str]:
     """The sweep file's ``resources:``, then ``-R`` (or the API's mapping) over it, key by key."""
     from mlexec_core.pipeline.resolve import parse_pairs
     from mlexec_core.resources import canonical_key
 
+    if not from_file:  # as given, so that a mistake is reported as the user wrote it (-R ...)
+        return given
     merged = {canonical_key(k) or k: v for k, v in from_file.items()}
     extra = given if isinstance(given, Mapping) else parse_pairs(given, "-R")
     merged.update({canonical_key(k) or k: v for k, v in extra.items()})
