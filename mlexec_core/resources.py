@@ -32,10 +32,15 @@ KEYS: dict[str, str] = {
     "gpu-type": "the kind of GPU (A100, h100 ...), for backends that can select one",
     "shm": "shared memory, /dev/shm (512M, 8G)",
     "time": "the run's wall-clock limit (90s, 30m, 2h, 1h30m, 1:30:00, 2-00:00:00)",
+    "nodes": "machines the run spans (a whole number; 1: one machine)",
+    "processes-per-node": "processes started on each node, each with its rank (a whole number)",
 }
 #: Python-style spellings accepted for a key (``resources={"gpu_type": ...}``).
-_ALIASES = {"gpu_type": "gpu-type"}
-_FIELDS = {"cpus": "cpus", "memory": "memory", "gpus": "gpus", "gpu-type": "gpu_type", "shm": "shm", "time": "time"}
+_ALIASES = {"gpu_type": "gpu-type", "processes_per_node": "processes-per-node"}
+_FIELDS = {"cpus": "cpus", "memory": "memory", "gpus": "gpus", "gpu-type": "gpu_type", "shm": "shm", "time": "time",
+           "nodes": "nodes", "processes-per-node": "processes_per_node"}
+#: Values that ask for nothing a backend must honour (no GPU, one machine, one process).
+TRIVIAL = {"gpus": 0, "nodes": 1, "processes-per-node": 1}
 
 _UNITS = {"": None, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
@@ -60,6 +65,8 @@ class Resources:
     gpu_type: str | None = None
     shm: int | None = None
     time: float | None = None
+    nodes: int | None = None
+    processes_per_node: int | None = None
 
     def asked(self) -> tuple[str, ...]:
         """The keys set (as written: ``gpu-type``), in :data:`KEYS` order."""
@@ -137,6 +144,11 @@ def parse_value(key: str, value: Any) -> Any:
         if number != int(number) or number < 0:
             raise ResourceValueError(f"{value}: expected a whole number of GPUs (0, 1, 2 ...)")
         return int(number)
+    if key in ("nodes", "processes-per-node"):
+        number = _number(value, "a whole number such as 2")
+        if number != int(number) or number < 1:
+            raise ResourceValueError(f"{value}: expected a whole number of at least 1")
+        return int(number)
     if key in ("memory", "shm"):
         return parse_size(value)
     if key == "time":
@@ -178,7 +190,8 @@ def _hint(key: str) -> str:
 
 def _expected(key: str) -> str:
     return {"cpus": "a number of cores", "gpus": "a whole number of GPUs", "memory": "a size such as 16G",
-            "shm": "a size such as 1G", "time": "a duration such as 2h", "gpu-type": "a name such as A100"}[key]
+            "shm": "a size such as 1G", "time": "a duration such as 2h", "gpu-type": "a name such as A100",
+            "nodes": "a whole number of nodes", "processes-per-node": "a whole number of processes"}[key]
 
 
 def _kind(value: Any) -> str:

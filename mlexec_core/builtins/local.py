@@ -67,6 +67,10 @@ class LocalBackend(Backend):
             output=run.output,
         )
         launcher = (prepared.launcher if prepared else None) or ProcessLauncher()
+        if (plan.resources.processes_per_node or 1) > 1:  # one run, P processes of this node
+            from mlexec_core.distributed import RankedLauncher
+
+            launcher = RankedLauncher(launcher, plan.resources.processes_per_node)
         if _asks(plan):
             from mlexec_core.allocation import CUDA_VAR, request_for
 
@@ -80,6 +84,12 @@ class LocalBackend(Backend):
 
     def dry_run(self, plan: RunPlan) -> dict[str, Any]:
         out: dict[str, Any] = {"cwd": str(plan.work_dir), "shell": shell()[0]}
+        if (plan.resources.processes_per_node or 1) > 1:
+            from mlexec_core.distributed import node_ranks
+
+            ranks = node_ranks(plan.resources.processes_per_node, master_port=0)
+            out["processes"] = [" ".join(f"{k}={v if k != 'MASTER_PORT' else '<free port>'}"
+                                         for k, v in rank.env.items()) for rank in ranks]
         if _asks(plan):
             from mlexec_core import allocation
 

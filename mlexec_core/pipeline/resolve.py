@@ -26,7 +26,7 @@ from mlexec_core.plugin.manager import Plugins
 from mlexec_core.project.loader import load_project
 from mlexec_core.project.model import EntryPoint, EnvKind, ParamType, Project
 from mlexec_core.project.params import check_value, mlflow_str, placeholders, render_command
-from mlexec_core.resources import KEYS, Resources, canonical_key, parse_resources, unknown_key_message
+from mlexec_core.resources import KEYS, TRIVIAL, Resources, canonical_key, parse_resources, unknown_key_message
 from mlexec_core.yamlfile import FileWarning, exists, is_file, parse_json, parse_yaml, read_text, shorten, text_problem
 
 #: MLflow's limits and rules for param names and values.
@@ -455,7 +455,7 @@ def check_resources(plugins: Plugins, plan: RunPlan, asked: Resources, local_env
                     label: str = "-R") -> None:
     """Refuse a plan that asks for a resource its backend (or environment manager) does not honour,
     naming where the resource was asked for and which installed backends honour it."""
-    needed = [k for k in plan.resources.asked() if not (k == "gpus" and plan.resources.gpus == 0)]
+    needed = [k for k in plan.resources.asked() if TRIVIAL.get(k, -1) != plan.resources.get(k)]
     if not needed:
         return
     honoured, who = honoured_resources(plugins, plan, local_env)

@@ -205,6 +205,11 @@ class Execution(abc.ABC):
     def cleanup(self) -> None:
         """Release what the execution holds (a stopped container...). Always called once."""
 
+    def failure_reason(self, code: int) -> str | None:
+        """Why it failed with ``code``, when it knows better than the code says (``rank 2 exited
+        with status 3``); ``None``: the code says it all."""
+        return None
+
 
 class Launcher(abc.ABC):
     """Starts a :class:`CommandSpec` inside a prepared environment."""

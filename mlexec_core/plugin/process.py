@@ -197,6 +197,8 @@ class ExecutionJob(SubmittedJob):
             self.settle(RunStatus.KILLED, "stopped by the user", exit_code=code)
         elif code == 0:
             self.settle(RunStatus.FINISHED, exit_code=code)
+        elif self.execution.failure_reason(code):
+            self.settle(RunStatus.FAILED, self.execution.failure_reason(code), exit_code=code)  # a rank's
         elif code > 128 and code - 128 < signal.NSIG:
             self.settle(RunStatus.FAILED, f"the command was killed by {signal.Signals(code - 128).name}",
                         exit_code=code)
