@@ -98,7 +98,8 @@ slow:
   command: "sleep 300 & echo \\"contract-ready $$ $!\\"; wait"
 """
 #: A value of every resource, for the refusal test.
-RESOURCE_VALUES = {"cpus": "1", "memory": "64M", "gpus": "1", "gpu-type": "A100", "shm": "64M", "time": "1h"}
+RESOURCE_VALUES = {"cpus": "1", "memory": "64M", "gpus": "1", "gpu-type": "A100", "shm": "64M", "time": "1h",
+                   "nodes": "2", "processes-per-node": "2"}
 #: The slow entry point's line once it runs: its shell's pid and its child's.
 READY = re.compile(r"contract-ready (\d+) (\d+)")
 
