@@ -38,6 +38,8 @@ def run(
     build_image: bool = False,
     docker_auth: Mapping[str, Any] | None = None,
     resources: Mapping[str, Any] | None = None,
+    restart_on_exit: Sequence[int] | str | None = None,
+    max_restarts: int | None = None,
     plugins: Any = None,
 ) -> "SubmittedRun":
     """Run a project, as ``mlflow.projects.run`` does.
@@ -50,6 +52,8 @@ def run(
 
     :param resources: what the run needs, over the MLproject's ``resources:`` (``{"gpus": 1,
         "memory": "16G", "time": "2h"}``; ``None`` as a value drops a key), as ``-R`` does.
+    :param restart_on_exit: exit statuses after which the job is started again into the same
+        run, up to ``max_restarts`` times (default 3), as ``--restart-on-exit`` and ``--max-restarts``.
     :param plugins: a :class:`~mlexec_core.plugin.manager.Plugins` to use
         instead of the installed ones (tests).
     """
@@ -73,6 +77,7 @@ def run(
         docker_args=docker_args, resources=resources, experiment_name=experiment_name,
         experiment_id=experiment_id, backend=backend, backend_config=backend_config, env_manager=env_manager,
         storage_dir=storage_dir, run_id=run_id, run_name=run_name, build_image=build_image,
+        restart_on_exit=restart_on_exit, max_restarts=max_restarts,
         tags={"mlflow.parentRunId": parent} if parent else {},
         extras={"docker_auth": dict(docker_auth)} if docker_auth else {},
     ))

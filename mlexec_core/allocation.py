@@ -48,6 +48,7 @@ from attrs import frozen
 
 from mlexec_core.procfs import group_members, stat_fields
 from mlexec_core.resources import Allocation, Resources, format_size
+from mlexec_core.xdg import state_home
 
 #: Seconds between two looks at the lease store while a job waits (a release by
 #: this process wakes its waiters at once).
@@ -292,13 +293,6 @@ def job_environment(allocation: Allocation, env: Mapping[str, str]) -> dict[str,
 
 
 # -- the lease store --------------------------------------------------------------------------
-
-
-def state_home(environ: Mapping[str, str] | None = None) -> Path:
-    """mlexec's folder in the user's state: ``$XDG_STATE_HOME/mlexec`` (``~/.local/state/mlexec``)."""
-    environ = os.environ if environ is None else environ
-    return Path(environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"),
-                "mlexec")
 
 
 def leases_path(environ: Mapping[str, str] | None = None) -> Path:

@@ -424,3 +424,17 @@ def test_a_sweep_refuses_a_child_whose_command_is_too_long_before_any_run(mlexec
     assert_no_traceback(proc)
     assert "MAX_ARG_STRLEN" in proc.stderr
     assert store.runs() == []
+
+
+def test_a_failed_command_fails_its_run_even_after_mlflows_exit_handler_ended_it(mlexec, project, store):
+    """MLflow's client ends an active run FINISHED when the job's process exits, whatever its exit
+    status, and `mlflow run` then keeps that status: a crashed training script reads as finished.
+    mlexec knows the command failed: the run is FAILED (a status the job set deliberately, FAILED
+    or KILLED, still stands: test_run_ended_by_the_job_keeps_its_status)."""
+    proj = project("entry_points: {main: {command: '$PYTHON crash.py'}}\n",
+                   {"crash.py": "import mlflow, sys\nmlflow.log_metric('loss', 0.5)\nsys.exit(3)\n"})
+    mlexec("run", proj, "--env-manager", "local", env={"PYTHON": sys.executable}, check=3)
+    run = store.only_run()
+    assert run.info.status == "FAILED"
+    assert run.data.metrics == {"loss": 0.5}
+    assert run.data.tags["mlexec.failureReason"] == "the command exited with status 3"

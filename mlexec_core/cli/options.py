@@ -45,6 +45,12 @@ RUN_OPTIONS: list[tuple[str, Callable[[str], Callable]]] = [
     ("run_name", lambda cmd: click.option(
         "--run-name", help="Name of the new run." if cmd == "run"
         else "Name of the parent run (children are named after it).")),
+    ("restart_on_exit", lambda cmd: click.option(
+        "--restart-on-exit", metavar="CODES",
+        help="Exit statuses after which the job is started again into the same run (75,143); "
+             "each attempt gets MLEXEC_ATTEMPT and MLEXEC_CHECKPOINT_DIR.")),
+    ("max_restarts", lambda cmd: click.option(
+        "--max-restarts", type=int, metavar="K", help="Start the job again at most K times (default 3).")),
     ("build_image", lambda cmd: click.option(
         "--build-image", is_flag=True, default=False if cmd == "run" else None,
         help="docker_env projects: build an image holding the project code"

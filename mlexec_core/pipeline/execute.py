@@ -24,6 +24,11 @@ from mlexec_core.plugin.interfaces import PreparedEnvironment, SubmittedJob
 from mlexec_core.plugin.manager import Plugins
 
 
+#: Every attempt of a run that may be started again: its number (1, 2 ...) and the folder the attempts share.
+ATTEMPT_VAR = "MLEXEC_ATTEMPT"
+CHECKPOINT_VAR = "MLEXEC_CHECKPOINT_DIR"
+
+
 class SubmittedRun:
     """A started run, as ``mlflow.projects.SubmittedRun``: ``wait()``, ``get_status()``,
     ``cancel()``, ``run_id``.  Thread-safe."""
@@ -48,6 +53,10 @@ class SubmittedRun:
         self.left_behind: list[int] = []
         #: The job's tags as written to the run so far.
         self._tags_written: dict[str, str] = {}
+        #: What :func:`prepare` made, to start the job again (set by :func:`start`).
+        self._prepared: Prepared | None = None
+        #: Which attempt the job is (``--restart-on-exit``, a preempted job): 1, 2 ...
+        self.attempt = 1
 
     @property
     def run_id(self) -> str:
@@ -68,6 +77,11 @@ class SubmittedRun:
         """
         try:
             status = self.job.wait()
+            while (why := self._restart_reason(status)) is not None:
+                self._end_job()  # nothing of this attempt runs any more
+                if not self._start_again(why):
+                    break
+                status = self.job.wait()
         except BaseException as exc:  # interrupted while waiting, or a backend bug
             try:
                 self.cancel()
@@ -99,13 +113,48 @@ class SubmittedRun:
             self._cancel_requested = True
             self._cancels += 1
             self._cancels_done.clear()
+            job = self.job  # the attempt running now (a restart checks the request under this lock)
         try:
-            self.job.cancel(signum)
+            job.cancel(signum)
         finally:
             with self._lock:
                 self._cancels -= 1
                 if self._cancels == 0:
                     self._cancels_done.set()
+
+    def _restart_reason(self, status: RunStatus) -> str | None:
+        """Why the job that ended with ``status`` is started again, or ``None``."""
+        restarts = self.plan.restarts
+        if status is not RunStatus.FAILED or self._cancel_requested or self._prepared is None \
+                or self.attempt > restarts.max_restarts:
+            return None
+        code = self.job.exit_code
+        if code is not None and code in restarts.exit_codes:
+            return f"exited with status {code} (--restart-on-exit)"
+        return getattr(self.job, "restart_reason", None)
+
+    def _start_again(self, why: str) -> bool:
+        """Start the next attempt into the same run: SCHEDULED, then RUNNING once it runs;
+        ``False`` (nothing started) when a stop was asked for meanwhile."""
+        from mlexec_core.pipeline.stopping import MARK_VAR, new_mark
+
+        plugins, plan = self.plugins, self.plan
+        attempt = self.attempt + 1
+        self.run.output.write(f"mlexec: the job {why}: attempt {attempt} of at most "
+                              f"{plan.restarts.max_restarts + 1}, into the same run\n".encode(), "stderr")
+        run = attrs.evolve(self.run, env={**self.run.env, ATTEMPT_VAR: str(attempt), MARK_VAR: new_mark()})
+        plugins.run_restarted(run=run, plan=plan, attempt=attempt, reason=why)
+        with self._lock:
+            if self._cancel_requested:
+                return False
+            job = plugins.backend(plan.backend).submit(plan, run, self._prepared.backend)
+            self.run, self.job, self.attempt = run, job, attempt
+        self._tags_written = {}
+        job.status_listener = self._report_status
+        if job.get_status() is RunStatus.RUNNING:
+            plugins.run_status(run=run, plan=plan, status=RunStatus.RUNNING)
+        self._write_job_tags()
+        return True
 
     def _end_job(self) -> None:
         """The stop contract's core side, once the job's wait() is over."""
@@ -266,6 +315,10 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
         if environment is not None:
             tags["mlflow.project.env"] = environment.name
             tags.update(environment.tags)
+        if plan.restarts.asked:  # the attempts share a folder that belongs to the run
+            run = attrs.evolve(run, env={**run.env, ATTEMPT_VAR: "1",
+                                         CHECKPOINT_VAR: backend.checkpoint_dir(plan, run)})
+            tags["mlexec.attempt"] = "1"
         plugins.run_tags(run=run, tags=tags)
         if announce is not None:
             announce(run)
@@ -281,6 +334,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
         raise
     submitted = SubmittedRun(plugins, plan, run, job, environment)
     submitted._tags_written = dict(job.tags)
+    submitted._prepared = prepared
     plugins.run_started(run=run, plan=plan)
     job.status_listener = lambda status: submitted._report_status(status)
     return submitted

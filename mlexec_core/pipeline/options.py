@@ -62,6 +62,10 @@ class RunOptions:
     run_id: str | None = None
     run_name: str | None = None
     build_image: bool = False
+    #: ``--restart-on-exit 75,143``: exit statuses after which the job is started again, into the same run.
+    restart_on_exit: str | tuple[int, ...] | None = None
+    #: ``--max-restarts K``: how many times at most (``None``: the default, 3).
+    max_restarts: int | None = None
     #: Tags the new run gets besides mlexec's (``mlflow.parentRunId`` of the caller's active run ...).
     tags: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     #: Options only the Python API has (``docker_auth``), handed to plugins as ``plan.options``.

@@ -73,6 +73,18 @@ class TrackingOptions:
 
 
 @frozen
+class Restarts:
+    """When a job that ended is started again into the same run (``--restart-on-exit``, ``--max-restarts``)."""
+
+    #: Exit statuses that mean "start me again" (a script's own "preempted, resume me").
+    exit_codes: frozenset[int] = frozenset()
+    #: Restarts at most, whatever their cause.
+    max_restarts: int = 3
+    #: The user asked for restarts: every attempt gets ``MLEXEC_ATTEMPT`` and ``MLEXEC_CHECKPOINT_DIR``.
+    asked: bool = False
+
+
+@frozen
 class RunPlan:
     project: Project
     source: Source
@@ -98,6 +110,8 @@ class RunPlan:
     #: What the run needs (the MLproject's ``resources:``, then ``-R``); every key set is one
     #: the backend declared it honours (checked when the plan was made).
     resources: Resources = Resources()
+    #: When the job is started again into the same run.
+    restarts: Restarts = Restarts()
     #: Options that came only through the Python API (e.g. ``docker_auth``).
     options: Mapping[str, Any] = attrs.field(factory=dict)
 

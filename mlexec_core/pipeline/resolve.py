@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from mlexec_core.errors import MlexecError, ParameterError, PluginError, UsageError
 from mlexec_core.pipeline.options import RunOptions
-from mlexec_core.pipeline.plan import ResolvedParameter, RunPlan, TrackingOptions
+from mlexec_core.pipeline.plan import ResolvedParameter, Restarts, RunPlan, TrackingOptions
 from mlexec_core.pipeline.source import fetch
 from mlexec_core.plugin.manager import Plugins
 from mlexec_core.project.loader import load_project
@@ -396,6 +396,7 @@ def resolve_plan(plugins: Plugins, options: RunOptions, *, cwd: Path | None = No
                                  run_name=run_name, run_id=run_id, tags=dict(options.tags)),
         options=dict(options.extras),
         resources=ep.resources.merged(asked).without(cleared),
+        restarts=parse_restarts(options.restart_on_exit, options.max_restarts),
     )
     local_env = backend_obj.uses_local_environment(plan)
     check_resources(plugins, plan, asked, local_env,
@@ -431,6 +432,24 @@ def parse_resource_options(given: Mapping[str, Any] | Sequence[str] | None,
             del pairs[key]
     fail = lambda message, hint: UsageError(message, hint=hint)  # noqa: E731
     return parse_resources(pairs, fail, prefix=f"{label} "), frozenset(cleared)
+
+
+def parse_restarts(codes: str | Sequence[int] | None, most: int | None) -> Restarts:
+    """``--restart-on-exit 75,143`` and ``--max-restarts K`` as a :class:`Restarts`."""
+    if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 0):
+        raise UsageError(f"--max-restarts {most!r}: expected a whole number, 0 or more")
+    found: set[int] = set()
+    items = codes.split(",") if isinstance(codes, str) else list(codes or ())
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        if not text.isdigit() or not 1 <= int(text) <= 255:
+            raise UsageError(f"--restart-on-exit {shorten(str(codes))}: {text!r} is not an exit status (1 to 255)",
+                             hint="for example --restart-on-exit 75,143")
+        found.add(int(text))
+    return Restarts(exit_codes=frozenset(found), max_restarts=3 if most is None else most,
+                    asked=bool(found) or most is not None)
 
 
 def honoured_resources(plugins: Plugins, plan: RunPlan, local_env: bool) -> tuple[frozenset[str], str]:

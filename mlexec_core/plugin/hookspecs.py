@@ -108,6 +108,23 @@ def mlexec_run_started(run: RunRecord, plan: RunPlan) -> None:
 
 
 @hookspec
+def mlexec_run_restarted(run: RunRecord, plan: RunPlan, attempt: int, reason: str) -> None:
+    """The job ended and is started again into the same run (``--restart-on-exit``, a
+    preempted job): attempt ``attempt`` (2, 3 ...) is about to be submitted.
+
+    The run goes on: trackers put it back to SCHEDULED, even if the last attempt's own
+    MLflow client ended it when its process exited, and count the attempt.  Called from
+    the thread that follows the job, between the end of one attempt and the start of the
+    next; :func:`mlexec_run_status` follows (RUNNING) once the new attempt runs.
+
+    :param run: the record from :func:`mlexec_run_create`, its ``env`` that of the new attempt.
+    :param plan: the resolved run.
+    :param attempt: the number of the attempt about to start.
+    :param reason: why, in one line (``exited with status 75 (--restart-on-exit)``).
+    """
+
+
+@hookspec
 def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
     """The job moved between queued and running before it ended: SCHEDULED while a
     batch scheduler holds it in its queue, RUNNING once it starts (again, after a requeue).

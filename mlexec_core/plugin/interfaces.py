@@ -355,6 +355,10 @@ class SubmittedJob(abc.ABC):
     failure_reason: str | None = None
     #: The exit code of the job's command, when there is one.
     exit_code: int | None = None
+    #: Why the job should be started again into the same run, when it ended FAILED for a reason
+    #: that is not its own (``"was preempted"``, ``"lost its node"``); ``None``: it should not.
+    #: mlexec restarts it up to ``--max-restarts`` times.
+    restart_reason: str | None = None
     #: While :meth:`get_status` is SCHEDULED (a batch scheduler has queued the job),
     #: the scheduler's reason in its own words (``Priority``, ``Resources`` ...).
     pending_reason: str | None = None
@@ -467,6 +471,18 @@ class Backend(Registered, abc.ABC):
         built on :class:`mlexec_core.envcache.EnvironmentCache` follow it.
         """
         return None
+
+    def checkpoint_dir(self, plan: RunPlan, run: RunRecord) -> str:
+        """The folder a run's attempts share (``MLEXEC_CHECKPOINT_DIR``), as the job sees it, when the
+        run may be started again (``--restart-on-exit``, ``--max-restarts``): it belongs to the run and
+        survives its attempts.  The default, for jobs of this machine: under mlexec's state folder
+        (``$XDG_STATE_HOME/mlexec/runs/<run id>/checkpoints``), made here.  A cluster backend returns a
+        folder every node sees (the shared folder)."""
+        from mlexec_core.xdg import state_home
+
+        folder = state_home() / "runs" / run.run_id / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
 
     def uses_local_environment(self, plan: RunPlan) -> bool:
         """Whether mlexec should prepare the environment with the selected

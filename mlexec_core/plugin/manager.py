@@ -196,6 +196,10 @@ class Plugins:
         """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_status`."""
         self._notify(self.pm.hook.mlexec_run_status, run=run, plan=plan, status=status)
 
+    def run_restarted(self, run: RunRecord, plan: RunPlan, attempt: int, reason: str) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_restarted`."""
+        self._notify(self.pm.hook.mlexec_run_restarted, run=run, plan=plan, attempt=attempt, reason=reason)
+
     def run_tags(self, run: RunRecord, tags: Mapping[str, str]) -> None:
         """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_tags`."""
         self._notify(self.pm.hook.mlexec_run_tags, run=run, tags=tags)

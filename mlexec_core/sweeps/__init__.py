@@ -86,6 +86,8 @@ def sweep(
     version: str | None = None,
     docker_args: Sequence[str] | Mapping[str, Any] = (),
     resources: Mapping[str, Any] | None = None,
+    restart_on_exit: Sequence[int] | str | None = None,
+    max_restarts: int | None = None,
     experiment_name: str | None = None,
     experiment_id: str | None = None,
     backend: str | None = None,
@@ -120,7 +122,8 @@ def sweep(
     options = RunOptions(uri=uri, version=version, docker_args=docker_args, resources=resources or {},
                          experiment_name=experiment_name, experiment_id=experiment_id, backend=backend,
                          backend_config=backend_config, env_manager=env_manager, storage_dir=storage_dir,
-                         run_name=run_name, build_image=build_image)
+                         run_name=run_name, build_image=build_image, restart_on_exit=restart_on_exit,
+                         max_restarts=max_restarts)
     plan = plan_sweep(plugins, options, spec, resume=resume)
     runner = Sweep(plugins, plan)
     runner.prepare()

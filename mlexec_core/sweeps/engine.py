@@ -141,6 +141,8 @@ def plan_sweep(plugins, options: RunOptions, spec: SweepSpec, *, strategy: str |
             docker_args=options.docker_args or opts.get("docker_args") or (),
             resources=options.resources or opts.get("resources") or (),
             build_image=options.build_image or bool(opts.get("build_image")),
+            restart_on_exit=options.restart_on_exit or opts.get("restart_on_exit"),
+            max_restarts=options.max_restarts if options.max_restarts is not None else opts.get("max_restarts"),
             experiment_id=earlier.experiment_id, experiment_name=None)
         uri = options.uri
     if uri is None:
@@ -221,7 +223,8 @@ def plan_sweep(plugins, options: RunOptions, spec: SweepSpec, *, strategy: str |
                 "docker_args": dict(docker_args) if isinstance(docker_args, Mapping) else list(docker_args),
                 "resources": dict(options.resources) if isinstance(options.resources, Mapping)
                 else list(options.resources), "build_image": bool(options.build_image),
-                "run_name": options.run_name}
+                "run_name": options.run_name, "max_restarts": options.max_restarts,
+                "restart_on_exit": ",".join(map(str, sorted(base.restarts.exit_codes))) or None}
     return SweepPlan(spec, record.name, base, parallel, tuple(children) if children is not None else None,
                      recorded, cwd, earlier)
 

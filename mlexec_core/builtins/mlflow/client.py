@@ -185,9 +185,10 @@ class ClientStore:
         return self.client.get_run(run_id).info.status
 
     @_bounded
-    def set_status(self, run_id: str, status: str) -> None:
-        """Move a run between RUNNING and SCHEDULED; a run that has ended stays as it is."""
-        if self.status(run_id) in ACTIVE:
+    def set_status(self, run_id: str, status: str, reopen: bool = False) -> None:
+        """Move a run between RUNNING and SCHEDULED; a run that has ended stays as it is, unless
+        ``reopen`` (its job is started again into it: the run goes on)."""
+        if reopen or self.status(run_id) in ACTIVE:
             self.client.update_run(run_id, status=status)
 
     @_bounded
@@ -198,8 +199,9 @@ class ClientStore:
 
     @_bounded
     def finish(self, run_id: str, status: str, tags: Mapping[str, str], end_time: int | None = None,
-               force: bool = False) -> bool:
-        """End the run with ``tags`` unless it has already ended (``force``: whatever it says);
+               force: bool = False, also: tuple[str, ...] = ()) -> bool:
+        """End the run with ``tags`` unless it has already ended (``force``: whatever it says; ``also``:
+        statuses replaced too);
         the supervisor record goes either way.  Whether it was ended here.
 
         A server has no conditional update, so the status is read before the tags are
@@ -207,7 +209,7 @@ class ClientStore:
         failed request writes them again); another writer can still come between the last
         read and the write, a single request's time (docs/cli.md, "runs repair")."""
         def ended() -> bool:
-            if force or self.status(run_id) in ACTIVE:
+            if force or self.status(run_id) in (*ACTIVE, *also):
                 return False
             self.clear_live(run_id)
             return True

@@ -26,6 +26,8 @@ from mlexec_core.sources.urls import redact, scrub, secrets_of
 #: Why a run failed or was killed, in one line (set by mlexec when it ends the run).
 FAILURE_REASON_TAG = "mlexec.failureReason"
 MAX_TAG_VALUE = 8000
+#: The run's tag counting its attempts (a job started again into the same run).
+ATTEMPT_TAG = "mlexec.attempt"
 #: ``mlexec.resources.gpus = 1`` ...: the resources a run asked for, as a user writes them.
 RESOURCE_TAG_PREFIX = "mlexec.resources."
 
@@ -170,6 +172,16 @@ def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
 
 
 @hookimpl
+def mlexec_run_restarted(run: RunRecord, plan: RunPlan, attempt: int, reason: str) -> None:
+    """The run goes on: SCHEDULED again (whatever the last attempt's own MLflow client set as it
+    exited), its attempts counted."""
+    if run.tracker == "mlflow":
+        store = open_store(run.tracking_uri)
+        store.set_status(run.run_id, RunStatus.SCHEDULED.value, reopen=True)
+        store.set_tags(run.run_id, {ATTEMPT_TAG: str(attempt)})
+
+
+@hookimpl
 def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
     if run.tracker != "mlflow":
         return
@@ -218,8 +230,11 @@ def record_end(store: Any, run_id: str, status: RunStatus, reason: str | None, e
     # The job may have ended the run itself (mlflow.end_run()); as in MLflow, that
     # status stands, unless mlexec stopped the job: then it was killed, whatever it said.
     # One call (one transaction in a sqlite store), committed before it returns.
+    # A failed command whose run says FINISHED was ended by MLflow's own exit handler in the job
+    # (it ends an active run FINISHED whatever the exit status): the command failed, so the run did.
     tags = {FAILURE_REASON_TAG: reason[:MAX_TAG_VALUE]} if reason else {}
-    store.finish(run_id, status.value, tags, end_time=end_time, force=status is RunStatus.KILLED)
+    store.finish(run_id, status.value, tags, end_time=end_time, force=status is RunStatus.KILLED,
+                 also=("FINISHED",) if status is RunStatus.FAILED else ())
 
 
 def outcome_unrecorded(run: RunRecord) -> bool:

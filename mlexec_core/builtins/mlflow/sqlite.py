@@ -342,10 +342,15 @@ class SqliteStore:
             row = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
         return row[0] if row else "RUNNING"
 
-    def set_status(self, run_id: str, status: str) -> None:
-        """Move a run between RUNNING and SCHEDULED; a run that has ended stays as it is."""
+    def set_status(self, run_id: str, status: str, reopen: bool = False) -> None:
+        """Move a run between RUNNING and SCHEDULED; a run that has ended stays as it is, unless
+        ``reopen`` (its job is started again into it: the run goes on, its end time cleared)."""
         with self._taking(run_id) as waiting, self._db() as db:
-            db.execute(f"UPDATE runs SET status = ? WHERE run_uuid = ? AND status IN {_ACTIVE}", (status, run_id))
+            if reopen:
+                db.execute("UPDATE runs SET status = ?, end_time = NULL WHERE run_uuid = ?", (status, run_id))
+            else:
+                db.execute(f"UPDATE runs SET status = ? WHERE run_uuid = ? AND status IN {_ACTIVE}",
+                           (status, run_id))
             self._write_tags(db, run_id, waiting)
 
     def end_run(self, run_id: str, status: str, end_time: int | None = None) -> None:
@@ -353,14 +358,14 @@ class SqliteStore:
         self.finish(run_id, status, {}, end_time=end_time, force=True)
 
     def finish(self, run_id: str, status: str, tags: Mapping[str, str], end_time: int | None = None,
-               force: bool = False) -> bool:
+               force: bool = False, also: tuple[str, ...] = ()) -> bool:
         """End a run in one transaction, with ``tags``; unless ``force``, only if it is still RUNNING
         or SCHEDULED (the job may have ended it itself, or its mlexec did before a repair looked:
-        that stands).  The check and the write are one conditional UPDATE, so no other writer can
+        that stands), or has a status in ``also``.  The check and the write are one conditional UPDATE, so no other writer can
         come between them.  The waiting tags are written and the supervisor record removed either
         way.  Whether it was ended here."""
         with self._taking(run_id) as waiting, self._db() as db:
-            only_active = "" if force else f" AND status IN {_ACTIVE}"
+            only_active = "" if force else f" AND status IN {_ACTIVE + tuple(also)}"
             ended = db.execute(f"UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?{only_active}",
                                (status, end_time or _now(), run_id)).rowcount > 0
             self._write_tags(db, run_id, {**waiting, **tags} if ended else waiting)

@@ -1,0 +1,146 @@
+"""A job that exits with a status the user marked retryable starts again into the same run
+(issue 22, item 5, on this machine): ``--restart-on-exit``, ``--max-restarts``, ``MLEXEC_ATTEMPT``
+and ``MLEXEC_CHECKPOINT_DIR``, the tag ``mlexec.attempt``, every attempt's output kept.  The real
+CLI and a real store; the job resumes from its own checkpoint and keeps logging metrics with
+increasing steps."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlexec_core.testing import assert_no_traceback, assert_processes_gone, wait_until
+
+JOB = r'''
+import json, os, sys, time
+attempt = os.environ.get("MLEXEC_ATTEMPT")
+folder = os.environ.get("MLEXEC_CHECKPOINT_DIR")
+out = sys.argv[1]
+with open(os.path.join(out, f"attempt-{attempt}.json"), "w") as f:
+    json.dump({"attempt": attempt, "folder": folder, "pid": os.getpid()}, f)
+if attempt is None:  # not started to be restarted
+    sys.exit(75)
+checkpoint = os.path.join(folder, "step")
+step = int(open(checkpoint).read()) if os.path.exists(checkpoint) else 0
+print(f"attempt {attempt} resumes at step {step}", flush=True)
+import mlflow
+for s in range(step, step + 2):
+    mlflow.log_metric("loss", 1.0 / (s + 1), step=s)
+with open(checkpoint, "w") as f:
+    f.write(str(step + 2))
+if sys.argv[2] == "hang" and attempt == "2":
+    time.sleep(300)
+sys.exit(0 if int(attempt) >= int(sys.argv[3]) else 75)
+'''
+
+MLPROJECT = f"""
+name: restarts
+entry_points:
+  main:
+    parameters: {{out: string, mode: {{type: string, default: run}}, finish_at: {{type: int, default: 3}}}}
+    command: "{sys.executable} job.py {{out}} {{mode}} {{finish_at}}"
+"""
+
+
+@pytest.fixture
+def job(project, tmp_path):
+    folder = project(MLPROJECT, files={"job.py": JOB})
+    out = tmp_path / "attempts"
+    out.mkdir()
+    return folder, out
+
+
+def attempts(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in out.glob("attempt-*.json")}
+
+
+def test_a_retryable_exit_starts_the_job_again_into_the_same_run(mlexec, job, store, tmp_path):
+    folder, out = job
+    proc = mlexec("run", folder, "--env-manager", "local", "--restart-on-exit", "75,143", "-P", f"out={out}",
+                  check=0)
+    assert_no_traceback(proc)
+    got = attempts(out)
+    assert sorted(got) == ["attempt-1", "attempt-2", "attempt-3"]
+    assert len({a["folder"] for a in got.values()}) == 1  # one folder for every attempt
+    run = store.only_run()
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlexec.attempt"] == "3"
+    history = store.client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(6))  # each attempt went on where the last one stopped
+    for n in (2, 3):
+        assert f"mlexec: the job exited with status 75 (--restart-on-exit): attempt {n} of at most 4" in proc.stderr
+    log = Path(store.client.download_artifacts(run.info.run_id, "mlexec/output.log", str(tmp_path))).read_text()
+    for n, step in ((1, 0), (2, 2), (3, 4)):
+        assert f"attempt {n} resumes at step {step}" in log
+    assert "attempt 2 of at most 4" in log
+
+
+def test_max_restarts_bounds_them_and_the_run_fails_with_the_last_status(mlexec, job, store):
+    folder, out = job
+    proc = mlexec("run", folder, "--env-manager", "local", "--restart-on-exit", "75", "--max-restarts", "1",
+                  "-P", f"out={out}", check=75)
+    assert sorted(attempts(out)) == ["attempt-1", "attempt-2"]
+    run = store.only_run()
+    assert run.info.status == "FAILED" and run.data.tags["mlexec.attempt"] == "2"
+    assert proc.stderr.strip().splitlines()[-1].endswith("failed: the command exited with status 75 ===")
+
+
+def test_without_restart_options_nothing_restarts_and_nothing_is_set(mlexec, job, store):
+    folder, out = job
+    mlexec("run", folder, "--env-manager", "local", "-P", f"out={out}", check=75)
+    assert attempts(out) == {"attempt-None": {"attempt": None, "folder": None,
+                                              "pid": attempts(out)["attempt-None"]["pid"]}}
+    assert "mlexec.attempt" not in store.only_run().data.tags
+
+
+def test_ctrl_c_during_a_later_attempt_kills_the_run_and_starts_nothing_more(mlexec_background, job, store):
+    folder, out = job
+    bg = mlexec_background("run", folder, "--env-manager", "local", "--restart-on-exit", "75", "-P", f"out={out}",
+                           "-P", "mode=hang")
+    wait_until(lambda: "attempt-2" in attempts(out), 60, lambda: f"the second attempt: {bg.stderr}")
+    bg.signal(signal.SIGINT)
+    proc = bg.finish()
+    assert proc.returncode == 130, proc.stderr
+    run = store.only_run()
+    assert run.info.status == "KILLED" and run.data.tags["mlexec.attempt"] == "2"
+    assert sorted(attempts(out)) == ["attempt-1", "attempt-2"]
+    assert_processes_gone([attempts(out)["attempt-2"]["pid"]], timeout=5)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--restart-on-exit", "75,x"], "--restart-on-exit 75,x: 'x' is not an exit status (1 to 255)"),
+    (["--restart-on-exit", "0"], "'0' is not an exit status"),
+    (["--max-restarts", "-1"], "--max-restarts -1: expected a whole number, 0 or more"),
+])
+def test_bad_restart_options_are_one_error_before_any_run(mlexec, job, store, args, says):
+    folder, out = job
+    proc = mlexec("run", folder, "--env-manager", "local", *args, "-P", f"out={out}", check=2)
+    assert_no_traceback(proc)
+    assert says in proc.stderr, proc.stderr
+    assert store.runs() == [] and attempts(out) == {}
+
+
+def test_a_sweep_child_restarts_into_its_own_run(mlexec, job, store):
+    """``--max-restarts`` continues the same child run; ``--retries`` would start a new one."""
+    folder, out = job
+    proc = mlexec("sweep", folder, "--env-manager", "local", "--restart-on-exit", "75", "-P", f"out={out}",
+                  "-P", "finish_at=2", check=0)
+    assert_no_traceback(proc)
+    [child] = [r for r in store.runs() if r.data.tags.get("mlexec.sweep") != "parent"]
+    assert child.info.status == "FINISHED" and child.data.tags["mlexec.attempt"] == "2"
+
+
+def test_the_python_api_takes_the_restart_options(job, store, cli_env, monkeypatch):
+    import mlexec_core
+
+    for key, value in cli_env.items():
+        monkeypatch.setenv(key, value)
+    folder, out = job
+    submitted = mlexec_core.run(str(folder), parameters={"out": str(out), "finish_at": 2}, env_manager="local",
+                                restart_on_exit=[75], max_restarts=2)
+    assert submitted.attempt == 2
+    assert store.only_run().data.tags["mlexec.attempt"] == "2"
