@@ -144,3 +144,13 @@ def test_the_python_api_takes_the_restart_options(job, store, cli_env, monkeypat
                                 restart_on_exit=[75], max_restarts=2)
     assert submitted.attempt == 2
     assert store.only_run().data.tags["mlexec.attempt"] == "2"
+
+
+def test_a_backend_that_cannot_restart_refuses_the_options(mlexec, job, store):
+    folder, out = job
+    proc = mlexec("run", folder, "-b", "kubernetes", "-c", '{"repository-uri": "127.0.0.1:5000/x"}',
+                  "--restart-on-exit", "75", "-P", f"out={out}", check=2)
+    assert_no_traceback(proc)
+    assert "-b kubernetes cannot start a job again into the same run" in proc.stderr, proc.stderr
+    assert "backends that can: -b local" in proc.stderr
+    assert store.runs() == []

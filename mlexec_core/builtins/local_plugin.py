@@ -11,7 +11,7 @@ from mlexec_core.plugin import Registration, hookimpl
 def mlexec_backends():
     return [Registration(
         kind="backend", name="local", path="mlexec_core.builtins.local:LocalBackend",
-        resources={"cpus", "memory", "gpus", "time", "processes-per-node"},
+        capabilities={"restartable"}, resources={"cpus", "memory", "gpus", "time", "processes-per-node"},
         description="runs on this machine, output streamed to the terminal and kept with the run",
     )]
 

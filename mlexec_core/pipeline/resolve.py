@@ -398,6 +398,13 @@ def resolve_plan(plugins: Plugins, options: RunOptions, *, cwd: Path | None = No
         resources=ep.resources.merged(asked).without(cleared),
         restarts=parse_restarts(options.restart_on_exit, options.max_restarts),
     )
+    if plan.restarts.asked and "restartable" not in backend_obj.registration.capabilities:
+        can = sorted(n for n, r in plugins.registered("backend").items()
+                     if n == r.name and "restartable" in r.capabilities)
+        raise UsageError(f"-b {backend_obj.name} cannot start a job again into the same run "
+                         "(--restart-on-exit, --max-restarts)",
+                         hint=f"backends that can: {', '.join('-b ' + n for n in can) or 'none installed'}; "
+                              "or leave the restart options out")
     local_env = backend_obj.uses_local_environment(plan)
     check_resources(plugins, plan, asked, local_env,
                     label="resources" if isinstance(options.resources, Mapping) else "-R")

@@ -37,6 +37,8 @@ CAPABILITIES: dict[str, dict[str, str]] = {
                    "children are submitted at once",
         "command-in-script": "the command is written into a script (Slurm's batch script), not handed to a "
                              "shell as one argument, so the system's limit on one argument does not apply",
+        "restartable": "Backend.submit may be called again for a run whose job ended, to start its next "
+                       "attempt into the same run (--restart-on-exit, --max-restarts)",
     },
     "env-manager": {},
     "image-builder": {},
