@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
 from mlexec_core import reaper
 from mlexec_core.distributed import PrefixedOutput, RankedExecution, node_ranks
@@ -209,6 +209,21 @@ class ContainerRanks(RankedExecution):
         super().cleanup()
 
 
+def rank_variables(container_env: Iterable[str], per_node: int) -> list[tuple[int, dict[str, str]]]:
+    """Each rank and what its exec adds to the container's variables (``NAME=value`` items): the rank
+    variables, ``MASTER_ADDR=127.0.0.1``, and its share of the container's ``CUDA_VISIBLE_DEVICES``
+    (the devices as the container numbers them) when the run has GPUs."""
+    visible = dict(item.split("=", 1) for item in container_env if "=" in item).get("CUDA_VISIBLE_DEVICES")
+    devices = tuple(d for d in visible.split(",") if d) if visible else None
+    out = []
+    for rank in node_ranks(per_node, devices=devices, master_addr="127.0.0.1"):
+        env = dict(rank.env)
+        if rank.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(rank.devices)
+        out.append((int(env["RANK"]), env))
+    return out
+
+
 class RankedContainerLauncher(Launcher):
     """Starts a command as ``per_node`` ranks in one new container of ``launcher``'s image, with
     ``launcher``'s configuration (:meth:`ContainerLauncher.body`: mounts, variables, limits)."""
@@ -225,9 +240,7 @@ class RankedContainerLauncher(Launcher):
         if entrypoint is None:  # the image's, as `docker run` would put in front of the command
             entrypoint = ((engine.image(body["Image"]) or {}).get("Config") or {}).get("Entrypoint")
         entrypoint = [part for part in entrypoint or () if part]
-        visible = dict(item.split("=", 1) for item in body["Env"] if "=" in item).get("CUDA_VISIBLE_DEVICES")
-        devices = tuple(d for d in visible.split(",") if d) if visible else None
-        ranks = node_ranks(self.per_node, devices=devices, master_addr="127.0.0.1")
+        ranks = rank_variables(body["Env"], self.per_node)
         body = {**body, "Entrypoint": IDLE, "Cmd": [], "AttachStdout": False, "AttachStderr": False}
         run_id = body["Labels"].get(RUN_LABEL) or "norun"
         name = f"mlexec-{self.launcher.project}-{run_id[:12]}-{uuid.uuid4().hex[:6]}"
@@ -238,11 +251,7 @@ class RankedContainerLauncher(Launcher):
             container = engine.create(body, name=name)
             reaper.watch_container(container)  # stopped and removed even if mlexec is killed
             engine.start(container)
-            for rank in ranks:
-                number = int(rank.env["RANK"])
-                env = dict(rank.env)
-                if rank.devices is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = ",".join(rank.devices)
+            for number, env in ranks:
                 exec_id = engine.exec_create(container, {
                     "Cmd": [*entrypoint, "sh", "-c", WRAPPER, "mlexec-rank", spec.command],
                     "Env": [f"{k}={v}" for k, v in env.items()],

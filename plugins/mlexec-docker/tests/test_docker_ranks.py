@@ -125,3 +125,20 @@ def test_dry_run_lists_the_processes_and_more_than_one_node_is_refused(mlexec, d
     assert "cannot honour the resource -R nodes=2" in proc.stderr
     assert_no_traceback(proc)
     assert store.runs() == []
+
+
+def test_each_rank_gets_its_share_of_the_containers_devices():
+    # no GPU here: the device request the container would get, and the variables each exec adds
+    from mlexec_core.plugin.interfaces import Allocation, Resources
+    from mlexec_docker.ranks import rank_variables
+    from mlexec_docker.resources import allocation_options
+
+    host, env = allocation_options(Resources(gpus=4), Allocation(gpus=("1", "3", "4", "6")))
+    assert host["DeviceRequests"][0]["DeviceIDs"] == ["1", "3", "4", "6"]  # the whole run's, one container
+    ranks = rank_variables([f"{k}={v}" for k, v in env.items()], 2)
+    assert {rank: got["CUDA_VISIBLE_DEVICES"] for rank, got in ranks} == {0: "0,1", 1: "2,3"}  # as numbered inside
+    _, env = allocation_options(Resources(gpus=3), Allocation(gpus=("1", "3", "4")))
+    ranks = rank_variables([f"{k}={v}" for k, v in env.items()], 2)
+    assert [got["CUDA_VISIBLE_DEVICES"] for _, got in ranks] == ["0,1,2", "0,1,2"]  # uneven: each sees all three
+    assert all("CUDA_VISIBLE_DEVICES" not in got for _, got in rank_variables(["A=1"], 2))  # no GPU: not set
+    assert {got["MASTER_ADDR"] for _, got in ranks} == {"127.0.0.1"}
