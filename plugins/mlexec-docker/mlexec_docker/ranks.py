@@ -269,6 +269,9 @@ class RankedContainerLauncher(Launcher):
                 reaper.forget_container(container)
             for _, execution in executions:
                 execution.cleanup()
+            if isinstance(exc, EngineError) and exc.status == 409:  # no running container to exec into
+                raise BackendError(f"the container's idle process ({' '.join(IDLE)}) ended at once: {exc.message}",
+                                   hint="processes-per-node needs an image with sh and tail") from None
             if isinstance(exc, EngineError):
                 raise BackendError(f"the container could not start: {exc.message}",
                                    hint="check the -A options and docker_env.volumes") from None
