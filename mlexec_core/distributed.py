@@ -178,8 +178,6 @@ class RankedExecution(Execution):
     """The P processes of one run as one :class:`Execution`: it ends when every rank has ended;
     the first rank to fail stops the others and is the job's failure."""
 
-    #: Seconds the other ranks get after a rank failed, before SIGKILL (as a stop gives).
-    GRACE = 5.0
 
     def __init__(self, executions: Sequence[tuple[int, Execution]]) -> None:
         self.executions = list(executions)
@@ -214,9 +212,12 @@ class RankedExecution(Execution):
         if stop_others:  # as torchrun does: one rank down, the job is down
             import signal
 
+            from mlexec_core.pipeline.stopping import stop_timeout
+
+            grace = stop_timeout()  # what a stop gives: SIGTERM, then SIGKILL after MLEXEC_STOP_TIMEOUT
             for other, running in self.executions:
                 if other != rank:
-                    threading.Thread(target=running.stop, args=(signal.SIGTERM, self.GRACE), daemon=True).start()
+                    threading.Thread(target=running.stop, args=(signal.SIGTERM, grace), daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> int | None:
         if not self._done.wait(timeout):

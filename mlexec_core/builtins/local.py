@@ -70,7 +70,8 @@ class LocalBackend(Backend):
         if (plan.resources.processes_per_node or 1) > 1:  # one run, P processes of this node
             from mlexec_core.distributed import RankedLauncher
 
-            launcher = RankedLauncher(launcher, plan.resources.processes_per_node)
+            per_node = plan.resources.processes_per_node
+            launcher = launcher.ranked(per_node) or RankedLauncher(launcher, per_node)
         if _asks(plan):
             from mlexec_core.allocation import CUDA_VAR, request_for
 

@@ -217,6 +217,12 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def start(self, spec: CommandSpec) -> Execution: ...
 
+    def ranked(self, per_node: int) -> Launcher | None:
+        """A launcher that starts a command as ``per_node`` processes of one node by itself (the
+        docker manager's: all of them in one container), for ``processes-per-node``; ``None`` (the
+        default): the backend starts this launcher once per rank (:mod:`mlexec_core.distributed`)."""
+        return None
+
 
 @frozen
 class PreparedEnvironment:

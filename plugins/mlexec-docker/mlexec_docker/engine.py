@@ -359,6 +359,29 @@ class Engine:
         return self._open("POST", f"/containers/{container}/attach",
                           params={"stream": "1", "stdout": "1", "stderr": "1"}, timeout=None)
 
+    def exec_create(self, container: str, body: Mapping[str, Any]) -> str:
+        """``docker exec``'s first half: a process to start in the running ``container``; its id."""
+        return self._call("POST", f"/containers/{container}/exec", body=dict(body))["Id"]
+
+    def exec_start(self, exec_id: str, tty: bool = False) -> tuple[Any, Any]:
+        """Start the process and stay attached: its output streams on the connection (as
+        :meth:`attach`'s, read with :meth:`frames`) until it ends."""
+        return self._open("POST", f"/exec/{exec_id}/start", body={"Detach": False, "Tty": tty}, timeout=None)
+
+    def exec_detached(self, container: str, cmd: list[str]) -> None:
+        """Run ``cmd`` in ``container`` without waiting for it (a ``kill`` for a rank)."""
+        exec_id = self.exec_create(container, {"Cmd": cmd, "AttachStdout": False, "AttachStderr": False})
+        self._call("POST", f"/exec/{exec_id}/start", body={"Detach": True, "Tty": False})
+
+    def exec_inspect(self, exec_id: str) -> dict[str, Any] | None:
+        """The process's state (``Running``, ``ExitCode``); ``None`` when its container is gone."""
+        try:
+            return self._call("GET", f"/exec/{exec_id}/json")
+        except EngineError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     @staticmethod
     def frames(resp: Any, tty: bool = False) -> Iterator[tuple[int, bytes]]:
         """The output of an attached container: ``(stream, bytes)``, 1 stdout, 2 stderr; ends when it exits.

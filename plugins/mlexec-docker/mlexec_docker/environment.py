@@ -103,10 +103,21 @@ class DockerEnvironment(EnvironmentManager):
         for warning in warnings:
             self.context.reporter.warning(warning)
         check_limits(plan.resources, plan.docker_args, host_config)
-        return {
+        out: dict[str, Any] = {
             "image": docker.image or f"built from {docker.dockerfile}",
             "docker_run": docker_run_options(plan.resources, plan.docker_args),
         }
+        per_node = plan.resources.processes_per_node or 1
+        if per_node > 1:  # the ranks in one container (mlexec_docker.ranks)
+            from mlexec_core.distributed import node_ranks
+
+            from mlexec_docker.ranks import IDLE
+
+            out["container"] = f"one for the run, idle ({' '.join(IDLE)}); each process a `docker exec` into it"
+            out["processes"] = [" ".join(f"{k}={v if k != 'MASTER_PORT' else '<free port>'}"
+                                         for k, v in rank.env.items())
+                                for rank in node_ranks(per_node, master_addr="127.0.0.1", master_port=0)]
+        return out
 
     # -- mlexec env list / prune -----------------------------------------------------------
 

@@ -182,6 +182,12 @@ class ContainerLauncher(Launcher):
         out.update(self.environment)
         return out
 
+    def ranked(self, per_node: int) -> Launcher:
+        """``processes-per-node``: the ranks in one container of this launcher's (:mod:`mlexec_docker.ranks`)."""
+        from mlexec_docker.ranks import RankedContainerLauncher
+
+        return RankedContainerLauncher(self, per_node)
+
     def body(self, spec: CommandSpec) -> dict[str, Any]:
         env = self.container_env(spec.env, spec.added or None)
         uri, tracking_binds, host_network = tracking_for_container(env.get("MLFLOW_TRACKING_URI"),

@@ -15,8 +15,9 @@ def mlexec_environment_managers():
         kind="env-manager", name="docker", path="mlexec_docker.environment:DockerEnvironment",
         handles={"docker"}, default_for={"docker"}, priority=10,
         # the container's limits (mlexec_docker.resources) and the local backend's time limit;
-        # not gpu-type: a local machine cannot choose a kind of GPU
-        resources={"cpus", "memory", "gpus", "shm", "time"},
+        # processes-per-node: the ranks in one container (mlexec_docker.ranks); not nodes (one
+        # engine is one machine), nor gpu-type: a local machine cannot choose a kind of GPU
+        resources={"cpus", "memory", "gpus", "shm", "time", "processes-per-node"},
         description="runs docker_env projects in a container (image or Dockerfile; --build-image copies the code in)",
     )]
 
