@@ -148,6 +148,10 @@ def remove_container(engine: Engine, container: str) -> None:
             return
 
 
+#: The folder a run's attempts share (``--restart-on-exit``): mounted at the same path in the container.
+CHECKPOINT_VAR = "MLEXEC_CHECKPOINT_DIR"
+
+
 class ContainerLauncher(Launcher):
     """Starts a :class:`CommandSpec` in a new container of ``image``.
 
@@ -197,6 +201,9 @@ class ContainerLauncher(Launcher):
         binds = list(self.binds) + tracking_binds
         if self.mount_code:
             binds.insert(0, f"{self.mount_code}:{CODE_DIR}")
+        checkpoints = env.get(CHECKPOINT_VAR)
+        if checkpoints and os.path.isabs(checkpoints):  # a run's attempts share it: the same path inside
+            binds.append(f"{checkpoints}:{checkpoints}")
         host = {"Init": True, **self.host_config}
         allotted, allotted_env = allocation_options(self.resources, spec.allocation)
         if "CpusetCpus" in allotted and self.host_config.get("CpusetCpus") not in (None, allotted["CpusetCpus"]):
