@@ -404,6 +404,8 @@ class SlurmJob(SubmittedJob):
                                                "accounting (sacct) to ask how it ended")
             elif code == 0:
                 self._settle(RunStatus.FINISHED, exit_code=0)
+            elif self.job_dir.rank_failure() is not None:
+                self._settle_rank_failure()
             else:
                 self._settle(RunStatus.FAILED, f"the command exited with status {code} (Slurm job {self.job_id})",
                              exit_code=code)
@@ -432,6 +434,9 @@ class SlurmJob(SubmittedJob):
                          + (f" (--mem={self.mem})" if self.mem else "") + f" [Slurm job {self.job_id}: FAILED]",
                          exit_code=code if code else (script or 1))
             return
+        if state == "FAILED" and self.job_dir.rank_failure() is not None:
+            self._settle_rank_failure()
+            return
         if state == "FAILED":
             if sig:
                 import signal as _signal
@@ -457,12 +462,31 @@ class SlurmJob(SubmittedJob):
             f"Slurm ended the job as {state}" + (f" ({info['Reason']})" if info.get("Reason") not in (None, "", "None") else "")
         self._settle(RunStatus.FAILED, f"{reason} [Slurm job {self.job_id}]", exit_code=code or script)
 
+    def _settle_rank_failure(self) -> None:
+        """A run of many processes whose first failing rank recorded itself (rank.sh): srun
+        (``--kill-on-bad-exit``) stopped the others; the run fails naming it, as every backend does."""
+        rank, code = self.job_dir.rank_failure()
+        self._settle(RunStatus.FAILED, f"{rank_failure_reason(rank, code)} [Slurm job {self.job_id}]",
+                     exit_code=code)
+
     def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> None:
         """:meth:`settle`, then wake the thread that follows the job."""
         if self.settle(status, reason, exit_code):
             with self._lock:
                 self._stop_timer()
             self._wake.set()
+
+
+def rank_failure_reason(rank: int, code: int) -> str:
+    """``rank 1 exited with status 3; the other ranks were stopped``: the words of the local
+    backend's ranks (mlexec_core.distributed), so a run fails alike everywhere."""
+    import signal as _signal
+
+    if code > 128 and code - 128 < _signal.NSIG:
+        what = f"was killed by {_signal.Signals(code - 128).name}"
+    else:
+        what = f"exited with status {code}"
+    return f"rank {rank} {what}; the other ranks were stopped"
 
 
 def _exit_code(text: str) -> tuple[int | None, int | None]:
