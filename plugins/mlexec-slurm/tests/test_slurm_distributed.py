@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mlexec_core.testing import assert_no_traceback, assert_processes_gone, wait_until
+from mlexec_core.testing import assert_no_traceback, assert_processes_gone, missing_infrastructure, wait_until
 
 from mlexec_slurm_testkit import queued_jobs, slurm_cmd
 
@@ -74,12 +74,11 @@ TWO_BY_TWO = ("-R", "nodes=2", "-R", "processes-per-node=2")
 @pytest.fixture(scope="module")
 def two_nodes(slurm):
     """Partition multi with both nodes up, or the test cluster is an older one."""
-    from conftest import _unavailable
-
     state = slurm_cmd("sinfo", "-h", "-p", "multi", "-o", "%n %t", check=False).stdout.split("\n")
     up = [line.split()[0] for line in state if line.split() and line.split()[1] in ("idle", "mix", "alloc")]
     if len(up) < 2:
-        _unavailable(f"partition multi does not have two nodes up (sinfo says {state}); ci-setup.sh makes it")
+        missing_infrastructure("Slurm cluster", f"partition multi does not have two nodes up "
+                               f"(sinfo says {state})", how="run as root: bash plugins/mlexec-slurm/ci-setup.sh")
     return up
 
 
@@ -190,3 +189,23 @@ def test_more_nodes_than_the_partition_has_is_slurms_refusal_before_the_run_exis
         in proc.stderr, proc.stderr
     assert proc.stderr.count("error:") == 1, proc.stderr
     assert store.runs() == []
+
+
+def test_a_sweeps_job_array_runs_each_child_on_two_nodes(mlexec, project, store, slurm_config, two_nodes,
+                                                         no_jobs_left):
+    folder = project("""
+        name: dist-sweep
+        entry_points:
+          main:
+            parameters: {x: {type: int, default: 0}}
+            command: "echo x={x} rank $RANK of $WORLD_SIZE on $(hostname); [ {x} != 2 ] || [ $RANK != 1 ] || exit 4"
+    """)
+    proc = mlexec("sweep", folder, "-b", "slurm", "-c", slurm_config("partition: multi\n"), "--env-manager", "local",
+                  "-R", "nodes=2", "-P", "x=1,2", check=None)
+    assert_no_traceback(proc)
+    assert proc.returncode != 0  # a child failed
+    assert "rank 1 exited with status 4; the other ranks were stopped" in proc.stdout + proc.stderr
+    runs = {r.data.params["x"]: r for r in store.runs() if "x" in r.data.params}
+    assert runs["1"].info.status == "FINISHED" and runs["2"].info.status == "FAILED"
+    assert runs["2"].data.tags["mlexec.failureReason"].startswith("rank 1 exited with status 4")
+    assert "mlexec.slurm.array-job-id" in runs["1"].data.tags
