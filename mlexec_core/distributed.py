@@ -32,6 +32,18 @@ RANK_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK"
              "MASTER_PORT")
 
 
+def rank_failure_reason(rank: int, code: int) -> str:
+    """Why a run of many processes failed, in the words every backend uses:
+    ``rank 1 exited with status 3; the other ranks were stopped`` (or ``was killed by SIGKILL``)."""
+    import signal
+
+    if code > 128 and code - 128 < signal.NSIG:
+        what = f"was killed by {signal.Signals(code - 128).name}"
+    else:
+        what = f"exited with status {code}"
+    return f"rank {rank} {what}; the other ranks were stopped"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -233,14 +245,7 @@ class RankedExecution(Execution):
         """``rank 2 exited with status 3`` (or was killed by a signal), for the run's reason."""
         if self.first_failure is None:
             return None
-        rank, code = self.first_failure
-        import signal
-
-        if code > 128 and code - 128 < signal.NSIG:
-            what = f"was killed by {signal.Signals(code - 128).name}"
-        else:
-            what = f"exited with status {code}"
-        return f"rank {rank} {what}; the other ranks were stopped"
+        return rank_failure_reason(*self.first_failure)
 
     def stop(self, signum: int, grace: float) -> None:
         with self._lock:

@@ -20,6 +20,21 @@
 # only 5 s by the controller (MinJobAge), so the tests also reach the path
 # where a job's end comes from accounting (sacct).
 #
+# A second node, node2, for multi-node runs: a second slurmd on this machine in
+# a network namespace of its own (mlexec-n2, a veth pair 10.250.2.1 (host) <->
+# 10.250.2.2 (node2), default route through the host's end), a UTS namespace
+# (its jobs see the host name node2) and the mount namespace `ip netns exec`
+# makes, where /etc/netns/mlexec-n2/hosts is /etc/hosts (this machine's name is
+# 10.250.2.1 there; on the host, node2 is 10.250.2.2, one line added to
+# /etc/hosts). It shares the file system (munge's socket, the shared folder)
+# and registers with the one controller. It is only in partition `multi`
+# (this machine and node2), so jobs in debug and urgent never land on it. Its
+# slurmd reads its own copy of slurm.conf (/etc/slurm/node2/) with its own
+# spool, pid and log files and proctrack/linuxproc, task/none: two slurmds of
+# one machine would share cgroup paths (Debian's Slurm is built without
+# multiple-slurmd support), so memory limits on node2 come from job
+# accounting. Traffic goes only between this machine and that namespace.
+#
 # The cluster owns its state: the controller's and the node's state live in
 # /var/spool/mlexec-slurm, which nothing else uses, so a cluster of another
 # name that ran on this machine before (in Slurm's default /var/spool/slurmctld)
@@ -51,6 +66,10 @@ mem_mib=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
 real_mem=$(( mem_mib > 4096 ? mem_mib - 2048 : mem_mib / 2 ))
 
 cluster=mlexec
+# The second node: its name, network namespace, veth pair and addresses.
+node2=node2 netns=mlexec-n2 veth_host=mlx-n2h veth_node=mlx-n2c
+host_addr=10.250.2.1 node2_addr=10.250.2.2
+node2_conf_dir=/etc/slurm/node2
 state=/var/spool/mlexec-slurm  # this cluster's own: never shared with another cluster
 ctld_state=$state/slurmctld
 mkdir -p /etc/slurm "$ctld_state" "$state/slurmd" /var/log/slurm /run/munge
@@ -146,6 +165,7 @@ MinJobAge=5
 InactiveLimit=0
 EnforcePartLimits=ALL
 JobCompType=jobcomp/none
+DebugFlags=NO_CONF_HASH
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStorageEnforce=associations
@@ -156,8 +176,10 @@ PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
 GresTypes=gpu
 NodeName=$host CPUs=$cpus RealMemory=$real_mem Gres=gpu:a100:2 State=UNKNOWN
+NodeName=$node2 NodeAddr=$node2_addr NodeHostname=$node2 CPUs=$cpus RealMemory=$real_mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=60 PriorityTier=1 State=UP
 PartitionName=urgent Nodes=$host MaxTime=60 PriorityTier=10 State=UP
+PartitionName=multi Nodes=$host,$node2 MaxTime=60 PriorityTier=1 State=UP
 CONF
 )
 # Two GPUs of type a100 that exist only in Slurm's bookkeeping: slurmd (22.05) drops a GPU
@@ -188,6 +210,55 @@ fi
 if [ ! -f /etc/slurm/cgroup.conf ] || [ "$(cat /etc/slurm/cgroup.conf)" != "$cgroup_want" ]; then
     printf '%s\n' "$cgroup_want" >/etc/slurm/cgroup.conf
     changed=1
+fi
+
+# node2's slurmd reads its own slurm.conf: the same cluster, with its own spool, pid and log
+# files and no cgroups (see the top). Its gres.conf is the host's (GPUs only on the host).
+node2_want=$(printf '%s\n' "$want" | sed \
+    -e "s|^ProctrackType=.*|ProctrackType=proctrack/linuxproc|" \
+    -e "s|^TaskPlugin=.*|TaskPlugin=task/none|" \
+    -e "s|^SlurmdSpoolDir=.*|SlurmdSpoolDir=$state/slurmd-$node2|" \
+    -e "s|^SlurmdPidFile=.*|SlurmdPidFile=/run/slurmd-$node2.pid|" \
+    -e "s|^SlurmdLogFile=.*|SlurmdLogFile=/var/log/slurm/slurmd-$node2.log|" \
+    -e "s|^JobAcctGatherParams=.*||" \
+    -e "s|^JobAcctGatherFrequency=.*|&\nJobAcctGatherParams=OverMemoryKill|")
+mkdir -p "$node2_conf_dir" "$state/slurmd-$node2"
+node2_changed=0
+if [ ! -f "$node2_conf_dir/slurm.conf" ] || [ "$(cat "$node2_conf_dir/slurm.conf")" != "$node2_want" ]; then
+    printf '%s\n' "$node2_want" >"$node2_conf_dir/slurm.conf"
+    node2_changed=1
+fi
+if ! cmp -s /etc/slurm/gres.conf "$node2_conf_dir/gres.conf"; then
+    cp /etc/slurm/gres.conf "$node2_conf_dir/gres.conf"
+    node2_changed=1
+fi
+
+# node2's network: a namespace, a veth pair with an address on each end, a default route
+# through the host's end (the controller's address), and the names of both nodes.
+if [ ! -e "/run/netns/$netns" ]; then
+    log "creating network namespace $netns for $node2"
+    ip netns add "$netns"
+fi
+if ! ip link show "$veth_host" >/dev/null 2>&1; then
+    ip netns exec "$netns" ip link del "$veth_node" >/dev/null 2>&1 || true
+    ip link add "$veth_host" type veth peer name "$veth_node"
+    ip link set "$veth_node" netns "$netns"
+fi
+ip addr show dev "$veth_host" | grep -w "$host_addr/24" >/dev/null || ip addr add "$host_addr/24" dev "$veth_host"
+ip link set "$veth_host" up
+ip netns exec "$netns" sh -e -c "
+    ip addr show dev $veth_node | grep -w $node2_addr/24 >/dev/null || ip addr add $node2_addr/24 dev $veth_node
+    ip link set $veth_node up
+    ip link set lo up
+    ip route replace default via $host_addr"
+mkdir -p "/etc/netns/$netns"
+netns_hosts=$(printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "$host_addr" "$host" "$node2_addr" "$node2")
+if [ "$(cat "/etc/netns/$netns/hosts" 2>/dev/null)" != "$netns_hosts" ]; then
+    printf '%s\n' "$netns_hosts" >"/etc/netns/$netns/hosts"  # /etc/hosts inside the namespace
+    node2_changed=1
+fi
+if ! grep -qE "^$node2_addr[[:space:]]+$node2([[:space:]]|\$)" /etc/hosts; then
+    printf '%s %s  # mlexec-slurm test cluster (ci-setup.sh)\n' "$node2_addr" "$node2" >>/etc/hosts
 fi
 
 # Accounting: slurmdbd, then the cluster, account and user in it (slurmctld registers
@@ -235,9 +306,12 @@ fi
 if ! grep -qx 'mlexec|root' <<<"$assocs"; then
     sacctmgr -i add user root Account=mlexec Cluster="$cluster" >/dev/null
 fi
-if [ "$changed" = 1 ]; then
+if [ "$changed" = 1 ]; then node2_changed=1; fi
+if [ "$changed" = 1 ] || [ "$node2_changed" = 1 ]; then
     # A new config: restart what runs so it reads it.
-    for pidfile in /run/slurmd.pid /run/slurmctld.pid; do
+    pidfiles=(/run/slurmd-$node2.pid)
+    [ "$changed" = 1 ] && pidfiles+=(/run/slurmd.pid /run/slurmctld.pid)
+    for pidfile in "${pidfiles[@]}"; do
         if running "$pidfile"; then
             kill "$(cat "$pidfile")"
             for _ in $(seq 100); do running "$pidfile" || break; sleep 0.1; done
@@ -258,6 +332,15 @@ if ! running /run/slurmd.pid; then
     log "starting slurmd"
     slurmd || { log "slurmd did not start:"; tail -n 5 /var/log/slurm/slurmd.log; exit 1; }
 fi
+if ! running "/run/slurmd-$node2.pid"; then
+    log "starting slurmd for $node2 in network namespace $netns"
+    # Not `ip netns exec`: it mounts a fresh /sys, without the cgroup hierarchies slurmd's cgroup
+    # plugin looks for. The namespace's own /etc/hosts is bound in a mount namespace of its own.
+    nsenter --net="/run/netns/$netns" unshare --uts --mount --propagation private sh -c \
+        "mount --bind /etc/netns/$netns/hosts /etc/hosts && hostname $node2 &&
+         exec slurmd -f $node2_conf_dir/slurm.conf -N $node2" \
+        || { log "slurmd for $node2 did not start:"; tail -n 5 "/var/log/slurm/slurmd-$node2.log"; exit 1; }
+fi
 
 # Ready when the node is idle (or already running jobs) in the debug partition.
 for _ in $(seq 300); do
@@ -277,7 +360,18 @@ case "$state" in
         done
         ;;
 esac
+node2_state=
+for _ in $(seq 150); do
+    node2_state=$(sinfo -h -n "$node2" -o %t 2>/dev/null | head -n1 || true)
+    case "$node2_state" in idle|mix|alloc) break ;; down*|drain*) scontrol update NodeName="$node2" State=RESUME \
+        >/dev/null 2>&1 || true ;; esac
+    sleep 0.2
+done
+case "$node2_state" in
+    idle|mix|alloc) ;;
+    *) log "$node2 is not up (state '${node2_state:-none}'):"; tail -n 20 "/var/log/slurm/slurmd-$node2.log"; exit 1 ;;
+esac
 case "$state" in
-    idle|mix|alloc) log "ready: $(sinfo --version), node $host $state, accounting in slurmdbd, memory limits by $memory_note" ;;
+    idle|mix|alloc) log "ready: $(sinfo --version), node $host $state, node $node2 $node2_state (partition multi), accounting in slurmdbd, memory limits by $memory_note" ;;
     *) log "the node is not up (state '${state:-none}'):"; tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log; exit 1 ;;
 esac

@@ -26,7 +26,7 @@ from mlexec_slurm.cluster import SlurmClient
 from mlexec_slurm.config import SlurmConfig, parse_config
 from mlexec_slurm.job import TAG_CLUSTER, TAG_JOB_ID, TAG_PARTITION, SlurmJob, output_writer
 from mlexec_slurm.resources import Applied, apply_resources
-from mlexec_slurm.script import JobDir, batch_script, environment_lines
+from mlexec_slurm.script import JobDir, batch_script, environment_lines, rank_script, srun_line
 
 #: Set to keep job folders (working copy, script, output) after the run, for debugging.
 KEEP_VAR = "MLEXEC_SLURM_KEEP_JOB_DIR"
@@ -156,14 +156,26 @@ class SlurmBackend(Backend):
         return env
 
     def _script(self, plan: RunPlan, config: SlurmConfig, run: RunRecord, job_dir: JobDir,
-                environment: PreparedEnvironment | None, options: list[str]) -> str:
+                environment: PreparedEnvironment | None, options: list[str],
+                ranks: tuple[int, int] | None = None) -> str:
         header = [
             f"mlexec run {run.run_id}: project {plan.project.display_name}, entry point {plan.entry_point.name}",
             f"submitted with: sbatch {' '.join(options)} {job_dir.script}",
         ]
         return batch_script(job_dir=job_dir, header=header,
                             env_lines=environment_lines(environment, self._job_env(config, run), config.env),
-                            setup=config.setup, command=plan.command)
+                            setup=config.setup, command=plan.command, ranks=ranks)
+
+    def _write_scripts(self, plan: RunPlan, config: SlurmConfig, run: RunRecord, job_dir: JobDir,
+                       environment: PreparedEnvironment | None, options: list[str],
+                       ranks: tuple[int, int] | None) -> None:
+        """``job.sh``, and ``rank.sh`` for a run of many processes (owner-only: they may hold a
+        tracking server's credentials)."""
+        job_dir.script.write_text(self._script(plan, config, run, job_dir, environment, options, ranks))
+        job_dir.script.chmod(0o700)
+        if ranks is not None:
+            job_dir.rank_script.write_text(rank_script(job_dir=job_dir, per_node=ranks[1], command=plan.command))
+            job_dir.rank_script.chmod(0o700)
 
     def _options(self, plan: RunPlan, config: SlurmConfig, job_dir: JobDir) -> list[str]:
         return [*config.sbatch_options(self._job_name(plan)), f"--output={job_dir.output}",
@@ -182,9 +194,8 @@ class SlurmBackend(Backend):
         config = applied.config
         job_dir = self._job_dir(plan, config, prepared)
         options = self._options(plan, config, job_dir)
-        job_dir.script.write_text(self._script(plan, config, run, job_dir, prepared.environment, options))
-        job_dir.script.chmod(0o700)  # it may hold a tracking server's credentials
         try:
+            self._write_scripts(plan, config, run, job_dir, prepared.environment, options, applied.ranks)
             job_id = prepared.client.submit(options, job_dir.script)
         except BaseException:
             job_dir.remove()
@@ -206,7 +217,8 @@ class SlurmBackend(Backend):
         from mlexec_slurm.array import (TAG_ARRAY_JOB_ID, TAG_ARRAY_TASK_ID, ArrayFolder, array_option,
                                         array_script)
 
-        config = self._applied(plan).config  # the children carry the sweep's resources
+        applied = self._applied(plan)  # the children carry the sweep's resources
+        config = applied.config
         job_dir = self._job_dir(plan, config, prepared)
         folder = ArrayFolder(job_dir, len(children), keep=bool(os.environ.get(KEEP_VAR)))
         options = self._array_options(plan, config, job_dir, len(children), max_parallel)
@@ -214,9 +226,7 @@ class SlurmBackend(Backend):
             for index, (child_plan, run) in enumerate(children):
                 task = folder.task(index)
                 task.path.mkdir(parents=True, exist_ok=True)
-                task.script.write_text(self._script(child_plan, config, run, task, prepared.environment,
-                                                    options))
-                task.script.chmod(0o700)
+                self._write_scripts(child_plan, config, run, task, prepared.environment, options, applied.ranks)
             folder.script.write_text(array_script(job_dir.path, [
                 f"mlexec sweep: {len(children)} children of project {plan.project.display_name}, "
                 f"entry point {plan.entry_point.name}",
@@ -283,9 +293,9 @@ class SlurmBackend(Backend):
         if plan.env_manager and plan.env_manager != "local":
             environment = PreparedEnvironment(name=plan.env_manager, path_prepend=(
                 f"{config.env_root}/<environment>/bin",))
-        script = self._script(plan, config, run, job_dir, environment, options)
+        script = self._script(plan, config, run, job_dir, environment, options, applied.ranks)
         command = f"sbatch --parsable {' '.join(options)} {job_dir.script}"
-        return {
+        out = {
             "sbatch": command,
             "sbatch_options": options,
             "shared_dir": str(config.shared_dir),
@@ -294,6 +304,13 @@ class SlurmBackend(Backend):
             "warnings": list(applied.notes),
             "text": f"# {command}\n{script}",
         }
+        if applied.ranks is not None:  # many processes: the srun step, and what each task runs
+            nodes, per_node = applied.ranks
+            ranks = rank_script(job_dir=job_dir, per_node=per_node, command=plan.command)
+            out.update(srun=srun_line(job_dir, nodes, per_node), rank_script=ranks,
+                       processes=nodes * per_node)
+            out["text"] += f"\n# {job_dir.rank_script} (each of the {nodes * per_node} srun tasks)\n{ranks}"
+        return out
 
 
 class _Quiet:

@@ -33,6 +33,7 @@ from typing import Callable, Mapping
 from mlexec_core import reaper
 from mlexec_core.errors import MlexecError
 from mlexec_core.plugin.interfaces import Reporter, RunRecord, RunStatus, SubmittedJob
+from mlexec_core.distributed import rank_failure_reason
 from mlexec_core.resources import format_duration, time_limit_reason
 
 from mlexec_slurm.cluster import ACTIVE_STATES, SlurmClient
@@ -404,6 +405,8 @@ class SlurmJob(SubmittedJob):
                                                "accounting (sacct) to ask how it ended")
             elif code == 0:
                 self._settle(RunStatus.FINISHED, exit_code=0)
+            elif self.job_dir.rank_failure() is not None:
+                self._settle_rank_failure()
             else:
                 self._settle(RunStatus.FAILED, f"the command exited with status {code} (Slurm job {self.job_id})",
                              exit_code=code)
@@ -432,6 +435,9 @@ class SlurmJob(SubmittedJob):
                          + (f" (--mem={self.mem})" if self.mem else "") + f" [Slurm job {self.job_id}: FAILED]",
                          exit_code=code if code else (script or 1))
             return
+        if state == "FAILED" and self.job_dir.rank_failure() is not None:
+            self._settle_rank_failure()
+            return
         if state == "FAILED":
             if sig:
                 import signal as _signal
@@ -456,6 +462,13 @@ class SlurmJob(SubmittedJob):
         reason = template.format(**details) if template else \
             f"Slurm ended the job as {state}" + (f" ({info['Reason']})" if info.get("Reason") not in (None, "", "None") else "")
         self._settle(RunStatus.FAILED, f"{reason} [Slurm job {self.job_id}]", exit_code=code or script)
+
+    def _settle_rank_failure(self) -> None:
+        """A run of many processes whose first failing rank recorded itself (rank.sh): srun
+        (``--kill-on-bad-exit``) stopped the others; the run fails naming it, as every backend does."""
+        rank, code = self.job_dir.rank_failure()
+        self._settle(RunStatus.FAILED, f"{rank_failure_reason(rank, code)} [Slurm job {self.job_id}]",
+                     exit_code=code)
 
     def _settle(self, status: RunStatus, reason: str | None = None, exit_code: int | None = None) -> None:
         """:meth:`settle`, then wake the thread that follows the job."""

@@ -12,6 +12,7 @@ def mlexec_backends():
         kind="backend", name="slurm", path="mlexec_slurm.backend:SlurmBackend",
         capabilities={"fan-out", "command-in-script"},
         # sbatch options (mlexec_slurm.resources); no shm: Slurm has no option for /dev/shm.
-        resources={"cpus", "memory", "gpus", "gpu-type", "time"},
+        # nodes and processes-per-node: --nodes/--ntasks-per-node and one srun task per process.
+        resources={"cpus", "memory", "gpus", "gpu-type", "time", "nodes", "processes-per-node"},
         description="submits the project as a Slurm batch job; output streamed, Slurm's own status and reasons",
     )]

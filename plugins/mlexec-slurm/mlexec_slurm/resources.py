@@ -9,6 +9,9 @@ gpus       ``--gres=gpu:N``                            ``--gres``, not ``--gpus`
 gpu-type   ``--gres=gpu:TYPE:N``                       (and any without select/cons_tres) know only it
 time       ``--time=D-HH:MM:SS``                       Slurm counts whole minutes: rounded up; mlexec
                                                        itself stops the job at the exact time
+nodes      ``--nodes=N``                               with processes-per-node: ``--ntasks-per-node=P``;
+processes- ``--ntasks-per-node=P``                     N x P > 1 starts the command with ``srun``, one
+per-node                                               task per process (:mod:`mlexec_slurm.script`)
 =========  ==========================================  ==============================================
 
 The backend config has keys for the same things (``cpus-per-task``, ``mem`` and
@@ -16,7 +19,11 @@ The backend config has keys for the same things (``cpus-per-task``, ``mem`` and
 ``sbatch-args``).  Where a resource and the config say different things, the
 resource wins and :func:`apply_resources` says so, naming the key, both values
 and how to keep the config's (``-R cpus=none``); where they say the same,
-nothing is said.  A ``gres`` item that is not a GPU (``nic:1``) is kept.
+nothing is said.  A ``gres`` item that is not a GPU (``nic:1``) is kept.  The
+config's own ``nodes``, ``ntasks`` and ``ntasks-per-node`` are sbatch options
+only (the command still runs once); ``nodes`` and ``processes-per-node`` are
+what starts it once per process.  GPUs (``--gres``) stay per node, as Slurm
+counts them.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ _CPU_FLAGS = ("-c", "--cpus-per-task")
 _MEM_FLAGS = ("--mem", "--mem-per-cpu", "--mem-per-gpu")
 _GPU_FLAGS = ("-G", "--gpus", "--gpus-per-node", "--gpus-per-task", "--gpus-per-socket", "--gres")
 _TIME_FLAGS = ("-t", "--time")
+_NODES_FLAGS = ("-N", "--nodes")
+_TASKS_FLAGS = ("-n", "--ntasks", "--ntasks-per-node")
 
 
 def cpus_option(cpus: float) -> int:
@@ -129,6 +138,8 @@ class Applied:
     notes: tuple[str, ...] = ()
     #: The run's ``time`` in seconds, which mlexec enforces itself from the job's start; ``None``: no limit.
     time_limit: float | None = None
+    #: ``(nodes, processes per node)`` when the run has more than one process (started with srun).
+    ranks: tuple[int, int] | None = None
 
 
 def apply_resources(config: SlurmConfig, resources: Resources) -> Applied:
@@ -190,8 +201,28 @@ def apply_resources(config: SlurmConfig, resources: Resources) -> Applied:
         args, _ = _drop_args(args, ["time"], _TIME_FLAGS, option,
                           lambda flag, value: _same_time(value, resources.time), differs)
 
+    ranks = None
+    if resources.nodes is not None or resources.processes_per_node is not None:
+        nodes, per_node = resources.nodes or 1, resources.processes_per_node or 1
+        if nodes * per_node > 1:  # one process stays exactly what it was: no srun, no task options
+            ranks = (nodes, per_node)
+            keys = [k for k in ("nodes", "processes-per-node") if resources.get(k) is not None]
+            option = f"--nodes={nodes} --ntasks-per-node={per_node}"
+            if config.nodes is not None and config.nodes != str(nodes):
+                differs(keys, f"nodes is {config.nodes}", option)
+            if config.ntasks_per_node is not None and config.ntasks_per_node != per_node:
+                differs(keys, f"ntasks-per-node is {config.ntasks_per_node}", option)
+            if config.ntasks is not None and config.ntasks != nodes * per_node:
+                differs(keys, f"ntasks is {config.ntasks}", option)
+            changes.update(nodes=str(nodes), ntasks_per_node=per_node, ntasks=None)
+            args, _ = _drop_args(args, keys, _NODES_FLAGS, option,
+                                 lambda flag, value: value == str(nodes), differs)
+            args, _ = _drop_args(args, keys, _TASKS_FLAGS, option,
+                                 lambda flag, value: value == str(per_node if flag == "--ntasks-per-node"
+                                                                   else nodes * per_node), differs)
+
     changes["sbatch_args"] = tuple(args)
-    return Applied(attrs.evolve(config, **changes), tuple(notes), resources.time)
+    return Applied(attrs.evolve(config, **changes), tuple(notes), resources.time, ranks)
 
 
 def _apply_gpus(config: SlurmConfig, resources: Resources, keys: list[str],

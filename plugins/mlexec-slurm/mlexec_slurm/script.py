@@ -10,6 +10,14 @@ A job folder (``<shared-dir>/jobs/<name>/``) holds:
 - ``exit-status``: written by the script as it exits (its exit code, 143 when
   Slurm stopped it), so mlexec learns of the end at once instead of waiting
   for its next question to the controller.
+
+A run of ``nodes: N``, ``processes-per-node: P`` (N x P > 1) has one more file:
+
+- ``rank.sh``: one process of the run, started by ``srun`` once per task
+  (:func:`srun_line`): its rank variables computed from Slurm's own
+  (:data:`RANK_FROM_SLURM`), its share of the node's GPUs, then the command;
+  the first rank to fail records itself in ``first-failure/rank`` (``mkdir``
+  is atomic, so only one can), which names it in the run's reason.
 """
 
 from __future__ import annotations
@@ -54,6 +62,23 @@ class JobDir:
     def exit_status(self) -> Path:
         return self.path / "exit-status"
 
+    @property
+    def rank_script(self) -> Path:
+        return self.path / "rank.sh"
+
+    @property
+    def first_failure(self) -> Path:
+        """A folder made by the first rank that failed, holding ``rank`` (``RANK CODE``)."""
+        return self.path / "first-failure"
+
+    def rank_failure(self) -> tuple[int, int] | None:
+        """The first rank that failed and its exit code, if one did."""
+        try:
+            rank, code = (self.first_failure / "rank").read_text().split()
+            return int(rank), int(code)
+        except (OSError, ValueError):
+            return None
+
     def copy_project(self, source: Path, shared_dir: Path) -> None:
         """Copy the project (without .git, caches, mlruns and the shared folder itself)."""
         shared = shared_dir.resolve()
@@ -86,9 +111,64 @@ def environment_lines(environment: PreparedEnvironment | None, run_env: Mapping[
     return lines
 
 
+#: The rank variables of one process, from what Slurm gives each task (``{P}``: the run's
+#: processes-per-node, which is the step's ``--ntasks-per-node``).
+RANK_FROM_SLURM = (
+    ("WORLD_SIZE", "$SLURM_NTASKS"),
+    ("RANK", "$SLURM_PROCID"),
+    ("LOCAL_RANK", "$SLURM_LOCALID"),
+    ("LOCAL_WORLD_SIZE", "{P}"),
+    ("NODE_RANK", "$SLURM_NODEID"),
+    ("NNODES", "$SLURM_JOB_NUM_NODES"),
+)
+#: ``MASTER_PORT`` is derived from the job id, the same for every task without any exchange:
+#: in ``MASTER_PORT_BASE`` .. ``MASTER_PORT_BASE + 9999``, below Linux's ephemeral ports (32768+).
+MASTER_PORT_BASE = 20000
+#: ``srun --label``'s ``N: `` (padded to the width of the largest task id) becomes ``[rank N] ``.
+LABEL_TO_RANK = r"sed -u -E 's/^ *([0-9]+): /[rank \1] /'"
+
+
+def srun_line(job_dir: JobDir, nodes: int, per_node: int) -> str:
+    """The step that starts the N x P processes: one task each, labelled, all stopped when one fails."""
+    return (f"srun --nodes={nodes} --ntasks-per-node={per_node} --ntasks={nodes * per_node} "
+            f"--kill-on-bad-exit=1 --label /bin/bash {shlex.quote(str(job_dir.rank_script))}")
+
+
+def rank_script(*, job_dir: JobDir, per_node: int, command: str) -> str:
+    """One process of the run (an srun task): its rank variables, its GPUs, the command; the first
+    rank to fail records itself (``mkdir`` is atomic: one rank wins)."""
+    failed = shlex.quote(str(job_dir.first_failure))
+    return "\n".join([
+        "#!/bin/bash",
+        "# One process of the run, started by srun once per task: its rank variables from Slurm's.",
+        *(f"export {name}={value.replace('{P}', str(per_node))}" for name, value in RANK_FROM_SLURM),
+        "# With GPUs: each process its own share when their number is a multiple of the processes",
+        "# of a node; otherwise all of them (the process picks its own with LOCAL_RANK).",
+        'if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then',
+        '    IFS=, read -ra __mlexec_gpus <<<"$CUDA_VISIBLE_DEVICES"',
+        '    if [ $(( ${#__mlexec_gpus[@]} % LOCAL_WORLD_SIZE )) = 0 ]; then',
+        '        __mlexec_share=$(( ${#__mlexec_gpus[@]} / LOCAL_WORLD_SIZE ))',
+        '        CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${__mlexec_gpus[*]:LOCAL_RANK*__mlexec_share:__mlexec_share}")',
+        '    fi',
+        'fi',
+        f"cd {shlex.quote(str(job_dir.project))} || exit 1",
+        "(",
+        command,
+        ")",
+        "__mlexec_code=$?",
+        f'if [ "$__mlexec_code" != 0 ] && mkdir {failed} 2>/dev/null; then',
+        f'    printf \'%s %s\\n\' "$RANK" "$__mlexec_code" >{failed}/rank',
+        "fi",
+        'exit "$__mlexec_code"',
+        "",
+    ])
+
+
 def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[str], setup: Sequence[str],
-                 command: str) -> str:
-    """The batch script: records its exit status, sets the environment, runs setup, then the command."""
+                 command: str, ranks: tuple[int, int] | None = None) -> str:
+    """The batch script: records its exit status, sets the environment, runs setup, then the command
+    (once; or, with ``ranks=(nodes, per_node)``, as one srun task per process, each running
+    ``rank.sh``)."""
     status = shlex.quote(str(job_dir.exit_status))
     parts = [
         "#!/bin/bash",
@@ -107,5 +187,25 @@ def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[
     ]
     if setup:
         parts += ["", "# setup (from the backend config); a failing line fails the job", "set -e", *setup, "set +e"]
-    parts += ["", "# The entry point's command", "(", command, ")", ""]
+    if ranks is None:
+        parts += ["", "# The entry point's command", "(", command, ")", ""]
+        return "\n".join(parts)
+    nodes, per_node = ranks
+    parts += [
+        "",
+        f"# The entry point's command as {nodes * per_node} processes ({nodes} nodes x {per_node}), one srun task",
+        f"# each, running {job_dir.rank_script.name}. Rank 0 runs on the first host of the allocation;",
+        f"# MASTER_PORT is derived from the job id ({MASTER_PORT_BASE} + job id % 10000).",
+        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+        f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % 10000 ))",
+        f"rm -rf {shlex.quote(str(job_dir.first_failure))}  # left by an attempt Slurm requeued",
+        f"{srun_line(job_dir, nodes, per_node)} 2>&1 | {LABEL_TO_RANK}",
+        "__mlexec_code=${PIPESTATUS[0]}",
+        "# The job ends with the exit code of the first rank that failed (srun's is the highest).",
+        f"if [ -f {shlex.quote(str(job_dir.first_failure / 'rank'))} ]; then",
+        f"    read -r _ __mlexec_code <{shlex.quote(str(job_dir.first_failure / 'rank'))}",
+        "fi",
+        'exit "$__mlexec_code"',
+        "",
+    ]
     return "\n".join(parts)
