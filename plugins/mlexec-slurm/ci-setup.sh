@@ -53,6 +53,7 @@ command -v sbatch >/dev/null 2>&1 || need+=(slurm-client)
 command -v munged >/dev/null 2>&1 || need+=(munge)
 command -v slurmdbd >/dev/null 2>&1 || need+=(slurmdbd)
 command -v mariadbd >/dev/null 2>&1 || need+=(mariadb-server)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)  # the second node's network namespace
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
