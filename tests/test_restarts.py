@@ -24,6 +24,8 @@ with open(os.path.join(out, f"attempt-{attempt}.json"), "w") as f:
     json.dump({"attempt": attempt, "folder": folder, "pid": os.getpid()}, f)
 if attempt is None:  # not started to be restarted
     sys.exit(75)
+if sys.argv[2] == "hang-first" and attempt == "1":
+    time.sleep(300)
 checkpoint = os.path.join(folder, "step")
 step = int(open(checkpoint).read()) if os.path.exists(checkpoint) else 0
 print(f"attempt {attempt} resumes at step {step}", flush=True)
@@ -154,3 +156,13 @@ def test_a_backend_that_cannot_restart_refuses_the_options(mlexec, job, store):
     assert "-b kubernetes cannot start a job again into the same run" in proc.stderr, proc.stderr
     assert "backends that can: -b local" in proc.stderr
     assert store.runs() == []
+
+
+def test_a_job_stopped_at_its_time_limit_is_not_restarted(mlexec, job, store):
+    """The stop gives SIGTERM (143): even with 143 retryable, a run past its time is over."""
+    folder, out = job
+    proc = mlexec("run", folder, "--env-manager", "local", "--restart-on-exit", "75,143", "-R", "time=1s",
+                  "-P", f"out={out}", "-P", "mode=hang-first", check=1)
+    assert proc.stderr.strip().splitlines()[-1].endswith("failed: time limit 1s reached ===")
+    assert store.only_run().data.tags["mlexec.attempt"] == "1"
+    assert sorted(attempts(out)) == ["attempt-1"]

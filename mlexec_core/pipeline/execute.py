@@ -128,6 +128,11 @@ class SubmittedRun:
         if status is not RunStatus.FAILED or self._cancel_requested or self._prepared is None \
                 or self.attempt > restarts.max_restarts:
             return None
+        if self.plan.resources.time is not None:  # stopped at its time limit: the run is over, whatever the code
+            from mlexec_core.resources import time_limit_reason
+
+            if self.job.failure_reason == time_limit_reason(self.plan.resources.time):
+                return None
         code = self.job.exit_code
         if code is not None and code in restarts.exit_codes:
             return f"exited with status {code} (--restart-on-exit)"
