@@ -106,31 +106,9 @@ class PrefixedOutput:
 
     def pump(self, pipe: BinaryIO, stream: str = "stdout") -> threading.Thread:
         """Copy ``pipe`` in, prefixed, until it ends, in a thread; return it (started)."""
-        import os
+        from mlexec_core.pipeline.output import pump
 
-        def copy() -> None:
-            fd = pipe.fileno()
-            try:
-                while True:
-                    try:
-                        data = os.read(fd, 65536)
-                    except InterruptedError:
-                        continue
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    self.write(data, stream)
-            finally:
-                self.flush(stream)
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
-
-        thread = threading.Thread(target=copy, name=f"mlexec-output-{stream}", daemon=True)
-        thread.start()
-        return thread
+        return pump(pipe, self.write, stream, at_end=lambda: self.flush(stream))
 
 
 @attrs.frozen

@@ -15,46 +15,8 @@ import pytest
 
 from mlexec_core.distributed import device_shares, rank_environment
 from mlexec_core.testing import assert_no_traceback, assert_processes_gone, wait_until
+from mlexec_core.testing.ranks import WORKER, rank_records
 
-WORKER = r'''
-import json, os, socket, sys, time
-rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-record = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
-                                          "NNODES", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_RUN_ID",
-                                          "CUDA_VISIBLE_DEVICES")}
-record["pid"] = os.getpid()
-print(f"rank {rank} of {world} ready pid {os.getpid()}", flush=True)
-fail, out = int(sys.argv[1]), sys.argv[2]
-if fail == rank:
-    time.sleep(0.3)
-    sys.exit(3)
-if fail >= 0 or fail == -2:  # the others wait (to be stopped)
-    json.dump(record, open(os.path.join(out, f"rank{rank}.json"), "w"))
-    time.sleep(300)
-# an all-reduce of the ranks through rank 0
-if rank == 0:
-    server = socket.create_server((addr, port))
-    peers, total = [], rank
-    for _ in range(world - 1):
-        conn, _ = server.accept()
-        peers.append(conn)
-        total += int(conn.recv(64))
-    for conn in peers:
-        conn.sendall(str(total).encode())
-else:
-    for _ in range(400):
-        try:
-            conn = socket.create_connection((addr, port))
-            break
-        except OSError:
-            time.sleep(0.05)
-    conn.sendall(str(rank).encode())
-    total = int(conn.recv(64))
-record["sum"] = total
-print(f"sum {total}", flush=True)
-json.dump(record, open(os.path.join(out, f"rank{rank}.json"), "w"))
-'''
 
 MLPROJECT = """
 name: dist
@@ -73,8 +35,7 @@ def dist(project, tmp_path):
     return folder, out
 
 
-def ranks(out: Path) -> dict[int, dict]:
-    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+ranks = rank_records
 
 
 def test_the_variables_of_each_process():
@@ -102,7 +63,7 @@ def test_p_processes_one_run_and_they_find_each_other(mlexec, dist, store, tmp_p
         assert record["sum"] == 0 + 1 + 2  # the all-reduce went through
     assert len({(r["MASTER_ADDR"], r["MASTER_PORT"]) for r in got.values()}) == 1
     for rank in range(3):  # every line says whose it is, on the terminal and in the run's log
-        assert f"[rank {rank}] rank {rank} of 3 ready" in proc.stdout
+        assert f"[rank {rank}] rank {rank} of 3 ready on " in proc.stdout
         assert f"[rank {rank}] sum 3\n" in proc.stdout
     log = Path(store.client.download_artifacts(run.info.run_id, "mlexec/output.log", str(tmp_path))).read_text()
     assert all(line.startswith("[rank ") for line in log.splitlines() if line), log

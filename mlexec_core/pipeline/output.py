@@ -65,6 +65,37 @@ def echo_to_terminal(data: bytes, stream: str) -> None:
         pass
 
 
+def pump(pipe: BinaryIO, write: Echo, stream: str = "stdout",
+         at_end: Callable[[], None] | None = None) -> threading.Thread:
+    """Copy ``pipe`` to ``write(data, stream)`` until it ends, in a thread; return it (started).
+    ``at_end`` is called once the pipe has ended (a partial line to flush), before it is closed."""
+
+    def copy() -> None:
+        fd = pipe.fileno()
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                write(data, stream)
+        finally:
+            if at_end is not None:
+                at_end()
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=copy, name=f"mlexec-output-{stream}", daemon=True)
+    thread.start()
+    return thread
+
+
 class RunOutput:
     """The output of one run.  Thread-safe: backends may write from several threads."""
 
@@ -106,29 +137,7 @@ class RunOutput:
 
     def pump(self, pipe: BinaryIO, stream: str = "stdout") -> threading.Thread:
         """Copy ``pipe`` into this output until it ends, in a thread; return it (started)."""
-
-        def copy() -> None:
-            fd = pipe.fileno()
-            try:
-                while True:
-                    try:
-                        data = os.read(fd, 65536)
-                    except InterruptedError:
-                        continue
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    self.write(data, stream)
-            finally:
-                try:
-                    pipe.close()
-                except OSError:
-                    pass
-
-        thread = threading.Thread(target=copy, name=f"mlexec-output-{stream}", daemon=True)
-        thread.start()
-        return thread
+        return pump(pipe, self.write, stream)
 
     def _remember_lines(self, data: bytes) -> None:
         text = self._partial + data

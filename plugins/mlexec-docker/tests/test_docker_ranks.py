@@ -10,49 +10,19 @@ import signal
 from pathlib import Path
 
 from mlexec_core.testing import assert_no_traceback
+from mlexec_core.testing.ranks import WORKER, rank_records
 
-WORKER = r'''
-import json, os, socket, sys, time
-rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-record = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
-                                          "NNODES", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_RUN_ID")}
-record["host"] = socket.gethostname()
-print(f"rank {rank} of {world} ready", flush=True)
-if rank == 0:  # an all-reduce of the ranks through rank 0
-    server = socket.create_server((addr, port))
-    peers, total = [], rank
-    for _ in range(world - 1):
-        conn, _ = server.accept()
-        peers.append(conn)
-        total += int(conn.recv(64))
-    for conn in peers:
-        conn.sendall(str(total).encode())
-else:
-    for _ in range(400):
-        try:
-            conn = socket.create_connection((addr, port))
-            break
-        except OSError:
-            time.sleep(0.05)
-    conn.sendall(str(rank).encode())
-    total = int(conn.recv(64))
-record["sum"] = total
-print(f"sum {total}", flush=True)
-json.dump(record, open(f"out/rank{rank}.json", "w"))
-'''
 
 #: A rank that says it started, and says so again when it is stopped.
 WAITS = "trap 'echo stopped $RANK; exit 0' INT TERM; echo started $RANK; while :; do sleep 1; done"
 
 
-def ranks(out: Path) -> dict[int, dict]:
-    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+ranks = rank_records
 
 
 def test_p_ranks_run_in_one_container_into_one_run_and_find_each_other(
         mlexec, docker_project, store, python_image, engine, tmp_path):
-    proj = docker_project("image: mlexec-test/python:3.11", 'main: {command: "python3 worker.py"}',
+    proj = docker_project("image: mlexec-test/python:3.11", 'main: {command: "python3 worker.py -1 out"}',
                           files={"worker.py": WORKER, "out/.keep": ""})
     proc = mlexec("run", proj, "-R", "processes-per-node=3", check=0)
     assert_no_traceback(proc)
@@ -70,7 +40,7 @@ def test_p_ranks_run_in_one_container_into_one_run_and_find_each_other(
         assert record["sum"] == 0 + 1 + 2  # the all-reduce went through
     assert len({r["MASTER_PORT"] for r in got.values()}) == 1
     for rank in range(3):  # every line says whose it is, on the terminal and in the run's log
-        assert f"[rank {rank}] rank {rank} of 3 ready\n" in proc.stdout
+        assert f"[rank {rank}] rank {rank} of 3 ready on {got[rank]['host']} pid {got[rank]['pid']}\n" in proc.stdout
         assert f"[rank {rank}] sum 3\n" in proc.stdout
     assert "mlexec-rank-pid" not in proc.stdout + proc.stderr  # how mlexec stops a rank is not output
     log = Path(store.client.download_artifacts(run.info.run_id, "mlexec/output.log", str(tmp_path))).read_text()

@@ -18,47 +18,9 @@ import pytest
 
 from mlexec_core.testing import assert_no_traceback, assert_processes_gone, missing_infrastructure, wait_until
 
+from mlexec_core.testing.ranks import WORKER, rank_records
 from mlexec_slurm_testkit import queued_jobs, slurm_cmd
 
-WORKER = r'''
-import json, os, socket, sys, time
-rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-record = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
-                                          "NNODES", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_RUN_ID")}
-record["host"], record["pid"] = socket.gethostname(), os.getpid()
-print(f"rank {rank} of {world} ready on {record['host']}", flush=True)
-fail, out = int(sys.argv[1]), sys.argv[2]
-if fail == rank:
-    time.sleep(0.5)
-    sys.exit(3)
-if fail >= 0 or fail == -2:  # the others wait (to be stopped)
-    json.dump(record, open(os.path.join(out, f"rank{rank}.json"), "w"))
-    time.sleep(300)
-# an all-reduce of the ranks through rank 0, which listens on every address of its host (as
-# torch's TCPStore does): the test cluster's own name resolves to loopback on this machine
-if rank == 0:
-    server = socket.create_server(("", port))
-    peers, total = [], rank
-    for _ in range(world - 1):
-        conn, _ = server.accept()
-        peers.append(conn)
-        total += int(conn.recv(64))
-    for conn in peers:
-        conn.sendall(str(total).encode())
-else:
-    for _ in range(600):
-        try:
-            conn = socket.create_connection((addr, port), timeout=5)
-            break
-        except OSError:
-            time.sleep(0.05)
-    conn.sendall(str(rank).encode())
-    total = int(conn.recv(64))
-record["sum"] = total
-print(f"sum {total}", flush=True)
-json.dump(record, open(os.path.join(out, f"rank{rank}.json"), "w"))
-'''
 
 MLPROJECT = """
 name: dist
@@ -90,8 +52,7 @@ def dist(project, tmp_path, slurm_config):
     return folder, out, slurm_config("partition: multi\n")
 
 
-def ranks(out: Path) -> dict[int, dict]:
-    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+ranks = rank_records
 
 
 def test_two_nodes_two_processes_each_one_run_and_they_find_each_other(mlexec, dist, store, two_nodes,
@@ -117,7 +78,7 @@ def test_two_nodes_two_processes_each_one_run_and_they_find_each_other(mlexec, d
     assert all(len(h) == 1 for h in by_node.values()) and by_node["0"] != by_node["1"]
     assert {(r["MASTER_ADDR"], r["MASTER_PORT"]) for r in got.values()} == {(got[0]["host"], got[0]["MASTER_PORT"])}
     for rank in range(4):  # every line says whose it is, on the terminal and in the run's log
-        assert f"[rank {rank}] rank {rank} of 4 ready on {got[rank]['host']}\n" in proc.stdout
+        assert f"[rank {rank}] rank {rank} of 4 ready on {got[rank]['host']} pid {got[rank]['pid']}\n" in proc.stdout
         assert f"[rank {rank}] sum 6\n" in proc.stdout
     log = Path(store.client.download_artifacts(run.info.run_id, "mlexec/output.log", str(tmp_path))).read_text()
     assert sum(line.startswith("[rank ") for line in log.splitlines()) == 8, log
