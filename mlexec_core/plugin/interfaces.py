@@ -36,6 +36,7 @@ _PROCESS_NAMES = frozenset({"ProcessLauncher", "ProcessExecution", "ExecutionJob
 #: Helpers that live elsewhere in the core, public here (imported when first used).
 _HELPERS = {"redact": ("mlexec_core.sources.urls", "redact"),
             "RunOutput": ("mlexec_core.pipeline.output", "RunOutput"),
+            "echo_to_terminal": ("mlexec_core.pipeline.output", "echo_to_terminal"),
             "tracking_uri": ("mlexec_core.builtins.mlflow.store", "tracking_uri")}
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal as signals
-import sys
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from mlexec_core import reaper
 from mlexec_core.errors import BackendError
-from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, Resources, stop_timeout
+from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, Resources, echo_to_terminal, stop_timeout
 
 from mlexec_docker.engine import Engine, EngineError
 from mlexec_docker.images import CODE_DIR
@@ -60,20 +59,11 @@ class ContainerExecution(Execution):
 
     def _stream(self, attached: tuple[Any, Any], tty: bool) -> None:
         conn, resp = attached
-        outs = {1: sys.stdout, 2: sys.stderr}
+        # shown and kept by the run's output, else shown on mlexec's own stdout and stderr
+        write = self.output.write if self.output is not None else echo_to_terminal
         try:
             for stream, data in self.engine.frames(resp, tty=tty):
-                if self.output is not None:  # shown and kept by the run's output
-                    self.output.write(data, "stderr" if stream == 2 else "stdout")
-                    continue
-                out = outs.get(stream, sys.stdout)
-                try:
-                    out.flush()
-                    out.buffer.write(data)
-                    out.buffer.flush()
-                except (AttributeError, ValueError):  # a stream without a buffer (captured in tests)
-                    out.write(data.decode(errors="replace"))
-                    out.flush()
+                write(data, "stderr" if stream == 2 else "stdout")
         except Exception:  # the container went away while attached: nothing more to show
             pass
         finally:

@@ -20,7 +20,6 @@ output here) and is stopped with ``kill`` run in the container: ``SIGTERM``
 from __future__ import annotations
 
 import signal as signals
-import sys
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from typing import Any, Iterable
 from mlexec_core import reaper
 from mlexec_core.distributed import PrefixedOutput, RankedExecution, node_ranks
 from mlexec_core.errors import BackendError
-from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, stop_timeout
+from mlexec_core.plugin.interfaces import CommandSpec, Execution, Launcher, echo_to_terminal, stop_timeout
 
 from mlexec_docker.engine import Engine, EngineError
 from mlexec_docker.launcher import RUN_LABEL, ContainerLauncher, remove_container
@@ -47,15 +46,7 @@ _MARK_WINDOW = 8192
 class _Terminal:
     """mlexec's own stdout and stderr, for a launcher used without a run's output."""
 
-    def write(self, data: bytes, stream: str = "stdout") -> None:
-        out = sys.stderr if stream == "stderr" else sys.stdout
-        try:
-            out.flush()
-            out.buffer.write(data)
-            out.buffer.flush()
-        except (AttributeError, ValueError):  # a stream without a buffer (captured in tests)
-            out.write(data.decode(errors="replace"))
-            out.flush()
+    write = staticmethod(echo_to_terminal)
 
 
 class RankExecution(Execution):
