@@ -46,7 +46,7 @@ from typing import Any, Iterator, Mapping
 
 from attrs import frozen
 
-from mlexec_core.procfs import group_members, stat_fields
+from mlexec_core.procfs import group_members
 from mlexec_core.resources import Allocation, Resources, format_size
 from mlexec_core.xdg import state_home
 
@@ -325,29 +325,15 @@ class Grant:
     allocation: Allocation
 
 
-def _start_time(pid: int) -> str | None:
-    """The start time of ``pid`` in clock ticks (``/proc/<pid>/stat``), telling a pid reused from
-    a dead one; ``None`` when it cannot be read."""
-    try:
-        fields = stat_fields(pid)
-    except OSError:
-        return None
-    return fields[19].decode() if fields is not None and len(fields) > 19 else None
-
-
 def _process_alive(pid: int | None, start: str | None) -> bool:
-    """Whether ``pid`` is the live (not zombie) process that started at ``start``."""
+    """Whether ``pid`` is the live (not zombie) process that started at ``start`` (what
+    :func:`~mlexec_core.supervisor.process_start` said of it: a reused pid is another process)."""
     if not pid:
         return False
-    try:
-        fields = stat_fields(pid)
-    except OSError:  # not ours to read: the kernel says whether it exists
-        from mlexec_core.procfs import exists
+    from mlexec_core.supervisor import process_start
 
-        return exists(pid)
-    if fields is None or fields[:1] == [b"Z"]:
-        return False
-    return start is None or len(fields) <= 19 or fields[19].decode() == start
+    now = process_start(pid)
+    return now is not None and (not start or not now or now == start)
 
 
 def _ranges(numbers) -> str:
@@ -379,7 +365,9 @@ class LeaseStore:
         self.path = Path(path) if path is not None else leases_path()
         self.lock_path = self.path.with_suffix(".lock")
         self._me = os.getpid()
-        self._my_start = _start_time(self._me)
+        from mlexec_core.supervisor import process_start
+
+        self._my_start = process_start(self._me)
 
     # -- the file ---------------------------------------------------------------------
 
