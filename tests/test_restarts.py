@@ -88,7 +88,8 @@ def test_max_restarts_bounds_them_and_the_run_fails_with_the_last_status(mlexec,
     assert sorted(attempts(out)) == ["attempt-1", "attempt-2"]
     run = store.only_run()
     assert run.info.status == "FAILED" and run.data.tags["mlexec.attempt"] == "2"
-    assert proc.stderr.strip().splitlines()[-1].endswith("failed: the command exited with status 75 ===")
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "failed: the command exited with status 75; not started again: --max-restarts 1 used up ===")
 
 
 def test_without_restart_options_nothing_restarts_and_nothing_is_set(mlexec, job, store):
@@ -166,3 +167,110 @@ def test_a_job_stopped_at_its_time_limit_is_not_restarted(mlexec, job, store):
     assert proc.stderr.strip().splitlines()[-1].endswith("failed: time limit 1s reached ===")
     assert store.only_run().data.tags["mlexec.attempt"] == "1"
     assert sorted(attempts(out)) == ["attempt-1"]
+
+
+# -- a scheduler that starts the job again by itself (SubmittedJob.report_restart) -----------
+
+REQUEUING = '''
+"""A third-party backend whose "scheduler" requeues a job by itself: the job's command exiting
+with 99 stands for a preemption; the backend runs it again and says so with report_restart."""
+import attrs
+
+from mlexec_core.builtins.local import LocalBackend
+from mlexec_core.pipeline.plan import RunStatus
+from mlexec_core.plugin import Registration, hookimpl
+from mlexec_core.plugin.interfaces import SubmittedJob
+
+
+class RequeuingJob(SubmittedJob):
+    def __init__(self, backend, plan, run, prepared):
+        self.backend, self.plan, self.run, self.prepared = backend, plan, run, prepared
+        self.first = int(run.env["MLEXEC_ATTEMPT"])
+        self.restarts = 0
+        self.inner = self._start()
+
+    def _start(self):
+        env = {**self.run.env, "MLEXEC_ATTEMPT": str(self.first + self.restarts)}
+        return LocalBackend.submit(self.backend, self.plan, attrs.evolve(self.run, env=env), self.prepared)
+
+    def wait(self):
+        while True:
+            status = self.inner.wait()
+            if self.inner.exit_code != 99:
+                break
+            if not self.report_restart("was preempted"):
+                self.settle(RunStatus.FAILED, "was preempted", 99)
+                return RunStatus.FAILED
+            self.restarts += 1
+            self.report_status(RunStatus.RUNNING)
+            self.inner = self._start()
+        self.settle(status, self.inner.failure_reason, self.inner.exit_code)
+        return status
+
+    def get_status(self):
+        return self.settled or RunStatus.RUNNING
+
+    def cancel(self, signum=None):
+        self.inner.cancel(signum)
+
+
+class RequeuingBackend(LocalBackend):
+    def submit(self, plan, run, prepared):
+        return RequeuingJob(self, plan, run, prepared)
+
+
+@hookimpl
+def mlexec_backends():
+    return [Registration(kind="backend", name="requeuing", path=RequeuingBackend,
+                         capabilities={"requeues", "restartable"})]
+'''
+
+PREEMPTED = r'''
+import os, sys
+attempt, folder = os.environ["MLEXEC_ATTEMPT"], os.environ["MLEXEC_CHECKPOINT_DIR"]
+print(f"attempt {attempt}", flush=True)
+open(os.path.join(folder, f"seen-{attempt}"), "w").close()
+sys.exit(99 if int(attempt) < int(sys.argv[1]) else 0)
+'''
+
+
+@pytest.fixture
+def requeuing(project, cli_env, tmp_path):
+    site = tmp_path / "site"
+    dist = site / "mlexec_requeuing-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-requeuing\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\nrequeuing = demo_requeuing\n")
+    (site / "demo_requeuing.py").write_text(REQUEUING)
+    folder = project("entry_points:\n  main:\n    parameters: {until: int}\n"
+                     f"    command: '{sys.executable} job.py {{until}}'\n", files={"job.py": PREEMPTED})
+    return folder, {**cli_env, "PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}"}
+
+
+def test_a_job_its_scheduler_restarts_is_counted_into_the_same_run(mlexec, requeuing, store):
+    """No restart option given: a backend that requeues gives every run the attempt and the
+    checkpoint folder, and each requeue it reports is an attempt of the same run."""
+    folder, env = requeuing
+    proc = mlexec("run", folder, "-b", "requeuing", "--env-manager", "local", "-P", "until=3", env=env, check=0)
+    assert_no_traceback(proc)
+    for n in (2, 3):
+        assert f"mlexec: the job was preempted: attempt {n} of at most 4, into the same run" in proc.stderr
+    run = store.only_run()
+    assert run.info.status == "FINISHED" and run.data.tags["mlexec.attempt"] == "3"
+    assert [line for line in proc.stdout.splitlines() if line.startswith("attempt")] == \
+        ["attempt 1", "attempt 2", "attempt 3"]
+
+
+def test_a_scheduler_restart_past_max_restarts_is_refused_and_the_run_fails_saying_so(mlexec, requeuing, store):
+    folder, env = requeuing
+    proc = mlexec("run", folder, "-b", "requeuing", "--env-manager", "local", "--max-restarts", "1",
+                  "-P", "until=5", env=env, check=99)
+    assert_no_traceback(proc)
+    run = store.only_run()
+    assert run.info.status == "FAILED" and run.data.tags["mlexec.attempt"] == "2"
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "failed: was preempted; not started again: --max-restarts 1 used up ===")
+    proc = mlexec("run", folder, "-b", "requeuing", "--env-manager", "local", "--max-restarts", "0",
+                  "-P", "until=5", env=env, check=99)
+    assert proc.stderr.strip().splitlines()[-1].endswith("failed: was preempted; not started again "
+                                                         "(--max-restarts 0) ===")

@@ -57,6 +57,8 @@ class SubmittedRun:
         self._prepared: Prepared | None = None
         #: Which attempt the job is (``--restart-on-exit``, a preempted job): 1, 2 ...
         self.attempt = 1
+        #: Why the job was not started again although its end asked for it (``--max-restarts`` used up).
+        self._restart_refused: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -93,6 +95,8 @@ class SubmittedRun:
                                  f"{type(exc).__name__}: {exc}".rstrip(": "))
             raise
         reason = self.job.failure_reason
+        if status is RunStatus.FAILED and self._restart_refused is not None:
+            reason = self._restart_refused
         try:
             self._end_job()
             if job_ended is not None:
@@ -125,8 +129,7 @@ class SubmittedRun:
     def _restart_reason(self, status: RunStatus) -> str | None:
         """Why the job that ended with ``status`` is started again, or ``None``."""
         restarts = self.plan.restarts
-        if status is not RunStatus.FAILED or self._cancel_requested or self._prepared is None \
-                or self.attempt > restarts.max_restarts:
+        if status is not RunStatus.FAILED or self._cancel_requested or self._prepared is None:
             return None
         if self.plan.resources.time is not None:  # stopped at its time limit: the run is over, whatever the code
             from mlexec_core.resources import time_limit_reason
@@ -135,8 +138,36 @@ class SubmittedRun:
                 return None
         code = self.job.exit_code
         if code is not None and code in restarts.exit_codes:
-            return f"exited with status {code} (--restart-on-exit)"
-        return getattr(self.job, "restart_reason", None)
+            why = f"exited with status {code} (--restart-on-exit)"
+        else:
+            why = getattr(self.job, "restart_reason", None)
+        if why is not None and self.attempt > restarts.max_restarts:
+            self._restart_refused = _not_restarted(self.job.failure_reason or f"the job {why}", restarts)
+            return None
+        return why
+
+    def _restarted_by_backend(self, reason: str) -> bool:
+        """The job's scheduler started it again by itself (SubmittedJob.report_restart):
+        count the attempt, or refuse it (``False``)."""
+        plan = self.plan
+        with self._lock:
+            if self._cancel_requested or self._status is not None:
+                return False
+            if self.attempt > plan.restarts.max_restarts:
+                self._restart_refused = _not_restarted(reason, plan.restarts)
+                return False
+            self.attempt += 1
+            attempt = self.attempt
+            self.run = run = attrs.evolve(self.run, env={**self.run.env, ATTEMPT_VAR: str(attempt)})
+        run.output.write(f"mlexec: the job {reason}: attempt {attempt} of at most "
+                         f"{plan.restarts.max_restarts + 1}, into the same run\n".encode(), "stderr")
+        self.plugins.run_restarted(run=run, plan=plan, attempt=attempt, reason=reason)
+        return True
+
+    def _listen(self, job: SubmittedJob) -> None:
+        """Follow what ``job`` reports: queued or running again, started again by its scheduler."""
+        job.status_listener = self._report_status
+        job.restart_listener = self._restarted_by_backend
 
     def _start_again(self, why: str) -> bool:
         """Start the next attempt into the same run: SCHEDULED, then RUNNING once it runs;
@@ -155,7 +186,7 @@ class SubmittedRun:
             job = plugins.backend(plan.backend).submit(plan, run, self._prepared.backend)
             self.run, self.job, self.attempt = run, job, attempt
         self._tags_written = {}
-        job.status_listener = self._report_status
+        self._listen(job)
         if job.get_status() is RunStatus.RUNNING:
             plugins.run_status(run=run, plan=plan, status=RunStatus.RUNNING)
         self._write_job_tags()
@@ -245,6 +276,18 @@ def _end_job_processes(run: RunRecord, plan: RunPlan, reporter) -> list[int]:
     return left
 
 
+def _may_restart(backend: Any, plan: RunPlan) -> bool:
+    """Whether the run's job may be started again: restarts asked for, or a scheduler that requeues."""
+    return plan.restarts.asked or "requeues" in backend.registration.capabilities
+
+
+def _not_restarted(reason: str, restarts: Any) -> str:
+    """Why a job that asked to be started again was not (``--max-restarts``)."""
+    if restarts.max_restarts == 0:
+        return f"{reason}; not started again (--max-restarts 0)"
+    return f"{reason}; not started again: --max-restarts {restarts.max_restarts} used up"
+
+
 def _finish_run(plugins: Plugins, run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
     """End the run: close its output (the tracker stores the log), then tell every plugin."""
     run.output.close()
@@ -320,7 +363,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
         if environment is not None:
             tags["mlflow.project.env"] = environment.name
             tags.update(environment.tags)
-        if plan.restarts.asked:  # the attempts share a folder that belongs to the run
+        if _may_restart(backend, plan):  # the attempts share a folder that belongs to the run
             run = attrs.evolve(run, env={**run.env, ATTEMPT_VAR: "1",
                                          CHECKPOINT_VAR: backend.checkpoint_dir(plan, run)})
             tags["mlexec.attempt"] = "1"
@@ -341,7 +384,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
     submitted._tags_written = dict(job.tags)
     submitted._prepared = prepared
     plugins.run_started(run=run, plan=plan)
-    job.status_listener = lambda status: submitted._report_status(status)
+    submitted._listen(job)
     return submitted
 
 
@@ -392,7 +435,7 @@ def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: 
         submitted = SubmittedRun(plugins, plan, run, job, environment)
         submitted._tags_written = dict(job.tags)
         plugins.run_started(run=run, plan=plan)
-        job.status_listener = submitted._report_status
+        submitted._listen(job)
         started.append(submitted)
     return started
 

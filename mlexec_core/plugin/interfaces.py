@@ -371,6 +371,31 @@ class SubmittedJob(abc.ABC):
     pending_reason: str | None = None
     #: Set by mlexec once the job is submitted; call :meth:`report_status`, not this.
     status_listener: Callable[[RunStatus], None] | None = None
+    #: Set by mlexec once the job is submitted; call :meth:`report_restart`, not this.
+    restart_listener: Callable[[str], bool] | None = None
+
+    def report_restart(self, reason: str) -> bool:
+        """Tell mlexec that the backend's scheduler started the job again by itself, into
+        the same run: Slurm requeued it after a preemption, a Kubernetes Job made a new pod
+        after a disruption.  ``reason`` in one line: ``"was preempted"``, ``"was requeued"``,
+        ``"lost its node"``.
+
+        mlexec counts the attempt as it counts the ones it starts itself: the output says
+        so, :func:`~mlexec_core.plugin.hookspecs.mlexec_run_restarted` is called (trackers
+        put the run back to SCHEDULED and tag ``mlexec.attempt``), and a later
+        :meth:`report_status` (RUNNING) says the new attempt runs.  The job's own
+        ``MLEXEC_ATTEMPT`` is the backend's to set (the attempt it was submitted as, in
+        ``run.env``, plus the scheduler's restart count).
+
+        Returns ``True`` when the restart may go on; ``False`` when it may not:
+        ``--max-restarts`` is used up, the run is being stopped, or the run was not asked
+        to restart at all (no listener: a job nobody follows).  Then the backend stops the
+        job (scancel, delete) and its :meth:`wait` returns FAILED with ``reason`` as its
+        :attr:`failure_reason`; mlexec adds why it did not restart (``was preempted;
+        --max-restarts 3 used up``).  Safe from any thread.
+        """
+        listener = self.restart_listener
+        return listener(reason) if listener is not None else False
 
     def report_status(self, status: RunStatus) -> None:
         """Tell mlexec the job is now SCHEDULED (queued) or RUNNING (started), so that

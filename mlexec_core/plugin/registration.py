@@ -39,6 +39,9 @@ CAPABILITIES: dict[str, dict[str, str]] = {
                              "shell as one argument, so the system's limit on one argument does not apply",
         "restartable": "Backend.submit may be called again for a run whose job ended, to start its next "
                        "attempt into the same run (--restart-on-exit, --max-restarts)",
+        "requeues": "its scheduler starts a job again by itself (a preempted Slurm job requeued, a Kubernetes "
+                    "Job's new pod after a disruption) and the job says so with SubmittedJob.report_restart: "
+                    "every run gets MLEXEC_ATTEMPT and MLEXEC_CHECKPOINT_DIR, restarts asked for or not",
     },
     "env-manager": {},
     "image-builder": {},
