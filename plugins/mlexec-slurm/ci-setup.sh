@@ -9,7 +9,10 @@
 #
 # The test cluster: partition `debug` (default, 60 minute MaxTime, limits
 # enforced at submission so `sbatch --test-only` refuses a longer --time) and
-# partition `urgent` on the same node, whose jobs preempt (cancel) debug's;
+# partition `urgent` on the same node, whose jobs preempt debug's: a preempted
+# job gets its --signal at once (preempt_send_user_signal), GraceTime=5 s to
+# save its work, then goes back to the queue (PreemptMode=REQUEUE) and starts
+# again with the same job id once the node is free;
 # two GPUs of type a100 in Slurm's bookkeeping only (gres gpu:a100:2; no GPU
 # behind them), so GPU requests are accepted, allocated and shown;
 # accounting in slurmdbd (MariaDB on loopback), associations enforced, so an
@@ -138,6 +141,9 @@ CONF
 )
 
 conf=/etc/slurm/slurm.conf
+# Seconds a preempted job of debug (or multi) has between the warning (its --signal, sent at
+# once: preempt_send_user_signal) and its requeue.
+grace=5
 want=$(cat <<CONF
 # Written by plugins/mlexec-slurm/ci-setup.sh: a one-machine test cluster.
 ClusterName=$cluster
@@ -174,13 +180,15 @@ JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=task=1
 $gather_params
 PreemptType=preempt/partition_prio
-PreemptMode=CANCEL
+PreemptMode=REQUEUE
+SlurmctldParameters=preempt_send_user_signal
+JobRequeue=1
 GresTypes=gpu
 NodeName=$host CPUs=$cpus RealMemory=$real_mem Gres=gpu:a100:2 State=UNKNOWN
 NodeName=$node2 NodeAddr=$node2_addr NodeHostname=$node2 CPUs=$cpus RealMemory=$real_mem State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=60 PriorityTier=1 State=UP
+PartitionName=debug Nodes=$host Default=YES MaxTime=60 PriorityTier=1 GraceTime=$grace State=UP
 PartitionName=urgent Nodes=$host MaxTime=60 PriorityTier=10 State=UP
-PartitionName=multi Nodes=$host,$node2 MaxTime=60 PriorityTier=1 State=UP
+PartitionName=multi Nodes=$host,$node2 MaxTime=60 PriorityTier=1 GraceTime=$grace State=UP
 CONF
 )
 # Two GPUs of type a100 that exist only in Slurm's bookkeeping: slurmd (22.05) drops a GPU
