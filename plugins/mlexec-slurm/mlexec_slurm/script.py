@@ -134,6 +134,12 @@ def srun_line(job_dir: JobDir, nodes: int, per_node: int) -> str:
             f"--kill-on-bad-exit=1 --label /bin/bash {shlex.quote(str(job_dir.rank_script))}")
 
 
+#: Waits for the command started in the background (``$__mlexec_pid``) while the traps run:
+#: ``wait`` returns early when a trapped signal arrives, so it is asked again while the command lives.
+WAIT_FOR_COMMAND = ('while wait "$__mlexec_pid"; __mlexec_code=$?; kill -0 "$__mlexec_pid" 2>/dev/null; '
+                    'do :; done')
+
+
 def rank_script(*, job_dir: JobDir, per_node: int, command: str) -> str:
     """One process of the run (an srun task): its rank variables, its GPUs, the command; the first
     rank to fail records itself (``mkdir`` is atomic: one rank wins)."""
@@ -152,10 +158,20 @@ def rank_script(*, job_dir: JobDir, per_node: int, command: str) -> str:
         '    fi',
         'fi',
         f"cd {shlex.quote(str(job_dir.project))} || exit 1",
+        "# Signals for the task (SIGUSR1: the warning before the end, SIGTERM: stop; from srun or scancel):",
+        "# Slurm signals the task, with proctrack/cgroup only its first process, this shell, which passes",
+        "# them on to the command's processes (their own process group: set -m). With proctrack/linuxproc",
+        "# Slurm signals every process itself: they may get a signal twice.",
+        "trap 'kill -USR1 -- -\"$__mlexec_pid\" 2>/dev/null' USR1",
+        "trap 'kill -TERM -- -\"$__mlexec_pid\" 2>/dev/null' TERM",
+        "set -m",
         "(",
+        "trap : USR1 TERM",
         command,
-        ")",
-        "__mlexec_code=$?",
+        ") &",
+        "__mlexec_pid=$!",
+        "set +m",
+        WAIT_FOR_COMMAND,
         f'if [ "$__mlexec_code" != 0 ] && mkdir {failed} 2>/dev/null; then',
         f'    printf \'%s %s\\n\' "$RANK" "$__mlexec_code" >{failed}/rank',
         "fi",
@@ -165,10 +181,18 @@ def rank_script(*, job_dir: JobDir, per_node: int, command: str) -> str:
 
 
 def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[str], setup: Sequence[str],
-                 command: str, ranks: tuple[int, int] | None = None) -> str:
+                 command: str, ranks: tuple[int, int] | None = None, requeue: bool = False) -> str:
     """The batch script: records its exit status, sets the environment, runs setup, then the command
     (once; or, with ``ranks=(nodes, per_node)``, as one srun task per process, each running
-    ``rank.sh``)."""
+    ``rank.sh``).
+
+    The command runs in the background while the script waits for it, so that the script's traps
+    run at once: SIGUSR1 (the warning before the end, ``--signal=B:USR1@grace``, sent at once on
+    preemption by clusters with ``preempt_send_user_signal``) is passed on to every process of the
+    job (srun passes it on to its tasks on every node); SIGTERM (Slurm stopping the job) waits for
+    the command, which got it too, and the job ends 143.  With ``requeue`` (Slurm may start the
+    job again: ``--requeue``), ``MLEXEC_ATTEMPT`` adds Slurm's restarts of the job to mlexec's
+    attempt."""
     status = shlex.quote(str(job_dir.exit_status))
     parts = [
         "#!/bin/bash",
@@ -179,16 +203,35 @@ def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[
         '__mlexec_end() { local code=$?; printf \'%s\\n\' "$code" >"$__mlexec_status.tmp" '
         '&& mv -f "$__mlexec_status.tmp" "$__mlexec_status"; }',
         "trap __mlexec_end EXIT",
-        "trap 'exit 143' TERM",
+        "# Slurm signals this script (with proctrack/cgroup, only this script): it passes the signal on",
+        "# to every process of its group, itself excepted (srun passes it on to its tasks on every node).",
+        "__mlexec_pass() { trap '' \"$1\"; kill -\"$1\" 0 2>/dev/null; trap \"$2\" \"$1\"; }",
+        "# Stopped by Slurm (scancel, preemption, time limit): the command gets SIGTERM, the script waits",
+        "# for it to end (Slurm's SIGKILL follows after KillWait), then ends 143.",
+        "__mlexec_stopped=",
+        "__mlexec_term() { __mlexec_stopped=1; __mlexec_pass TERM __mlexec_term; }",
+        "trap __mlexec_term TERM",
+        "# The warning before the end (SIGUSR1: --signal=B:USR1@grace, or at once on preemption where the",
+        "# cluster sends it): the command gets it to save its work; the script goes on waiting.",
+        "__mlexec_warn() {",
+        '    echo "mlexec: Slurm job $SLURM_JOB_ID got SIGUSR1 (its end is near): passed on to the command" >&2',
+        "    __mlexec_pass USR1 __mlexec_warn",
+        "}",
+        "trap __mlexec_warn USR1",
         "",
         "# The environment",
         *env_lines,
-        f"cd {shlex.quote(str(job_dir.project))} || exit 1",
     ]
+    if requeue:
+        parts += ["# The attempt: mlexec's, plus Slurm's own restarts of this job (requeued: preempted, a lost node)",
+                  "export MLEXEC_ATTEMPT=$(( ${MLEXEC_ATTEMPT:-1} + ${SLURM_RESTART_COUNT:-0} ))"]
+    parts.append(f"cd {shlex.quote(str(job_dir.project))} || exit 1")
     if setup:
         parts += ["", "# setup (from the backend config); a failing line fails the job", "set -e", *setup, "set +e"]
     if ranks is None:
-        parts += ["", "# The entry point's command", "(", command, ")", ""]
+        parts += ["", "# The entry point's command (its subshell outlives the signals its processes get)",
+                  "(", "trap : USR1 TERM", command, ") &", "__mlexec_pid=$!", WAIT_FOR_COMMAND,
+                  '[ -n "$__mlexec_stopped" ] && exit 143', 'exit "$__mlexec_code"', ""]
         return "\n".join(parts)
     nodes, per_node = ranks
     parts += [
@@ -199,8 +242,13 @@ def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[
         'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
         f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % 10000 ))",
         f"rm -rf {shlex.quote(str(job_dir.first_failure))}  # left by an attempt Slurm requeued",
-        f"{srun_line(job_dir, nodes, per_node)} 2>&1 | {LABEL_TO_RANK}",
-        "__mlexec_code=${PIPESTATUS[0]}",
+        "# The labeller ignores the signals: it ends with the last of the ranks' output.",
+        f"{{ trap : USR1 TERM; {srun_line(job_dir, nodes, per_node)} 2>&1 | "
+        f"{{ trap '' USR1 TERM; exec {LABEL_TO_RANK}; }}; "
+        "exit \"${PIPESTATUS[0]}\"; } &",
+        "__mlexec_pid=$!",
+        WAIT_FOR_COMMAND,
+        '[ -n "$__mlexec_stopped" ] && exit 143',
         "# The job ends with the exit code of the first rank that failed (srun's is the highest).",
         f"if [ -f {shlex.quote(str(job_dir.first_failure / 'rank'))} ]; then",
         f"    read -r _ __mlexec_code <{shlex.quote(str(job_dir.first_failure / 'rank'))}",
