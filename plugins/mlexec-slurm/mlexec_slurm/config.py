@@ -23,6 +23,10 @@ from attrs import frozen
 from mlexec_core.configmodel import NonEmpty, Style, Text, TextValue, keys, setting, structure
 from mlexec_core.errors import UsageError
 
+#: Seconds of warning (SIGUSR1) before the job's end when ``grace`` is not set.
+DEFAULT_GRACE = 60
+#: The most seconds of warning Slurm's ``--signal`` takes.
+MAX_GRACE = 65535
 #: Where environments and job folders go when ``shared-dir`` is not set.
 DEFAULT_SHARED_DIR = "~/.mlexec-slurm"
 
@@ -57,6 +61,10 @@ _OWNED_OPTIONS = {
     "--test-only": "mlexec asks the cluster with --test-only before submitting",
     "-a": "job arrays are not supported for one run",
     "--array": "job arrays are not supported for one run",
+    "--signal": "mlexec asks for SIGUSR1 before the end itself: set the seconds with the key grace",
+    "--requeue": "mlexec lets Slurm requeue the job when the run may restart (--max-restarts, default 3)",
+    "--no-requeue": "mlexec lets Slurm requeue the job when the run may restart (--max-restarts 0: never)",
+    "--open-mode": "every attempt of the job appends to the output mlexec keeps with the run",
     "-H": "a held job would never start",
     "--hold": "a held job would never start",
 }
@@ -92,6 +100,10 @@ class SlurmConfig:
     #: Where environments (``envs/``) and job folders (``jobs/``) go; the compute
     #: nodes must see it at the same path.
     shared_dir: Path = Path(os.path.expanduser(DEFAULT_SHARED_DIR))
+    #: Seconds before the job's end (its time limit; at once on preemption where the cluster allows)
+    #: at which the batch script gets SIGUSR1 and passes it on to the command: ``--signal=B:USR1@grace``.
+    #: ``0``: no warning.
+    grace: int = DEFAULT_GRACE
 
     @property
     def env_root(self) -> Path:
@@ -116,6 +128,8 @@ class SlurmConfig:
             opts.append("--exclusive")
         elif self.exclusive:
             opts.append(f"--exclusive={self.exclusive}")
+        if self.grace:
+            opts.append(f"--signal=B:USR1@{self.grace}")
         opts.extend(self.sbatch_args)
         return opts
 
@@ -148,6 +162,7 @@ class _SlurmFile:
     sbatch_args: Any = setting("sbatch-args")
     tracking_uri: NonEmpty | None = setting("tracking-uri")
     shared_dir: NonEmpty | None = setting("shared-dir")
+    grace: Any = setting()
 
 
 _STYLE = Style(backend="slurm", known_hint="; other sbatch options go in sbatch-args")
@@ -293,6 +308,16 @@ def _sbatch_args(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _grace(value: Any) -> int:
+    if value is None:
+        return DEFAULT_GRACE
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GRACE:
+        raise UsageError(f"{_where('grace')} must be a whole number of seconds from 0 to {MAX_GRACE}, got {value!r}",
+                         hint=f"the seconds of warning (SIGUSR1) before the job ends, {DEFAULT_GRACE} by default; "
+                              "0 for none")
+    return value
+
+
 def _shared_dir(value: str | None, base_dir: Path) -> Path:
     if value is None:
         return Path(os.path.expanduser(DEFAULT_SHARED_DIR))
@@ -335,4 +360,5 @@ def _parse(config: Mapping[str, Any], base_dir: Path) -> SlurmConfig:
         sbatch_args=_sbatch_args(raw.sbatch_args),
         tracking_uri=raw.tracking_uri,
         shared_dir=_shared_dir(raw.shared_dir, base_dir),
+        grace=_grace(raw.grace),
     )

@@ -33,3 +33,23 @@ def test_every_documented_key_is_known():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for key in KNOWN_KEYS:
         assert f"`{key}`" in readme, key
+
+
+@pytest.mark.parametrize("value", [-1, 65536, "60", 1.5, True])
+def test_grace_is_a_whole_number_of_seconds(value, tmp_path):
+    with pytest.raises(UsageError) as info:
+        parse_config({"grace": value}, tmp_path)
+    assert info.value.message.startswith("--backend-config key 'grace' must be a whole number of seconds from 0 to 65535")
+
+
+def test_grace_becomes_the_warning_signal_and_zero_none(tmp_path):
+    assert "--signal=B:USR1@60" in parse_config({}, tmp_path).sbatch_options("job")
+    assert "--signal=B:USR1@300" in parse_config({"grace": 300}, tmp_path).sbatch_options("job")
+    assert not any(o.startswith("--signal") for o in parse_config({"grace": 0}, tmp_path).sbatch_options("job"))
+
+
+@pytest.mark.parametrize("option", ["--signal=USR1@60", "--requeue", "--no-requeue", "--open-mode=truncate"])
+def test_options_mlexec_sets_for_restarts_are_refused_in_sbatch_args(option, tmp_path):
+    with pytest.raises(UsageError) as info:
+        parse_config({"sbatch-args": [option]}, tmp_path)
+    assert f"{option.split('=')[0]} is not allowed" in info.value.message
