@@ -139,6 +139,25 @@ def srun_line(job_dir: JobDir, nodes: int, per_node: int) -> str:
 WAIT_FOR_COMMAND = ('while wait "$__mlexec_pid"; __mlexec_code=$?; kill -0 "$__mlexec_pid" 2>/dev/null; '
                     'do :; done')
 
+#: ``__mlexec_warn_group PGID``: SIGUSR1 to the processes of a process group that catch it or block it
+#: to wait for it (``SigCgt``, ``SigBlk`` in ``/proc/PID/status``: srun does), this shell excepted; to
+#: the others its default action would be the end of the run, earlier than Slurm's (a command that
+#: does not listen for the warning is left alone).
+WARN_GROUP = r"""__mlexec_warn_group() {
+    local group=$1 stat line pid key mask fields
+    for stat in /proc/[0-9]*/stat; do
+        { read -r line <"$stat"; } 2>/dev/null || continue
+        fields=(${line##*) })
+        pid=${stat#/proc/}; pid=${pid%/stat}
+        [ "${fields[2]}" = "$group" ] && [ "$pid" != "$$" ] || continue
+        mask=0
+        while read -r key line; do
+            case $key in SigBlk:|SigCgt:) mask=$(( mask | 0x$line )) ;; esac
+        done 2>/dev/null <"/proc/$pid/status"
+        (( (mask >> 9) & 1 )) && kill -USR1 "$pid" 2>/dev/null
+    done
+}"""
+
 
 def rank_script(*, job_dir: JobDir, per_node: int, command: str) -> str:
     """One process of the run (an srun task): its rank variables, its GPUs, the command; the first
@@ -158,20 +177,23 @@ def rank_script(*, job_dir: JobDir, per_node: int, command: str) -> str:
         '    fi',
         'fi',
         f"cd {shlex.quote(str(job_dir.project))} || exit 1",
-        "# Signals for the task (SIGUSR1: the warning before the end, SIGTERM: stop; from srun or scancel):",
-        "# Slurm signals the task, with proctrack/cgroup only its first process, this shell, which passes",
-        "# them on to the command's processes (their own process group: set -m). With proctrack/linuxproc",
-        "# Slurm signals every process itself: they may get a signal twice.",
-        "trap 'kill -USR1 -- -\"$__mlexec_pid\" 2>/dev/null' USR1",
-        "trap 'kill -TERM -- -\"$__mlexec_pid\" 2>/dev/null' TERM",
+        "# Signals for the task (SIGUSR1: the warning before the end; SIGTERM: stop), from srun or scancel:",
+        "# Slurm signals the task (with proctrack/cgroup only its first process, this shell), which passes",
+        "# them on to the command's processes, in a process group of their own (set -m): SIGTERM to all,",
+        "# SIGUSR1 to those that catch it. A stopped task is not the run's first failure.",
+        WARN_GROUP,
+        "__mlexec_stopped=",
+        "trap '__mlexec_warn_group \"$__mlexec_pid\"' USR1",
+        "trap '__mlexec_stopped=1; kill -TERM -- -\"$__mlexec_pid\" 2>/dev/null' TERM",
         "set -m",
         "(",
-        "trap : USR1 TERM",
+        "trap : USR1",
         command,
         ") &",
         "__mlexec_pid=$!",
         "set +m",
         WAIT_FOR_COMMAND,
+        '[ -n "$__mlexec_stopped" ] && exit 143',
         f'if [ "$__mlexec_code" != 0 ] && mkdir {failed} 2>/dev/null; then',
         f'    printf \'%s %s\\n\' "$RANK" "$__mlexec_code" >{failed}/rank',
         "fi",
@@ -188,9 +210,10 @@ def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[
 
     The command runs in the background while the script waits for it, so that the script's traps
     run at once: SIGUSR1 (the warning before the end, ``--signal=B:USR1@grace``, sent at once on
-    preemption by clusters with ``preempt_send_user_signal``) is passed on to every process of the
-    job (srun passes it on to its tasks on every node); SIGTERM (Slurm stopping the job) waits for
-    the command, which got it too, and the job ends 143.  With ``requeue`` (Slurm may start the
+    preemption by clusters with ``preempt_send_user_signal``) is passed on to the processes of the
+    job that catch it (srun passes it on to its tasks on every node, whose ``rank.sh`` does the
+    same); SIGTERM (Slurm stopping the job) is passed on to all of them, the script waits for the
+    command, and the job ends 143.  With ``requeue`` (Slurm may start the
     job again: ``--requeue``), ``MLEXEC_ATTEMPT`` adds Slurm's restarts of the job to mlexec's
     attempt."""
     status = shlex.quote(str(job_dir.exit_status))
@@ -203,19 +226,20 @@ def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[
         '__mlexec_end() { local code=$?; printf \'%s\\n\' "$code" >"$__mlexec_status.tmp" '
         '&& mv -f "$__mlexec_status.tmp" "$__mlexec_status"; }',
         "trap __mlexec_end EXIT",
-        "# Slurm signals this script (with proctrack/cgroup, only this script): it passes the signal on",
-        "# to every process of its group, itself excepted (srun passes it on to its tasks on every node).",
-        "__mlexec_pass() { trap '' \"$1\"; kill -\"$1\" 0 2>/dev/null; trap \"$2\" \"$1\"; }",
-        "# Stopped by Slurm (scancel, preemption, time limit): the command gets SIGTERM, the script waits",
-        "# for it to end (Slurm's SIGKILL follows after KillWait), then ends 143.",
+        "# Slurm signals this script (with proctrack/cgroup, only this script), which passes the signal on",
+        "# to the processes of its process group (srun passes it on to its tasks on every node).",
+        "# Stopped by Slurm (scancel, preemption, time limit): SIGTERM to all of them; the script waits",
+        "# for the command to end (Slurm's SIGKILL follows after KillWait), then ends 143.",
         "__mlexec_stopped=",
-        "__mlexec_term() { __mlexec_stopped=1; __mlexec_pass TERM __mlexec_term; }",
+        "__mlexec_term() { __mlexec_stopped=1; trap '' TERM; kill -TERM 0 2>/dev/null; trap __mlexec_term TERM; }",
         "trap __mlexec_term TERM",
         "# The warning before the end (SIGUSR1: --signal=B:USR1@grace, or at once on preemption where the",
-        "# cluster sends it): the command gets it to save its work; the script goes on waiting.",
+        "# cluster sends it), to the processes that catch it, so they can save their work.",
+        WARN_GROUP,
         "__mlexec_warn() {",
         '    echo "mlexec: Slurm job $SLURM_JOB_ID got SIGUSR1 (its end is near): passed on to the command" >&2',
-        "    __mlexec_pass USR1 __mlexec_warn",
+        '    local line fields; read -r line </proc/$$/stat; fields=(${line##*) })',
+        '    __mlexec_warn_group "${fields[2]}"  # this script\'s process group',
         "}",
         "trap __mlexec_warn USR1",
         "",
@@ -229,8 +253,8 @@ def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[
     if setup:
         parts += ["", "# setup (from the backend config); a failing line fails the job", "set -e", *setup, "set +e"]
     if ranks is None:
-        parts += ["", "# The entry point's command (its subshell outlives the signals its processes get)",
-                  "(", "trap : USR1 TERM", command, ") &", "__mlexec_pid=$!", WAIT_FOR_COMMAND,
+        parts += ["", "# The entry point's command (its subshell outlives the warning its processes get)",
+                  "(", "trap : USR1", command, ") &", "__mlexec_pid=$!", WAIT_FOR_COMMAND,
                   '[ -n "$__mlexec_stopped" ] && exit 143', 'exit "$__mlexec_code"', ""]
         return "\n".join(parts)
     nodes, per_node = ranks
@@ -243,7 +267,7 @@ def batch_script(*, job_dir: JobDir, header: Sequence[str], env_lines: Sequence[
         f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % 10000 ))",
         f"rm -rf {shlex.quote(str(job_dir.first_failure))}  # left by an attempt Slurm requeued",
         "# The labeller ignores the signals: it ends with the last of the ranks' output.",
-        f"{{ trap : USR1 TERM; {srun_line(job_dir, nodes, per_node)} 2>&1 | "
+        f"{{ trap : USR1; {srun_line(job_dir, nodes, per_node)} 2>&1 | "
         f"{{ trap '' USR1 TERM; exec {LABEL_TO_RANK}; }}; "
         "exit \"${PIPESTATUS[0]}\"; } &",
         "__mlexec_pid=$!",
