@@ -164,7 +164,7 @@ class SlurmBackend(Backend):
         ]
         return batch_script(job_dir=job_dir, header=header,
                             env_lines=environment_lines(environment, self._job_env(config, run), config.env),
-                            setup=config.setup, command=plan.command, ranks=ranks)
+                            setup=config.setup, command=plan.command, ranks=ranks, requeue=_may_restart(plan))
 
     def _write_scripts(self, plan: RunPlan, config: SlurmConfig, run: RunRecord, job_dir: JobDir,
                        environment: PreparedEnvironment | None, options: list[str],
@@ -178,8 +178,20 @@ class SlurmBackend(Backend):
             job_dir.rank_script.chmod(0o700)
 
     def _options(self, plan: RunPlan, config: SlurmConfig, job_dir: JobDir) -> list[str]:
-        return [*config.sbatch_options(self._job_name(plan)), f"--output={job_dir.output}",
+        return [*config.sbatch_options(self._job_name(plan)), *_restart_options(plan), f"--output={job_dir.output}",
                 f"--chdir={job_dir.project}"]
+
+    def checkpoint_dir(self, plan: RunPlan, run: RunRecord) -> str:
+        """``<shared-dir>/checkpoints/<run id>``: every node sees it, every attempt of the run shares
+        it (Slurm's requeues and mlexec's restarts); mlexec does not delete it."""
+        folder = self._config(plan).shared_dir / "checkpoints" / run.run_id
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot make the run's checkpoint folder {folder}: {exc}",
+                               hint="set shared-dir in the backend config to a writable folder the compute "
+                                    "nodes see at the same path") from None
+        return str(folder)
 
     def _job_dir(self, plan: RunPlan, config: SlurmConfig, prepared: Prepared) -> JobDir:
         """The prepared job folder for the first submission; a new copy for each later one (the
@@ -208,7 +220,8 @@ class SlurmBackend(Backend):
         self.context.reporter.info(f"Submitted Slurm job {job_id}{where}, partition {partition or 'default'}")
         return SlurmJob(prepared.client, job_id, job_dir, self.context.reporter, tags, output_writer(run),
                         time_limit=config.time, mem=config.mem or config.mem_per_cpu,
-                        run_time_limit=applied.time_limit, keep_job_dir=bool(os.environ.get(KEEP_VAR)))
+                        run_time_limit=applied.time_limit, keep_job_dir=bool(os.environ.get(KEEP_VAR)),
+                        max_restarts=plan.restarts.max_restarts)
 
     # -- a sweep as one job array (the record's "fan-out" capability) --------------------
 
@@ -250,14 +263,15 @@ class SlurmBackend(Backend):
             jobs.append(SlurmJob(prepared.client, task_id, folder.task(index), _Quiet(self.context.reporter),
                                  tags, output_writer(run), time_limit=config.time,
                                  mem=config.mem or config.mem_per_cpu,
-                                 run_time_limit=child_plan.resources.time, keep_job_dir=folder.keep))
+                                 run_time_limit=child_plan.resources.time, keep_job_dir=folder.keep,
+                                 max_restarts=plan.restarts.max_restarts))
         return jobs
 
     def _array_options(self, plan: RunPlan, config: SlurmConfig, job_dir: JobDir, count: int,
                        max_parallel: int) -> list[str]:
         from mlexec_slurm.array import array_option
 
-        return [*config.sbatch_options(self._job_name(plan)), array_option(count, max_parallel),
+        return [*config.sbatch_options(self._job_name(plan)), *_restart_options(plan), array_option(count, max_parallel),
                 f"--output={job_dir.path / 'tasks' / '%a' / 'job.out'}", f"--chdir={job_dir.project}"]
 
     def dry_run_many(self, plan: RunPlan, children, max_parallel: int) -> dict[str, Any]:
@@ -311,6 +325,17 @@ class SlurmBackend(Backend):
                        processes=nodes * per_node)
             out["text"] += f"\n# {job_dir.rank_script} (each of the {nodes * per_node} srun tasks)\n{ranks}"
         return out
+
+
+def _may_restart(plan: RunPlan) -> bool:
+    """Whether the run may be started again (``--max-restarts``, 3 unless the user said otherwise)."""
+    return plan.restarts.max_restarts > 0
+
+
+def _restart_options(plan: RunPlan) -> list[str]:
+    """Slurm requeues the job itself (preempted, its node lost, ``scontrol requeue``), with the same job
+    id, when the run may restart; every attempt appends to the one output file."""
+    return ["--requeue" if _may_restart(plan) else "--no-requeue", "--open-mode=append"]
 
 
 class _Quiet:

@@ -203,15 +203,27 @@ class SlurmClient:
         (accounting storage disabled, or sacct not installed)."""
         if shutil.which("sacct", path=self.environ.get("PATH")) is None:
             return None
-        proc = self.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,ExitCode,Reason,NodeList,Timelimit"])
+        proc = self.run(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o",
+                         "State,ExitCode,Reason,NodeList,Timelimit"])
         if proc.returncode != 0:
             return None
-        for line in proc.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) == 5 and parts[0]:
-                return {"JobState": parts[0], "ExitCode": parts[1], "Reason": parts[2], "NodeList": parts[3],
-                        "TimeLimit": parts[4], "source": "sacct"}
-        return None
+        records = [parts for parts in (line.split("|") for line in proc.stdout.splitlines())
+                   if len(parts) == 5 and parts[0]]
+        if not records:
+            return None
+        last = records[-1]  # -D: one record per attempt of a requeued job, the last one last
+        return {"JobState": last[0], "ExitCode": last[1], "Reason": last[2], "NodeList": last[3],
+                "TimeLimit": last[4], "Restarts": str(len(records) - 1), "source": "sacct"}
+
+    def attempts(self, job_id: str) -> list[str] | None:
+        """The state of each attempt of a job Slurm requeued, first to last (``sacct -D``: PREEMPTED,
+        NODE_FAIL, REQUEUED ... then the current one); ``None`` without accounting."""
+        if shutil.which("sacct", path=self.environ.get("PATH")) is None:
+            return None
+        proc = self.run(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", "State"])
+        if proc.returncode != 0:
+            return None
+        return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
 
     def cancel(self, job_id: str, *, kill: bool = False) -> str | None:
         """``scancel``; ``kill``: SIGKILL to everything of the job first. Returns an error text, or ``None``."""

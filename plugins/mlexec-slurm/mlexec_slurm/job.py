@@ -15,6 +15,18 @@ How mlexec follows a job without loading the controller and without lag:
   job`` (kept for MinJobAge), else from accounting (``sacct``), else from the
   exit status the script wrote.
 
+A job Slurm starts again with the same job id (``--requeue``, set when the run
+may restart: preempted, its node lost, ``scontrol requeue``) goes on in the same
+run: when the job leaves RUNNING for the queue again (PENDING, REQUEUED), or
+its restart count (``Restarts``) has grown by its end, mlexec asks accounting
+why (the ended attempt's state: PREEMPTED, NODE_FAIL, REQUEUED; else
+slurmstepd's line in the output) and tells the core
+(:meth:`~mlexec_core.plugin.interfaces.SubmittedJob.report_restart`); when the
+core says no (no restarts left, the run is being stopped), the job is cancelled
+and the run ends FAILED with that reason.  A job that ended PREEMPTED or
+NODE_FAIL without a requeue sets :attr:`restart_reason`, and the core submits
+it again.  Every attempt appends to ``job.out`` (``--open-mode=append``).
+
 The run's ``time`` resource is enforced here, to the second: Slurm's own limit
 (``--time``) counts whole minutes and its kill comes only at its next check, so
 a timer started when the job is seen RUNNING cancels it as Ctrl-C does
@@ -92,6 +104,22 @@ END_REASONS = {
 }
 
 
+#: States of a job Slurm has put back in the queue to start it again.
+REQUEUE_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
+#: Why Slurm started the job again, in the core's words, by the state its attempt ended with.
+RESTART_REASONS = {"PREEMPTED": "was preempted", "NODE_FAIL": "lost its node", "REQUEUED": "was requeued"}
+#: The same from slurmstepd's line in the job's output (``*** JOB 12 ON vm CANCELLED AT ... DUE TO PREEMPTION ***``),
+#: for a cluster without accounting.
+OUTPUT_CAUSES = ((b"DUE TO PREEMPTION", "was preempted"), (b"DUE TO NODE FAILURE", "lost its node"),
+                 (b"DUE TO JOB REQUEUE", "was requeued"))
+#: A restart the core refused, as the run's reason.
+REFUSED_RESTARTS = {
+    "was preempted": "the job was preempted by a higher-priority job (PREEMPTED)",
+    "lost its node": "a node running the job failed (NODE_FAIL)",
+    "was requeued": "the job was requeued (scontrol requeue)",
+}
+
+
 def output_writer(run: RunRecord) -> Callable[[bytes], None]:
     """Where the job's output goes: the run's output (mlexec's output contract), which
     the core gives every run it hands a backend."""
@@ -105,7 +133,7 @@ class SlurmJob(SubmittedJob):
     def __init__(self, client: SlurmClient, job_id: str, job_dir: JobDir, reporter: Reporter,
                  tags: Mapping[str, str], write: Callable[[bytes], None], *, time_limit: str | None = None,
                  mem: str | None = None, run_time_limit: float | None = None,
-                 keep_job_dir: bool = False) -> None:
+                 keep_job_dir: bool = False, max_restarts: int = 0) -> None:
         self.client = client
         self.job_id = job_id
         self.job_dir = job_dir
@@ -121,6 +149,12 @@ class SlurmJob(SubmittedJob):
         self._timer: threading.Timer | None = None
         self.mem = mem
         self.keep_job_dir = keep_job_dir
+        #: The run's ``--max-restarts`` (the job is submitted with ``--requeue`` when it is above 0).
+        self.max_restarts = max_restarts
+        #: Slurm's restarts of the job (``Restarts``) that the core has been told of.
+        self.restarts = 0
+        #: Slurm requeued the job and squeue has not yet seen it run again.
+        self._awaiting_restart = False
         self.failure_reason: str | None = None
         self.exit_code: int | None = None
         self.cancelled = False
@@ -260,24 +294,29 @@ class SlurmJob(SubmittedJob):
 
     def _on_queue(self, entry) -> None:
         self.slurm_state = entry.state
-        if entry.state == "PENDING":
-            reason = entry.reason or "None"
-            if reason != self.pending_reason:
-                self.pending_reason = reason
-                meaning = PENDING_REASONS.get(reason)
-                self.reporter.info(f"Slurm job {self.job_id} is pending: {reason}" + (f" ({meaning})" if meaning else ""))
+        if entry.state in REQUEUE_STATES:
             with self._lock:
                 requeued = self._status is RunStatus.RUNNING and self.settled is None
                 if requeued:
                     self._status = RunStatus.SCHEDULED
                     self._stop_timer()  # Slurm starts the limit again with the next attempt; so does mlexec
-            # Left by an attempt that Slurm requeued (a node failure): this attempt has not ended.
+            # Left by the attempt Slurm requeued: the next one has not ended.
             self.job_dir.exit_status.unlink(missing_ok=True)
+            if requeued and not self._requeued():
+                return
+            if entry.state == "PENDING":
+                reason = entry.reason or "None"
+                if reason != self.pending_reason:
+                    self.pending_reason = reason
+                    meaning = PENDING_REASONS.get(reason)
+                    self.reporter.info(f"Slurm job {self.job_id} is pending: {reason}"
+                                       + (f" ({meaning})" if meaning else ""))
             if requeued or not self._reported_pending:
                 self._reported_pending = True
                 self.report_status(RunStatus.SCHEDULED)  # the tracker shows the run as queued
             return
         if entry.state in ("RUNNING", "COMPLETING", "CONFIGURING"):
+            self._awaiting_restart = False
             self._started(entry.nodes)
 
     def _started(self, nodes: str | None) -> None:
@@ -293,6 +332,82 @@ class SlurmJob(SubmittedJob):
         self.reporter.info(f"Slurm job {self.job_id} is running" + (f" on {nodes}" if nodes else ""))
         if self._reported_pending:
             self.report_status(RunStatus.RUNNING)
+
+    # -- Slurm started the job again --------------------------------------------------
+
+    def _requeued(self) -> bool:
+        """The job left RUNNING for the queue: Slurm will start it again. Tell the core of every
+        restart not yet told (usually one); ``False`` when it refused and the run ended."""
+        info = None
+        try:
+            info = self.client.show_job(self.job_id)
+        except MlexecError:
+            pass
+        count = _int((info or {}).get("Restarts"))
+        # The rest of the ended attempt's output must not count as the next attempt's start.
+        self._awaiting_restart = True
+        return self._catch_up(self.restarts + 1 if count is None else count, cancel=True)
+
+    def _catch_up(self, count: int, *, cancel: bool) -> bool:
+        """Tell the core of Slurm's restarts ``self.restarts + 1 .. count``; when it refuses one,
+        cancel the job (``cancel``: it is still queued) and end the run with that reason."""
+        if count <= self.restarts:
+            return True
+        history = self._history(count)
+        while self.restarts < count:
+            self.restarts += 1
+            reason = self._restart_cause(history, self.restarts)
+            self.reporter.info(f"Slurm job {self.job_id} {reason}; Slurm starts it again (restart {self.restarts})")
+            if self.report_restart(reason):
+                continue
+            if cancel:
+                try:
+                    problem = self.client.cancel(self.job_id)
+                except MlexecError as exc:
+                    problem = exc.message
+                if problem:
+                    self.reporter.warning(f"could not cancel Slurm job {self.job_id}: {problem}; "
+                                          f"cancel it with: scancel {self.job_id}")
+                else:
+                    self._gone.set()  # a pending job leaves the queue at once
+            if self.cancelled:
+                self._settle(RunStatus.KILLED, "stopped by the user")
+            else:
+                self._settle(RunStatus.FAILED, f"{REFUSED_RESTARTS.get(reason, 'the job ' + reason)} "
+                                               f"[Slurm job {self.job_id}]")
+            return False
+        return True
+
+    def _history(self, count: int) -> list[str]:
+        """The states the job's attempts ended with, from accounting (``sacct -D``), once it has
+        recorded the first ``count``; ``[]`` without accounting."""
+        deadline = time.monotonic() + ACCOUNTING_WAIT
+        while True:
+            try:
+                states = self.client.attempts(self.job_id)
+            except MlexecError:
+                states = None
+            if states is None:
+                return []
+            if len(states) >= count and all(state not in ACTIVE_STATES for state in states[:count]):
+                return states
+            if time.monotonic() >= deadline:
+                return states
+            time.sleep(0.2)
+
+    def _restart_cause(self, history: list[str], restart: int) -> str:
+        """Why Slurm made restart number ``restart`` (1, 2 ...), in the core's words."""
+        if len(history) >= restart and history[restart - 1] in RESTART_REASONS:
+            return RESTART_REASONS[history[restart - 1]]
+        try:
+            with open(self.job_dir.output, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 65536))
+                tail = f.read()
+        except OSError:
+            tail = b""
+        found = [(tail.rfind(marker), reason) for marker, reason in OUTPUT_CAUSES if marker in tail]
+        return max(found)[1] if found else "was requeued"
 
     # -- the run's time limit ---------------------------------------------------------
 
@@ -351,7 +466,8 @@ class SlurmJob(SubmittedJob):
                 return
             self._offset += len(data)
         if data:
-            self._started(None)
+            if not self._awaiting_restart:
+                self._started(None)
             self.write(data)
 
     # -- the end ------------------------------------------------------------------------
@@ -400,9 +516,11 @@ class SlurmJob(SubmittedJob):
             code = self._script_status()
             if self.timed_out and code != 0:
                 self._settle(RunStatus.FAILED, time_limit_reason(self.run_time_limit), exit_code=code)
-            elif code is None:
+            elif code is None or code == 143:  # 143: the script was stopped by Slurm, which no longer says why
                 self._settle(RunStatus.FAILED, f"Slurm no longer knows job {self.job_id} and there is no "
-                                               "accounting (sacct) to ask how it ended")
+                                               "accounting (sacct) to ask how it ended"
+                             + ("; its batch script says Slurm stopped it (exit status 143)" if code else ""),
+                             exit_code=code)
             elif code == 0:
                 self._settle(RunStatus.FINISHED, exit_code=0)
             elif self.job_dir.rank_failure() is not None:
@@ -413,6 +531,11 @@ class SlurmJob(SubmittedJob):
             return
         state_text = info.get("JobState", "")
         state = state_text.split()[0] if state_text else "UNKNOWN"
+        # Restarts Slurm made that mlexec did not see happen (the job ran again between two questions).
+        if not self._catch_up(_int(info.get("Restarts")) or 0, cancel=False):
+            return
+        if state in ("PREEMPTED", "NODE_FAIL"):  # ended without a requeue (--no-requeue, or the cluster's choice)
+            self.restart_reason = RESTART_REASONS[state]
         self.slurm_state = state
         self.tags[TAG_STATE] = state
         if info.get("NodeList") and info["NodeList"] not in ("(null)", "None assigned"):
@@ -476,6 +599,13 @@ class SlurmJob(SubmittedJob):
             with self._lock:
                 self._stop_timer()
             self._wake.set()
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _exit_code(text: str) -> tuple[int | None, int | None]:

@@ -10,7 +10,10 @@ from mlexec_core.plugin import Registration, hookimpl
 def mlexec_backends():
     return [Registration(
         kind="backend", name="slurm", path="mlexec_slurm.backend:SlurmBackend",
-        capabilities={"fan-out", "command-in-script"},
+        # restartable: a job that ended PREEMPTED or NODE_FAIL without a requeue is submitted again;
+        # requeues: a job Slurm requeues (preempted, its node lost, scontrol requeue) goes on in the same
+        # run, reported with SubmittedJob.report_restart (mlexec_slurm.job).
+        capabilities={"fan-out", "command-in-script", "restartable", "requeues"},
         # sbatch options (mlexec_slurm.resources); no shm: Slurm has no option for /dev/shm.
         # nodes and processes-per-node: --nodes/--ntasks-per-node and one srun task per process.
         resources={"cpus", "memory", "gpus", "gpu-type", "time", "nodes", "processes-per-node"},
