@@ -243,7 +243,7 @@ def test_dry_run_prints_the_sbatch_options_and_the_script_and_submits_nothing(ml
                   "--dry-run", check=0)
     out = proc.stdout
     assert ("# sbatch --parsable --job-name=mlexec-slurm-test --partition=debug --time=10:00 --cpus-per-task=2 "
-            "--mem=1G --mail-type=END --output=") in out
+            "--mem=1G --signal=B:USR1@60 --mail-type=END --requeue --open-mode=append --output=") in out
     assert "#!/bin/bash" in out
     assert "export OMP_NUM_THREADS=2" in out
     assert "module load cuda/12" in out
@@ -326,18 +326,21 @@ def test_job_over_its_memory_limit_fails_saying_so(mlexec, project, store, slurm
         assert run.data.tags["mlexec.slurm.state"] == "FAILED"
 
 
-def test_preempted_job_fails_with_preempted(cli_env, project, store, slurm_config, tmp_path, no_jobs_left):
-    """The test cluster's `urgent` partition preempts (cancels) jobs of `debug` on the same node."""
+def test_preempted_job_without_restarts_fails_with_preempted(cli_env, project, store, slurm_config, tmp_path,
+                                                            no_jobs_left):
+    """The test cluster's `urgent` partition preempts jobs of `debug` on the same node; with
+    --max-restarts 0 the job is submitted --no-requeue, so Slurm ends it PREEMPTED instead of
+    requeueing it, and mlexec does not start it again (test_slurm_restarts.py: with restarts)."""
     proj = project(PROJECT)
     proc = subprocess.Popen([*MLEXEC, "run", str(proj), "-b", "slurm", "-c", str(slurm_config()), "-e", "sleep",
-                             "--env-manager", "local"],
+                             "--env-manager", "local", "--max-restarts", "0"],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     urgent = None
     try:
         assert proc.stdout.readline().strip() == "started"
         urgent = slurm_cmd("sbatch", "--parsable", "-p", "urgent", "--exclusive", "--output=/dev/null",
                            "--wrap", "sleep 1").stdout.strip()
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=90)  # the cluster's GraceTime, then its next check of time limits
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -371,7 +374,7 @@ def test_node_failure_fails_the_run_with_node_fail(cli_env, project, store, slur
                                                    node_down):
     proj = project(PROJECT)
     proc = subprocess.Popen([*MLEXEC, "run", str(proj), "-b", "slurm", "-e", "sleep", "--env-manager", "local",
-                             "-c", str(slurm_config("sbatch-args: ['--no-requeue']\n"))],
+                             "--max-restarts", "0", "-c", str(slurm_config())],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert proc.stdout.readline().strip() == "started"

@@ -109,8 +109,8 @@ def test_sbatch_args_and_other_keys_that_say_the_same_give_way_too(mlexec, proje
                   "-R", "cpus=0.5", "-R", "memory=100.5M", "-R", "gpus=1", "-R", "gpu-type=a100", "-R", "time=90s",
                   "--dry-run", "--json", check=0)
     options = json.loads(proc.stdout)["backend_plan"]["sbatch_options"]
-    assert options[1:6] == ["--time=0-00:02:00", "--cpus-per-task=1", "--mem=101M", "--gres=gpu:a100:1,nic:1",
-                            "--mail-type=END"]
+    assert options[1:7] == ["--time=0-00:02:00", "--cpus-per-task=1", "--mem=101M", "--gres=gpu:a100:1,nic:1",
+                            "--signal=B:USR1@60", "--mail-type=END"]
     err = proc.stderr
     assert "cpus=0.5: Slurm allocates whole CPUs, so the job asks for --cpus-per-task=1 (rounded up)" in err
     assert "the backend config's sbatch-args has '-c3' (left out): the job gets --cpus-per-task=1" in err
