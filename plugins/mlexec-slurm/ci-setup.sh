@@ -354,17 +354,17 @@ fi
 # Ready when the node is idle (or already running jobs) in the debug partition.
 for _ in $(seq 300); do
     state=$(sinfo -h -n "$host" -o %t 2>/dev/null | head -n1 || true)
-    case "$state" in idle|mix|alloc) break ;; esac
+    case "$state" in idle|mix|alloc|plnd) break ;; esac
     sleep 0.2
 done
 case "$state" in
-    idle|mix|alloc) ;;
+    idle|mix|alloc|plnd) ;;
     *)
         # A node left down by an earlier run (state saved across restarts).
         scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true
         for _ in $(seq 100); do
             state=$(sinfo -h -n "$host" -o %t 2>/dev/null | head -n1 || true)
-            case "$state" in idle|mix|alloc) break ;; esac
+            case "$state" in idle|mix|alloc|plnd) break ;; esac
             sleep 0.2
         done
         ;;
@@ -372,15 +372,15 @@ esac
 node2_state=
 for _ in $(seq 150); do
     node2_state=$(sinfo -h -n "$node2" -o %t 2>/dev/null | head -n1 || true)
-    case "$node2_state" in idle|mix|alloc) break ;; down*|drain*) scontrol update NodeName="$node2" State=RESUME \
+    case "$node2_state" in idle|mix|alloc|plnd) break ;; down*|drain*) scontrol update NodeName="$node2" State=RESUME \
         >/dev/null 2>&1 || true ;; esac
     sleep 0.2
 done
 case "$node2_state" in
-    idle|mix|alloc) ;;
+    idle|mix|alloc|plnd) ;;
     *) log "$node2 is not up (state '${node2_state:-none}'):"; tail -n 20 "/var/log/slurm/slurmd-$node2.log"; exit 1 ;;
 esac
 case "$state" in
-    idle|mix|alloc) log "ready: $(sinfo --version), node $host $state, node $node2 $node2_state (partition multi), accounting in slurmdbd, memory limits by $memory_note" ;;
+    idle|mix|alloc|plnd) log "ready: $(sinfo --version), node $host $state, node $node2 $node2_state (partition multi), accounting in slurmdbd, memory limits by $memory_note" ;;
     *) log "the node is not up (state '${state:-none}'):"; tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log; exit 1 ;;
 esac

@@ -41,7 +41,8 @@ def slurm():
         _unavailable(f"no Slurm controller answers ({said[0] if said else f'scontrol ping: {ping.returncode}'})")
     for _ in range(50):
         state = slurm_cmd("sinfo", "-h", "-p", "debug", "-o", "%t", check=False).stdout.split()
-        if any(s in ("idle", "mix", "alloc") for s in state):
+        # plnd: up, planned by the backfill scheduler for a pending job (one requeued and held, say)
+        if any(s in ("idle", "mix", "alloc", "plnd") for s in state):
             return
         time.sleep(0.2)
     _unavailable(f"the Slurm node is not up (sinfo says {state})")
