@@ -343,10 +343,11 @@ class SlurmJob(SubmittedJob):
             info = self.client.show_job(self.job_id)
         except MlexecError:
             pass
-        count = _int((info or {}).get("Restarts"))
+        # At least one restart (squeue saw it happen), though the controller's count may lag.
+        count = max(_int((info or {}).get("Restarts")) or 0, self.restarts + 1)
         # The rest of the ended attempt's output must not count as the next attempt's start.
         self._awaiting_restart = True
-        return self._catch_up(self.restarts + 1 if count is None else count, cancel=True)
+        return self._catch_up(count, cancel=True)
 
     def _catch_up(self, count: int, *, cancel: bool) -> bool:
         """Tell the core of Slurm's restarts ``self.restarts + 1 .. count``; when it refuses one,
@@ -357,8 +358,9 @@ class SlurmJob(SubmittedJob):
         while self.restarts < count:
             self.restarts += 1
             reason = self._restart_cause(history, self.restarts)
-            self.reporter.info(f"Slurm job {self.job_id} {reason}; Slurm starts it again (restart {self.restarts})")
             if self.report_restart(reason):
+                self.reporter.info(f"Slurm job {self.job_id} {reason}; Slurm starts it again "
+                                   f"(restart {self.restarts})")
                 continue
             if cancel:
                 try:

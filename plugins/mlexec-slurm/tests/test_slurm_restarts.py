@@ -181,3 +181,23 @@ def test_ctrl_c_while_the_job_waits_requeued_kills_the_run(mlexec_background, tr
     assert store.only_run().info.status == "KILLED"
     assert job not in queued_jobs()
     assert_no_traceback(proc)
+
+
+def test_a_requeue_past_max_restarts_cancels_the_job_and_fails_the_run(mlexec_background, project, store,
+                                                                       slurm_config, no_jobs_left):
+    proj = project('name: forever\nentry_points:\n  main:\n    command: "echo attempt $MLEXEC_ATTEMPT; sleep 300"\n')
+    bg = mlexec_background("run", proj, "-b", "slurm", "-c", slurm_config(), "--env-manager", "local",
+                           "--max-restarts", "1")
+    bg.wait_for("attempt 1", 120)
+    job = job_id(bg.stderr)
+    slurm_cmd("scontrol", "requeue", job)
+    hurry(job)
+    bg.wait_for("attempt 2", 60)
+    slurm_cmd("scontrol", "requeue", job)  # the second restart: one too many
+    proc = bg.finish(60)
+    assert proc.returncode == 1, proc.stderr
+    assert "was requeued; not started again: --max-restarts 1 used up" in proc.stderr
+    run = store.only_run()
+    assert run.info.status == "FAILED" and run.data.tags["mlexec.attempt"] == "2"
+    assert job not in queued_jobs()  # cancelled, not left waiting in the queue
+    assert_no_traceback(proc)
