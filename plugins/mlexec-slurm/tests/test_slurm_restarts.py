@@ -201,3 +201,26 @@ def test_a_requeue_past_max_restarts_cancels_the_job_and_fails_the_run(mlexec_ba
     assert run.info.status == "FAILED" and run.data.tags["mlexec.attempt"] == "2"
     assert job not in queued_jobs()  # cancelled, not left waiting in the queue
     assert_no_traceback(proc)
+
+
+def test_a_requeue_seen_only_in_accounting_still_counts(mlexec_background, train, store, slurm_config,
+                                                        no_jobs_left):
+    """mlexec is stopped (SIGSTOP) while the job is requeued, runs again and ends, and the controller
+    forgets it (MinJobAge): the requeue comes from sacct's records of the job (sacct -D)."""
+    bg = mlexec_background("run", train, "-b", "slurm", "-c", slurm_config(), "-P", f"python={sys.executable}",
+                           "--env-manager", "local")
+    bg.wait_for("waiting to be stopped", 120)
+    job = job_id(bg.stderr)
+    bg.signal(signal.SIGSTOP)
+    try:
+        slurm_cmd("scontrol", "requeue", job)
+        hurry(job)
+        wait_until(lambda: job not in queued_jobs(), 60, f"job {job} to end")
+        wait_until(lambda: not job_field(job, "JobState"), 60, f"the controller to forget job {job}", interval=0.5)
+    finally:
+        bg.signal(signal.SIGCONT)
+    proc = bg.finish(60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"Slurm job {job} was requeued" in proc.stderr
+    run = store.only_run()
+    assert run.info.status == "FINISHED" and run.data.tags["mlexec.attempt"] == "2"
