@@ -12,7 +12,9 @@
 # partition `urgent` on the same node, whose jobs preempt debug's: a preempted
 # job gets its --signal at once (preempt_send_user_signal), GraceTime=5 s to
 # save its work, then goes back to the queue (PreemptMode=REQUEUE) and starts
-# again with the same job id once the node is free;
+# again with the same job id once the node is free; partition `spot` on the
+# same node, whose jobs urgent's preempt by cancelling them (PreemptMode=CANCEL:
+# PREEMPTED, no requeue);
 # two GPUs of type a100 in Slurm's bookkeeping only (gres gpu:a100:2; no GPU
 # behind them), so GPU requests are accepted, allocated and shown;
 # accounting in slurmdbd (MariaDB on loopback), associations enforced, so an
@@ -189,6 +191,7 @@ NodeName=$node2 NodeAddr=$node2_addr NodeHostname=$node2 CPUs=$cpus RealMemory=$
 PartitionName=debug Nodes=$host Default=YES MaxTime=60 PriorityTier=1 GraceTime=$grace State=UP
 PartitionName=urgent Nodes=$host MaxTime=60 PriorityTier=10 State=UP
 PartitionName=multi Nodes=$host,$node2 MaxTime=60 PriorityTier=1 GraceTime=$grace State=UP
+PartitionName=spot Nodes=$host MaxTime=60 PriorityTier=1 PreemptMode=CANCEL State=UP
 CONF
 )
 # Two GPUs of type a100 that exist only in Slurm's bookkeeping: slurmd (22.05) drops a GPU

@@ -224,3 +224,23 @@ def test_a_requeue_seen_only_in_accounting_still_counts(mlexec_background, train
     assert f"Slurm job {job} was requeued" in proc.stderr
     run = store.only_run()
     assert run.info.status == "FINISHED" and run.data.tags["mlexec.attempt"] == "2"
+
+
+def test_a_job_preempted_without_a_requeue_is_submitted_again_into_the_same_run(
+        mlexec_background, train, store, slurm_config, urgent, tmp_path, no_jobs_left):
+    """Partition `spot` cancels preempted jobs (PreemptMode=CANCEL): the job ends PREEMPTED and
+    mlexec submits a new job, which goes on from the checkpoint in the same run."""
+    bg = mlexec_background("run", train, "-b", "slurm", "-c", slurm_config("partition: spot\n"),
+                           "-P", f"python={sys.executable}", "--env-manager", "local")
+    bg.wait_for("waiting to be stopped", 120)
+    first = job_id(bg.stderr)
+    urgent()
+    proc = bg.finish(120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mlexec: the job was preempted: attempt 2 of at most 4, into the same run" in proc.stderr
+    run = store.only_run()
+    assert run.info.status == "FINISHED" and run.data.tags["mlexec.attempt"] == "2"
+    assert run.data.tags["mlexec.slurm.job-id"] != first  # a new job, not Slurm's requeue
+    assert sorted(m.step for m in store.client.get_metric_history(run.info.run_id, "step")) == list(range(6))
+    log = run_output(store, run.info.run_id, tmp_path)
+    assert log.index("attempt 1 starts at step 0") < log.index("attempt 2 starts at step 3")
