@@ -389,6 +389,7 @@ def resolve_plan(plugins: Plugins, options: RunOptions, *, cwd: Path | None = No
         env_manager_requested=requested,
         backend=backend_obj.name,
         backend_config=parsed_config,
+        backend_config_values=config,
         docker_args=dargs,
         build_image=bool(options.build_image),
         storage_dir=Path(storage_dir).resolve() if storage_dir else None,

@@ -278,6 +278,17 @@ class ClientStore:
             self.client.log_artifact(run_id, str(staged), folder or None)
 
 
+    def put_artifact(self, run_id: str, data: bytes, artifact_path: str) -> None:
+        """Store ``data`` as the artifact ``artifact_path`` (a path with its file name)."""
+        import tempfile
+
+        folder, _, name = artifact_path.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="mlexec-artifact-") as tmp:
+            staged = Path(tmp, name)
+            staged.write_bytes(data)
+            self.client.log_artifact(run_id, str(staged), folder or None)
+
+
 def tracking_error(uri: str, exc: BaseException) -> TrackingError:
     """One clear :class:`TrackingError` for what MLflow raised (credentials removed)."""
     if isinstance(exc, TrackingError):

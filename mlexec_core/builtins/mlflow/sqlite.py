@@ -420,6 +420,24 @@ class SqliteStore:
         with self._db() as db:
             db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
 
+    def put_artifact(self, run_id: str, data: bytes, artifact_path: str) -> None:
+        """Write ``data`` into the run's artifacts when they are on this machine; else through MLflow."""
+        root = self._artifact_root(run_id)
+        if root is None:
+            self._fallback().put_artifact(run_id, data, artifact_path)
+            return
+        target = root / artifact_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def _artifact_root(self, run_id: str) -> Path | None:
+        uri = self._created.get(run_id)
+        if uri is None:
+            with self._db() as db:
+                row = db.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            uri = row[0] if row else None
+        return _local_path(uri) if uri else None
+
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
         """Copy ``local_path`` into the run's artifacts when they are on this machine; else through MLflow."""
         uri = self._created.get(run_id)

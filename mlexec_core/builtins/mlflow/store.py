@@ -76,6 +76,8 @@ class TrackingStore(Protocol):
 
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None: ...
 
+    def put_artifact(self, run_id: str, data: bytes, artifact_path: str) -> None: ...
+
 
 def tracking_uri(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
     """The tracking URI for this process, with local paths made absolute."""

@@ -148,7 +148,8 @@ class VirtualenvManager(EnvironmentManager):
         return f"uv virtualenv {cache.path_for(resolved.key).name} ({resolved.summary}; {state})"
 
     def prepare(self, plan: RunPlan) -> PreparedEnvironment:
-        from mlexec_virtualenv.build import build_environment
+        from mlexec_virtualenv.build import build_environment, uv_binary
+        from mlexec_virtualenv.lock import read_lock, write_lock
 
         reporter = self.context.reporter
         resolved = resolve(plan.project, plan.env_manager_requested)
@@ -172,6 +173,7 @@ class VirtualenvManager(EnvironmentManager):
             reporter.info(f"creating environment {path.name} ({resolved.summary})")
             started = time.monotonic()
             build_environment(target, plan.project, spec, resolved.interpreter, reporter, seed=resolved.seed)
+            write_lock(uv_binary(), target, resolved.interpreter.version)  # what it contains, pinned, once
             reporter.info(f"created environment {path.name} in {time.monotonic() - started:.1f} s")
 
         def on_wait() -> None:
@@ -181,7 +183,11 @@ class VirtualenvManager(EnvironmentManager):
                                     relocatable=True, on_wait=on_wait)
         if not built:
             reporter.info(f"reusing environment {final.name}")
+        lock = read_lock(final)
+        if lock is None:  # built before mlexec recorded locks
+            lock = write_lock(uv_binary(), final, resolved.interpreter.version)
         return PreparedEnvironment(
+            lock=lock,
             name=plan.env_manager_requested,
             env={"VIRTUAL_ENV": str(final)},
             path_prepend=(str(final / "bin"),),

@@ -1,0 +1,118 @@
+"""Every run records what it ran (issue 23, item 1): ``mlexec/run.json``, the code's patch or
+snapshot, tags saying whether the code was committed.  The real CLI, a real store, real git."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from mlexec_core.reproduce import REDACTED, redact_config
+from mlexec_core.testing import assert_no_traceback
+
+MLPROJECT = """
+name: record
+entry_points:
+  main:
+    parameters: {alpha: float, epochs: {type: int, default: 3}, name: {type: string, default: a b}}
+    command: "python3 train.py {alpha} {epochs}"
+"""
+
+
+def artifacts(store, run) -> Path:
+    return Path(run.info.artifact_uri.replace("file://", ""))
+
+
+def record(store, run) -> dict:
+    return json.loads((artifacts(store, run) / "mlexec" / "run.json").read_text())
+
+
+def git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), "-c", "user.email=t@t", "-c", "user.name=t", *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def test_a_directory_run_records_its_parameters_command_and_files(mlexec, project, store):
+    folder = project(MLPROJECT, files={"train.py": "print('trained')\n", "data/x.csv": "1,2\n"})
+    (folder / "mlruns").mkdir()  # what runs write into a project is not its code
+    (folder / "mlruns" / "noise").write_text("x")
+    proc = mlexec("run", folder, "--env-manager", "local", "-P", "alpha=0.5", "-P", "extra=1", check=0)
+    assert_no_traceback(proc)
+    run = store.only_run()
+    got = record(store, run)
+    assert got["entry_point"] == "main" and got["command"] == "python3 train.py 0.5 3 --extra 1"
+    assert got["parameters"]["alpha"] == {"value": "0.5", "type": "float", "source": "user"}
+    assert got["parameters"]["epochs"] == {"value": "3", "type": "int", "source": "default"}
+    assert got["extra_parameters"] == {"extra": "1"}
+    assert got["backend"] == "local" and got["env_manager"] == "local"
+    assert got["mlexec"]["plugins"]["mlexec"] and got["python"]["version"]
+    assert sorted(got["source"]["files"]) == ["MLproject", "data/x.csv", "train.py"]
+    assert run.data.tags["mlexec.source.digest"] == got["source"]["digest"]
+    with tarfile.open(fileobj=io.BytesIO((artifacts(store, run) / "mlexec" / "source.tar.gz").read_bytes())) as tar:
+        assert sorted(tar.getnames()) == ["MLproject", "data/x.csv", "train.py"]
+        assert tar.extractfile("train.py").read() == b"print('trained')\n"
+
+
+def test_the_digest_changes_with_the_code_only(mlexec, project, store):
+    folder = project(MLPROJECT, files={"train.py": "print(1)\n"})
+    mlexec("run", folder, "--env-manager", "local", "-P", "alpha=1", check=0)
+    mlexec("run", folder, "--env-manager", "local", "-P", "alpha=2", check=0)  # its own mlflow.db, __pycache__ ...
+    (folder / "train.py").write_text("print(2)\n")
+    mlexec("run", folder, "--env-manager", "local", "-P", "alpha=3", check=0)
+    digests = {r.data.params["alpha"]: r.data.tags["mlexec.source.digest"] for r in store.runs()}
+    assert digests["1"] == digests["2"] != digests["3"]
+
+
+def test_over_the_snapshot_cap_only_the_digest_is_kept(mlexec, project, store, cli_env):
+    folder = project(MLPROJECT, files={"train.py": "x = 1\n" * 1000})
+    proc = mlexec("run", folder, "--env-manager", "local", "-P", "alpha=1", check=0,
+                  env={**cli_env, "MLEXEC_SNAPSHOT_CAP": "1K"})
+    assert "over MLEXEC_SNAPSHOT_CAP (1K): only their digest is recorded" in proc.stderr, proc.stderr
+    run = store.only_run()
+    assert not (artifacts(store, run) / "mlexec" / "source.tar.gz").exists()
+    assert record(store, run)["source"]["digest"].startswith("sha256:")
+
+
+def test_a_dirty_work_tree_is_recorded_as_a_patch_that_reproduces_it(mlexec, project, store, tmp_path):
+    folder = project(MLPROJECT, files={"train.py": "print('committed')\n", ".gitignore": "ignored.txt\n"})
+    git(folder, "init", "-q")
+    git(folder, "add", "-A")
+    git(folder, "commit", "-qm", "first")
+    commit = git(folder, "rev-parse", "HEAD").strip()
+    mlexec("run", folder, "--env-manager", "local", "-P", "alpha=1", check=0)
+    clean = store.only_run()
+    assert clean.data.tags["mlexec.source.dirty"] == "false"
+    assert not (artifacts(store, clean) / "mlexec" / "source.patch").exists()
+
+    (folder / "train.py").write_text("print('edited')\n")
+    (folder / "new.py").write_text("NEW = 1\n")
+    (folder / "ignored.txt").write_text("never recorded\n")
+    mlexec("run", folder, "--env-manager", "local", "-P", "alpha=2", check=0)
+    [dirty] = [r for r in store.runs() if r.data.params["alpha"] == "2"]
+    assert dirty.data.tags["mlexec.source.dirty"] == "true"
+    got = record(store, dirty)
+    assert got["source"]["commit"] == commit and got["source"]["dirty"] is True
+    patch = artifacts(store, dirty) / "mlexec" / "source.patch"
+    assert b"ignored.txt" not in patch.read_bytes() and b"mlflow.db" not in patch.read_bytes()
+    # the user's index is untouched: new.py is still untracked
+    assert "?? new.py" in git(folder, "status", "--porcelain")
+    # a clean checkout of the commit, with the patch applied, is the tree the run ran from
+    copy = tmp_path / "copy"
+    subprocess.run(["git", "clone", "-q", str(folder), str(copy)], check=True)
+    git(copy, "checkout", "-q", commit)
+    git(copy, "apply", str(patch))
+    assert (copy / "train.py").read_text() == "print('edited')\n"
+    assert (copy / "new.py").read_text() == "NEW = 1\n"
+
+
+def test_secrets_in_a_backend_config_are_never_recorded():
+    config = {"namespace": "ml", "token": "s3cr3t", "auth": {"password": "p", "user": "u"},
+              "env": [{"API_KEY": "k"}], "service-account": "runner", "private-key-file": "/k"}
+    got = redact_config(config)
+    assert got["namespace"] == "ml" and got["service-account"] == "runner"
+    assert got["token"] == got["auth"] == got["private-key-file"] == REDACTED
+    assert got["env"] == [{"API_KEY": REDACTED}]
+    assert "s3cr3t" not in json.dumps(got) and "\"k\"" not in json.dumps(got)
