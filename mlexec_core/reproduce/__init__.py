@@ -63,6 +63,7 @@ def record_files(plan: RunPlan, environment: Any, plugin_versions: Mapping[str, 
                               "commit": code.commit, "repo_url": plan.source.git_repo_url,
                               "subdirectory": code.subdirectory or None, "dirty": code.dirty}
     if code.kind == "git":
+        source["root"] = code.root
         tags[DIRTY_TAG] = "true" if code.dirty else "false"
         if code.patch is not None:
             files[PATCH] = code.patch
@@ -102,6 +103,7 @@ def record_files(plan: RunPlan, environment: Any, plugin_versions: Mapping[str, 
         "restarts": {"exit_codes": sorted(plan.restarts.exit_codes), "max_restarts": plan.restarts.max_restarts}
         if plan.restarts.asked else None,
         "experiment": {"id": experiment_id or tracking.experiment_id, "name": tracking.experiment_name},
+        "rerun_of": plan.options.get("rerun_of"),
         "mlexec": {"version": __version__, "plugins": dict(sorted(plugin_versions.items()))},
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
                    "executable": sys.executable},

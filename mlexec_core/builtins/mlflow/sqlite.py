@@ -403,18 +403,27 @@ class SqliteStore:
 
     def download_output(self, run_id: str) -> bytes | None:
         """The ``mlexec/output.log`` artifact, read in place when the artifacts are local files."""
+        return self.read_artifact(run_id, "mlexec/output.log")
+
+    def read_artifact(self, run_id: str, artifact_path: str) -> bytes | None:
+        """One artifact of the run (``None``: it has none of that name), read in place when the
+        artifacts are local files."""
         _, _, info = self.run_info(run_id)
         location = info["artifact_uri"]
         if location.startswith("file://"):
             location = location[len("file://"):]
         if location.startswith("/"):
             try:
-                return Path(location, "mlexec", "output.log").read_bytes()
+                return Path(location, artifact_path).read_bytes()
             except FileNotFoundError:
                 return None
             except OSError as exc:
-                raise TrackingError(f"cannot read the output of run {run_id}: {exc}") from None
-        return self._fallback().download_output(run_id)
+                raise TrackingError(f"cannot read {artifact_path} of run {run_id}: {exc}") from None
+        return self._fallback().read_artifact(run_id, artifact_path)
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        with self._db() as db:
+            return dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
 
     def clear_live(self, run_id: str) -> None:
         with self._db() as db:

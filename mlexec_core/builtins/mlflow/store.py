@@ -78,6 +78,10 @@ class TrackingStore(Protocol):
 
     def put_artifact(self, run_id: str, data: bytes, artifact_path: str) -> None: ...
 
+    def read_artifact(self, run_id: str, artifact_path: str) -> bytes | None: ...
+
+    def run_params(self, run_id: str) -> dict[str, str]: ...
+
 
 def tracking_uri(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
     """The tracking URI for this process, with local paths made absolute."""
