@@ -116,3 +116,11 @@ def test_secrets_in_a_backend_config_are_never_recorded():
     assert got["token"] == got["auth"] == got["private-key-file"] == REDACTED
     assert got["env"] == [{"API_KEY": REDACTED}]
     assert "s3cr3t" not in json.dumps(got) and "\"k\"" not in json.dumps(got)
+
+
+def test_mlexec_record_off_records_nothing(mlexec, project, store, cli_env):
+    folder = project(MLPROJECT, files={"train.py": "print(1)\n"})
+    mlexec("run", folder, "--env-manager", "local", "-P", "alpha=1", check=0, env={**cli_env, "MLEXEC_RECORD": "off"})
+    run = store.only_run()
+    assert not (artifacts(store, run) / "mlexec" / "run.json").exists()
+    assert "mlexec.record" not in run.data.tags and "mlexec.source.digest" not in run.data.tags

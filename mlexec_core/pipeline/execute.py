@@ -279,8 +279,10 @@ def _end_job_processes(run: RunRecord, plan: RunPlan, reporter) -> list[int]:
 def _record(plugins: Plugins, plan: RunPlan, run: RunRecord, environment: PreparedEnvironment | None) -> None:
     """Keep with the run what it runs (:mod:`mlexec_core.reproduce`): its record, the
     environment's lock, the code's patch or snapshot; tags saying whether the code was committed."""
-    from mlexec_core.reproduce import record_files
+    from mlexec_core.reproduce import record_files, recording
 
+    if not recording():
+        return
     files, tags, warnings = record_files(plan, environment, plugins.versions(), run.experiment_id)
     for warning in warnings:
         plugins.context.reporter.warning(warning)

@@ -37,6 +37,17 @@ SECRET = re.compile(r"token|passw|secret|credential|api[-_]?key|private[-_]?key|
 REDACTED = "<redacted>"
 
 
+RECORD_VAR = "MLEXEC_RECORD"
+
+
+def recording() -> bool:
+    """``MLEXEC_RECORD=off`` (or ``0``, ``false``, ``no``) turns the record off: runs are not
+    reproducible then (``mlexec rerun`` says the run has no record)."""
+    import os
+
+    return os.environ.get(RECORD_VAR, "").strip().lower() not in ("0", "off", "false", "no")
+
+
 def redact_config(value: Any, key: str = "") -> Any:
     """``value`` with every value under a key that looks secret replaced by ``<redacted>``."""
     if key and SECRET.search(key) and value not in (None, "", {}, []):

@@ -94,29 +94,28 @@ def _git_changes(directory: Path, commit: str) -> tuple[str, str, bytes | None] 
     """``(root, subdirectory, patch or None)`` of the work tree ``directory`` is in; ``None``
     when git cannot say."""
     try:
-        proc = _git(directory, "rev-parse", "--show-toplevel", "--show-prefix")
+        proc = _git(directory, "rev-parse", "--absolute-git-dir", "--show-toplevel", "--show-prefix")
         if proc.returncode != 0:
             return None
-        lines = proc.stdout.splitlines()
-        root, prefix = lines[0], (lines[1] if len(lines) > 1 else "").strip("/")
+        lines = proc.stdout.splitlines() + [""]
+        git_dir, root, prefix = lines[0], lines[1], lines[2].strip("/")
         status = _git(directory, "status", "--porcelain", "--untracked-files=all", "-z", "--", ":/", *EXCLUDED,
                       text=False)
         if status.returncode != 0:
             return None
         if not status.stdout:
             return root, prefix, None
-        return root, prefix, _patch(Path(root), commit)
+        return root, prefix, _patch(Path(root), Path(git_dir), commit)
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
-def _patch(root: Path, commit: str) -> bytes | None:
+def _patch(root: Path, git_dir: Path, commit: str) -> bytes | None:
     """Tracked changes and untracked, not ignored files against ``commit``, through a
     temporary copy of the index (the user's index and work tree are left as they were)."""
     import shutil
     import tempfile
 
-    git_dir = _git(root, "rev-parse", "--absolute-git-dir").stdout.strip()
     with tempfile.TemporaryDirectory(prefix="mlexec-patch-") as tmp:
         index = Path(tmp, "index")
         if Path(git_dir, "index").is_file():
