@@ -124,3 +124,59 @@ def test_mlexec_record_off_records_nothing(mlexec, project, store, cli_env):
     run = store.only_run()
     assert not (artifacts(store, run) / "mlexec" / "run.json").exists()
     assert "mlexec.record" not in run.data.tags and "mlexec.source.digest" not in run.data.tags
+
+
+CONFIGURED = '''
+"""A third-party backend that takes a config (with a secret in it) and runs locally."""
+from mlexec_core.builtins.local import LocalBackend
+from mlexec_core.plugin import Registration, hookimpl
+
+
+class ConfiguredBackend(LocalBackend):
+    def parse_config(self, config, base_dir):
+        return dict(config)
+
+
+@hookimpl
+def mlexec_backends():
+    return [Registration(kind="backend", name="configured", path=ConfiguredBackend)]
+'''
+
+
+def test_a_secret_in_a_backend_config_never_reaches_the_artifacts(mlexec, project, store, cli_env, tmp_path):
+    site = tmp_path / "site"
+    dist = site / "mlexec_configured-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-configured\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\nconfigured = demo_configured\n")
+    (site / "demo_configured.py").write_text(CONFIGURED)
+    env = {**cli_env, "PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}"}
+    folder = project(MLPROJECT, files={"train.py": "print(1)\n"})
+    config = tmp_path / "config.yaml"
+    config.write_text("queue: gpu\napi_token: tok-3141592653\nregistry:\n  password: pw-2718281828\n  user: me\n")
+    mlexec("run", folder, "-b", "configured", "-c", str(config), "--env-manager", "local", "-P", "alpha=1",
+           env=env, check=0)
+    run = store.only_run()
+    got = record(store, run)
+    assert got["backend"] == "configured"
+    assert got["backend_config"] == {"queue": "gpu", "api_token": REDACTED,
+                                     "registry": {"password": REDACTED, "user": "me"}}
+    assert got["mlexec"]["plugins"]["mlexec-configured"] == "1.0"
+    for path in artifacts(store, run).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"tok-3141592653" not in data and b"pw-2718281828" not in data, path
+    assert not any("3141592653" in v for v in run.data.tags.values())
+    # a rerun asks for the config again rather than run without its secrets
+    again = mlexec("rerun", run.info.run_id, env=env, check=2)
+    assert "had secrets that were not recorded (api_token, registry.password)" in again.stderr, again.stderr
+    mlexec("rerun", run.info.run_id, "-c", str(config), env=env, check=0)
+
+
+def test_each_child_of_a_sweep_records_what_it_ran(mlexec, project, store):
+    folder = project(MLPROJECT, files={"train.py": "print(1)\n"})
+    mlexec("sweep", folder, "--env-manager", "local", "-P", "alpha=1,2,3", check=0)
+    children = [r for r in store.runs() if r.data.tags.get("mlexec.sweep") != "parent"]
+    assert len(children) == 3
+    assert sorted(record(store, r)["parameters"]["alpha"]["value"] for r in children) == ["1", "2", "3"]
+    assert len({r.data.tags["mlexec.source.digest"] for r in children}) == 1
