@@ -292,13 +292,12 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _tag_facts(tags: Mapping[str, str], pairs, other: Mapping[str, str]) -> dict[str, str]:
-    """The tags ``mlflow run`` sets too; mlexec's own source tags only when both runs have them."""
-    facts = {key: tags[tag] for key, tag in pairs if tag in tags}
+    """The tags of ``pairs`` that both runs carry (tools set different ones: ``mlflow run`` leaves
+    ``mlflow.project.env`` out for a local environment), and the commit even when only one has
+    it (one run from a git checkout, the other not); mlexec's own source tags when both have them."""
     if pairs is MLFLOW_TAGS["code"]:
-        for key, tag in (("dirty", DIRTY_TAG), ("digest", DIGEST_TAG)):
-            if tag in tags and tag in other:
-                facts[key] = tags[tag]
-    return facts
+        pairs = (*pairs, ("dirty", DIRTY_TAG), ("digest", DIGEST_TAG))
+    return {key: tags[tag] for key, tag in pairs if tag in tags and (tag in other or key == "commit")}
 
 
 def _code_facts(record: Mapping[str, Any], tags: Mapping[str, str]) -> dict[str, Any]:
