@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -237,3 +238,84 @@ def test_on_a_terminal_each_section_is_a_table(project, run, cli_env, tmp_path):
     assert "┃" in text or "│" in text  # tables, not the plain lines
     assert "alpha 0.5 -> 1.5" not in text
     assert not [code for code in ("\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[36m") if code in text]  # no colours
+
+
+def test_a_record_that_cannot_be_read_is_said_once_and_mlflow_s_data_still_compared(mlexec, project, run, store):
+    folder = project(MLPROJECT, files={"train.py": TRAIN})
+    a = run(folder, "-P", "alpha=0.5")
+    b = run(folder, "-P", "alpha=1.5")
+    [broken] = [r for r in store.runs() if r.info.run_id == b]
+    (Path(broken.info.artifact_uri.replace("file://", "")) / "mlexec" / "run.json").write_text("{not json")
+    result = diff_json(mlexec, a, b)
+    assert result["b"]["record"] is False
+    assert any(n.startswith(f"run {b}: its record mlexec/run.json could not be read") for n in result["notes"])
+    assert rows(result, "parameters") == {"alpha": ("0.5", "1.5")}
+    assert "backend" not in {s["name"] for s in result["sections"]}  # the tags agree; the command is unknown
+
+
+def _start_server(tmp_path, template_db) -> tuple[subprocess.Popen, str]:
+    """A real ``mlflow server`` on loopback that proxies artifacts (``mlflow-artifacts:/`` URIs)."""
+    import time
+    import urllib.request
+
+    from mlexec_core.testing import free_port
+
+    db = tmp_path / "server.db"
+    db.write_bytes(template_db.read_bytes())
+    port = free_port()
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                             "--port", str(port), "--backend-store-uri", f"sqlite:///{db}",
+                             "--artifacts-destination", str(tmp_path / "served-artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240  # the server imports all of mlflow: slow on a busy machine
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
+                pytest.fail(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_through_a_tracking_server_the_record_is_downloaded_and_the_download_removed(
+        mlexec, project, tmp_path, template_db, cli_env):
+    server, uri = _start_server(tmp_path, template_db)
+    try:
+        env = {"MLFLOW_TRACKING_URI": uri, "PYTHON": sys.executable}
+        folder = project(MLPROJECT, files={"train.py": TRAIN, "util.py": "X = 1\n"})
+        git(folder, "init", "-q")
+        git(folder, "add", "-A")
+        git(folder, "commit", "-qm", "first")
+        ids = []
+        for _ in range(2):
+            proc = mlexec("run", folder, "--env-manager", "local", env=env, check=0)
+            ids.append(proc.stderr.split("=== Run ", 1)[1].split()[0])
+            (folder / "util.py").write_text("X = 2\n")
+        proc = mlexec("diff", *ids, "--json", env=env, check=0)
+        assert_no_traceback(proc)
+        result = json.loads(proc.stdout)
+        assert result["a"]["record"] is result["b"]["record"] is True
+        assert rows(result, "files") == {"util.py": ("no uncommitted change", "edited (+1 -1)")}
+        assert not list(Path(cli_env["TMPDIR"]).glob("mlexec-diff-*"))  # the downloads are gone
+        missing = mlexec("diff", ids[0], "0123456789abcdef0123456789abcdef", env=env, check=2)
+        assert_no_traceback(missing)
+        assert "no run with id '0123456789abcdef0123456789abcdef'" in missing.stderr, missing.stderr
+    finally:
+        _stop(server)
