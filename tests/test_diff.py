@@ -91,7 +91,7 @@ def test_a_metric_only_one_run_logged_is_added_or_removed(mlexec, project, run):
     assert rows(diff_json(mlexec, a, b), "files").keys() == {"train.py"}
 
 
-def test_a_dirty_work_tree_against_a_clean_one_names_the_changed_files(mlexec, project, run):
+def test_a_dirty_work_tree_against_a_clean_one_names_the_changed_files(mlexec, project, run, store):
     folder = project(MLPROJECT, files={"train.py": TRAIN, "util.py": "X = 1\n"})
     git(folder, "init", "-q")
     git(folder, "add", "-A")
@@ -110,6 +110,13 @@ def test_a_dirty_work_tree_against_a_clean_one_names_the_changed_files(mlexec, p
     dirtier = run(folder)
     assert rows(diff_json(mlexec, dirty, dirtier), "files") == {"new.py": ("no uncommitted change", "new file (+1)")}
     assert "util.py" not in mlexec("diff", dirty, dirtier, check=0).stdout
+
+    # a patch that cannot be read: said, and no file is reported changed for want of it
+    [lost] = [r for r in store.runs() if r.info.run_id == dirtier]
+    (Path(lost.info.artifact_uri.replace("file://", "")) / "mlexec" / "source.patch").unlink()
+    result = diff_json(mlexec, dirty, dirtier)
+    assert any("mlexec/source.patch could not be read" in n and dirtier in n for n in result["notes"])
+    assert not rows(result, "files")
 
 
 def test_patch_blocks_split_a_git_patch_by_file():

@@ -122,16 +122,25 @@ def load_run(store, run_id: str) -> RunData:
         data, info = _client_run(store, run_id)
     if RECORD_TAG not in data.tags:
         return data
+    uri = info.get("artifact_uri", "")
     try:
-        found = _read_artifacts(store, run_id, info.get("artifact_uri", ""), [RUN_JSON], optional=[PATCH])
-        record = json.loads(found[RUN_JSON].decode())
+        record = json.loads(read_artifact(store, run_id, uri, RUN_JSON).decode())
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
-    except (OSError, ValueError, KeyError, TrackingError) as exc:
-        why = exc.message if isinstance(exc, TrackingError) else (str(exc) or type(exc).__name__)
-        return attrs.evolve(data, problem=f"its record {RUN_JSON} could not be read ({why})")
-    patch = found.get(PATCH) if (record.get("source") or {}).get("patch") else None
+    except (OSError, ValueError, TrackingError) as exc:
+        return attrs.evolve(data, problem=f"its record {RUN_JSON} could not be read ({_why(exc)})")
+    patch = None
+    if (record.get("source") or {}).get("patch"):
+        try:
+            patch = read_artifact(store, run_id, uri, PATCH)
+        except (OSError, TrackingError) as exc:
+            return attrs.evolve(data, record=record, problem=f"its {PATCH} could not be read ({_why(exc)}): "
+                                                            "its uncommitted changes are not compared")
     return attrs.evolve(data, record=record, patch=patch)
+
+
+def _why(exc: Exception) -> str:
+    return exc.message if isinstance(exc, TrackingError) else (str(exc) or type(exc).__name__)
 
 
 def _sqlite_run(store, run_id: str, status: str, tags: dict[str, str]) -> RunData:
@@ -182,35 +191,27 @@ def local_artifacts(uri: str) -> Path | None:
     return Path(uri) if uri.startswith("/") else None
 
 
-def _read_artifacts(store, run_id: str, artifact_uri: str, names: list[str],
-                    optional: list[str] = ()) -> dict[str, bytes]:
-    """The artifacts ``names`` (which must exist) and ``optional`` (left out when absent)."""
+def read_artifact(store, run_id: str, artifact_uri: str, name: str) -> bytes:
+    """The artifact ``name`` of the run: read in place when its artifacts are files on this
+    machine, else downloaded through MLflow into a temporary folder that is removed."""
     root = local_artifacts(artifact_uri)
-    found: dict[str, bytes] = {}
     if root is not None:
-        for name in [*names, *optional]:
-            try:
-                found[name] = (root / name).read_bytes()
-            except FileNotFoundError:
-                if name in names:
-                    raise
-        return found
+        return (root / name).read_bytes()
     import tempfile
 
-    from mlexec_core.builtins.mlflow.client import bounded_client
+    from mlexec_core.builtins.mlflow.client import bounded_client, tracking_error
     from mlexec_core.builtins.mlflow.store import client_store
 
     client = client_store(store.uri).client
     with tempfile.TemporaryDirectory(prefix="mlexec-diff-") as tmp:
-        for name in [*names, *optional]:
-            try:
-                with bounded_client():
-                    path = client.download_artifacts(run_id, name, tmp)
-                found[name] = Path(path).read_bytes()
-            except Exception as exc:  # noqa: BLE001  (MLflow's errors for a missing artifact vary by store)
-                if name in names:
-                    raise OSError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    return found
+        try:
+            with bounded_client():
+                path = client.download_artifacts(run_id, name, tmp)
+            return Path(path).read_bytes()
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (MLflow's errors for a missing artifact vary by store)
+            raise OSError(tracking_error(store.uri, exc).message) from None  # (credentials removed)
 
 
 # -- comparing ----------------------------------------------------------------------------------
@@ -314,7 +315,8 @@ def _file_rows(a: RunData, b: RunData) -> list[Row]:
     or changed (plain directories)."""
     sa, sb = (a.record or {}).get("source") or {}, (b.record or {}).get("source") or {}
     rows: list[Row] = []
-    if sa.get("dirty") or sb.get("dirty"):
+    readable = all(not s.get("dirty") or run.patch is not None for s, run in ((sa, a), (sb, b)))
+    if (sa.get("dirty") or sb.get("dirty")) and readable:  # (a patch that could not be read: a note says so)
         blocks_a, blocks_b = patch_blocks(a.patch or b""), patch_blocks(b.patch or b"")
         for path in sorted(set(blocks_a) | set(blocks_b)):
             x, y = blocks_a.get(path), blocks_b.get(path)
