@@ -21,7 +21,8 @@ def test_diff_names_the_packages_whose_versions_differ(mlexec, project, store, e
     publish(index, "demo_pkg", "1.0")
     publish(index, "steady_pkg", "3.0")
     env = {**cli_env, "UV_FIND_LINKS": str(index), "UV_NO_INDEX": "1"}
-    proj = project(f"name: locked\npython_env: python_env.yaml\nentry_points:\n  main:\n    command: {json.dumps(COMMAND)}\n",
+    proj = project(f"name: locked\npython_env: python_env.yaml\nentry_points:\n  main:\n"
+                   f"    command: {json.dumps(COMMAND)}\n",
                    {"python_env.yaml": "dependencies:\n  - demo-pkg\n  - steady-pkg\n"})
     mlexec("run", proj, "--env-manager", "uv", env=env, check=0)
     [old] = [r.info.run_id for r in store.runs()]
