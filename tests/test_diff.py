@@ -326,3 +326,33 @@ def test_through_a_tracking_server_the_record_is_downloaded_and_the_download_rem
         assert "no run with id '0123456789abcdef0123456789abcdef'" in missing.stderr, missing.stderr
     finally:
         _stop(server)
+
+
+def test_records_compare_backend_config_resources_environment_and_versions_key_by_key():
+    """What runs on a cluster or in a container records (no cluster here: two records as written)."""
+    from mlexec_core.reproduce.diff import RunData, compare, text_lines
+
+    def record(namespace: str, gpus: str, image: str, docker: str, plugin: str) -> dict:
+        return {"format": 1, "source": {"kind": "git-uri", "commit": "c1", "dirty": False},
+                "entry_point": "main", "command": "python train.py", "backend": "kubernetes",
+                "backend_config": {"namespace": namespace, "token": "<redacted>", "labels": {"team": "ml"}},
+                "env_manager": "docker", "resources": {"gpus": gpus, "memory": "4G"},
+                "docker_args": [["shm-size", docker]],
+                "environment": {"name": "docker", "kind": "docker-image", "packages": {},
+                                "details": {"image_id": image, "image": "repo/x:1"}},
+                "mlexec": {"version": "0.1.0", "plugins": {"mlexec-kubernetes": plugin, "mlexec-docker": "0.1.0"}},
+                "python": {"version": "3.11.7"}, "platform": {"system": "Linux"}}
+
+    a = RunData(run_id="a" * 32, status="FINISHED", record=record("ml", "1", "sha256:aaa", "1g", "0.1.0"))
+    b = RunData(run_id="b" * 32, status="FINISHED", record=record("prod", "2", "sha256:bbb", "2g", "0.2.0"))
+    result = compare(a, b)
+    got = {s.name: {r.key: (r.a, r.b) for r in s.rows} for s in result.sections}
+    assert got == {
+        "backend": {"config.namespace": ("ml", "prod"), "resources.gpus": ("1", "2"),
+                    "docker_args": ("--shm-size 1g", "--shm-size 2g")},
+        "environment": {"image_id": ("sha256:aaa", "sha256:bbb")},
+        "mlexec": {"plugins.mlexec-kubernetes": ("0.1.0", "0.2.0")},
+    }
+    assert "config.namespace ml -> prod" in text_lines(result)
+    same = compare(a, a)
+    assert same.identical and text_lines(same) == [f"no differences between {a.run_id} and {a.run_id}"]
