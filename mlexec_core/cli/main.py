@@ -416,6 +416,9 @@ for _command in (_runs.runs, _runs.attach, _runs.cancel, _runs.logs):
 from mlexec_core.cli.sweep import sweep as _sweep_command  # noqa: E402  (click and errors only)
 
 cli.add_command(_sweep_command)
+from mlexec_core.cli.diff import diff as _diff_command  # noqa: E402  (click and errors only)
+
+cli.add_command(_diff_command)
 
 
 def main() -> None:
