@@ -28,7 +28,10 @@ from typing import Any, Callable, Mapping, TextIO
 from mlexec_core.plugin.interfaces import Reporter, RunStatus, SubmittedJob
 from mlexec_core.resources import time_limit_reason
 
+from mlexec_core.distributed import rank_failure_reason
+
 from mlexec_kubernetes.cluster import Cluster, api_message
+from mlexec_kubernetes.distributed import rank_failure
 
 #: Seconds a single watch request lasts before it is renewed (the server ends it).
 WATCH_SECONDS = 60
@@ -52,6 +55,8 @@ TAG_NAMESPACE = "mlexec.kubernetes.namespace"
 TAG_CONTEXT = "mlexec.kubernetes.context"
 TAG_CONTAINER = "mlexec.kubernetes.container"
 TAG_FAILURE = "mlexec.kubernetes.failure-reason"
+#: The headless Service of a run over many pods (named like the Job).
+TAG_SERVICE = "mlexec.kubernetes.service"
 #: The run's ``time`` resource in seconds, for an mlexec that attaches to the Job later.
 TAG_TIME_LIMIT = "mlexec.kubernetes.time-limit"
 
@@ -91,7 +96,8 @@ class KubernetesJob(SubmittedJob):
 
     def __init__(self, cluster: Cluster, namespace: str, name: str, image: str, container: str,
                  reporter: Reporter, tags: Mapping[str, str], out: TextIO | None = None,
-                 output: Any = None, time_limit: float | None = None, attached: bool = False) -> None:
+                 output: Any = None, time_limit: float | None = None, attached: bool = False,
+                 service: str | None = None) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.name = name
@@ -102,6 +108,8 @@ class KubernetesJob(SubmittedJob):
         #: The run's output (``run.output``): the pod's log goes there when set, else to ``out``.
         self.output = output
         self.tags: dict[str, str] = dict(tags)
+        #: The Job's headless Service (``nodes`` above 1), deleted when the run ends.
+        self.service = service
         self.failure_reason: str | None = None
         self.exit_code: int | None = None
         self.cancelled = False
@@ -138,7 +146,26 @@ class KubernetesJob(SubmittedJob):
                 if state.get("running") or state.get("terminated"):
                     self._stream_logs(pod["metadata"]["name"])
         self._finish_logs()
+        self._delete_service()
         return self.settled
+
+    def _delete_service(self) -> None:
+        """The run has ended: its pods need their DNS names no more (the Job owns the Service too, so
+        deleting the Job, or its ``ttlSecondsAfterFinished``, would delete it anyway)."""
+        from kubernetes.client.rest import ApiException
+
+        if not self.service:
+            return
+        try:
+            _raw(self.cluster.core().delete_namespaced_service(self.service, self.namespace,
+                                                               _preload_content=False))
+        except ApiException as exc:
+            if exc.status != 404:
+                self.reporter.warning(f"could not delete Service {self.namespace}/{self.service}: "
+                                      f"{api_message(exc)}; it goes when Job {self.name} is deleted")
+        except Exception as exc:
+            self.reporter.warning(f"could not delete Service {self.namespace}/{self.service}: {_short(exc)}; "
+                                  f"it goes when Job {self.name} is deleted")
 
     def get_status(self) -> RunStatus:
         if not self._watching and self.settled is None:
@@ -188,6 +215,7 @@ class KubernetesJob(SubmittedJob):
             self.cancelled = True
         # SIGKILL (a second Ctrl-C) asks for no grace period.
         self._stop(0 if signum == signal.SIGKILL else None)
+        self._delete_service()
         self._settle(RunStatus.KILLED, "stopped by the user")
 
     def _stop(self, grace: int | None) -> None:
@@ -317,9 +345,35 @@ class KubernetesJob(SubmittedJob):
                 return cs
         return statuses[0] if statuses else None
 
+    def _rank_failure(self) -> tuple[str, int | None] | None:
+        """In a run over many processes, the first rank that failed on its own (the launcher wrote it in
+        its container's termination message), and its pod."""
+        first = None
+        for name, pod in self._pods.items():
+            terminated = ((self._main_status(pod) or {}).get("state") or {}).get("terminated") or {}
+            failed = rank_failure(terminated.get("message"))
+            if failed is None:
+                continue
+            when = _timestamp(terminated.get("finishedAt")) or float("inf")
+            if first is None or when < first[0]:
+                first = (when, name, failed)
+        if first is None:
+            return None
+        _, name, (rank, code) = first
+        return f"{rank_failure_reason(rank, code)} (pod {name})", code
+
     def _pod_failure(self) -> tuple[str, int | None] | None:
-        """The most telling failure among the pods seen: OOMKilled, then an exit code, then a pull error."""
+        """The most telling failure among the pods seen: OOMKilled, then a rank that failed, then an exit
+        code, then a pull error."""
         found = None
+        for pod in self._pods.values():
+            terminated = ((self._main_status(pod) or {}).get("state") or {}).get("terminated") or {}
+            if terminated.get("reason") == "OOMKilled":
+                break
+        else:
+            found = self._rank_failure()
+            if found is not None:
+                return found
         for pod in self._pods.values():
             cs = self._main_status(pod) or {}
             state = cs.get("state") or {}

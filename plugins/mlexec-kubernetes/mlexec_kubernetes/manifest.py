@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from mlexec_core.plugin.interfaces import RunPlan
 
 from mlexec_kubernetes.config import KubernetesConfig
+from mlexec_kubernetes.distributed import launcher, master_addr, service, shape
 from mlexec_kubernetes.resources import apply as apply_resources
 
 #: Labels on the Job and its pods.
@@ -43,10 +44,17 @@ def label_value(text: str) -> str:
     return value or "unnamed"
 
 
-def job_name(project_name: str, run_id: str) -> str:
-    """A DNS-valid Job name derived from the project, unique per run."""
+def job_name(project_name: str, run_id: str, nodes: int = 1) -> str:
+    """A DNS-valid Job name derived from the project, unique per run.
+
+    For ``nodes`` above 1 it leaves room for the pods' host names (``<job>-<index>``, at most 63
+    characters) and starts with a letter, as the headless Service of the same name must."""
     suffix = dns_label(run_id, 12, "run")[:12]
-    return f"{dns_label(project_name, _MAX_JOB_NAME - len(suffix) - 1)}-{suffix}"
+    room = _MAX_JOB_NAME - len(suffix) - 1 - (len(f"-{nodes - 1}") if nodes > 1 else 0)
+    project = dns_label(project_name, room)
+    if nodes > 1 and not project[0].isalpha():
+        project = dns_label("r-" + project, room)
+    return f"{project}-{suffix}"
 
 
 
@@ -57,7 +65,7 @@ def _merge_env(existing: list[Any], extra: list[dict[str, str]]) -> list[Any]:
 
 
 def build_job(plan: RunPlan, config: KubernetesConfig, *, name: str, namespace: str, image: str,
-              env: Mapping[str, str], run_id: str) -> dict[str, Any]:
+              env: Mapping[str, str], run_id: str, attempt_file: str | None = None) -> dict[str, Any]:
     """The Job to create: the template (or a default Job) with this run's name, image, command and settings.
 
     ``env`` is the container's complete set of variables from mlexec (the run's
@@ -116,8 +124,17 @@ def build_job(plan: RunPlan, config: KubernetesConfig, *, name: str, namespace: 
     main = containers[0]
     main["name"] = dns_label(plan.project.display_name, 63)  # the project's name, as MLflow names it
     main["image"] = image
-    main["command"] = [*SHELL, plan.command]
+    nodes, per_node = shape(plan)
+    if nodes * per_node > 1 or attempt_file:  # the launcher starts the P processes of this pod
+        script = launcher(nodes=nodes, per_node=per_node, master=master_addr(name, nodes), attempt_file=attempt_file)
+        main["command"] = [*SHELL, script, "mlexec-launcher", plan.command]
+    else:
+        main["command"] = [*SHELL, plan.command]
     main.pop("args", None)
+    if nodes > 1:  # one pod per node, each with its index, its DNS name through the headless Service
+        spec["completionMode"] = "Indexed"
+        spec["completions"] = spec["parallelism"] = nodes
+        pod["subdomain"] = name
     main["env"] = _merge_env(list(main.get("env") or []), [{"name": k, "value": v} for k, v in env.items()])
     if config.resources:
         resources = main.setdefault("resources", {}) or {}
@@ -132,3 +149,13 @@ def to_yaml(manifest: Mapping[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(dict(manifest), sort_keys=False, default_flow_style=False, width=1000)
+
+
+def build_service(plan: RunPlan, *, name: str, namespace: str, run_id: str,
+                  owner_uid: str | None = None) -> dict[str, Any]:
+    """The headless Service of a Job of many pods (``nodes`` above 1): same name, selecting its pods,
+    owned by the Job when its ``owner_uid`` is known (so that deleting the Job deletes it)."""
+    labels = {RUN_LABEL: label_value(run_id), PROJECT_LABEL: label_value(plan.project.display_name),
+              MANAGED_BY[0]: MANAGED_BY[1]}
+    owner = {"name": name, "uid": owner_uid} if owner_uid else None
+    return service(name=name, namespace=namespace, labels=labels, selector={"job-name": name}, owner=owner)

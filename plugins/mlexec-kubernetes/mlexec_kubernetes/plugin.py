@@ -10,6 +10,6 @@ def mlexec_backends():
     return [Registration(
         kind="backend", name="kubernetes", path="mlexec_kubernetes.backend:KubernetesBackend",
         capabilities={"detachable"},
-        resources={"cpus", "memory", "gpus", "gpu-type", "shm", "time"},
+        resources={"cpus", "memory", "gpus", "gpu-type", "shm", "time", "nodes", "processes-per-node"},
         description="runs the project as a Kubernetes Job (image built and pushed with mlexec-docker)",
     )]
