@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from attrs import frozen
 
-from mlexec_core.errors import BackendError, PluginError
+from mlexec_core.errors import BackendError, PluginError, UsageError
 from mlexec_core.plugin.interfaces import (
     Backend, ImageRef, PreparedEnvironment, RunPlan, RunRecord, SubmittedJob, redact,
 )
@@ -22,7 +22,7 @@ from mlexec_kubernetes.job import (
     time_limit_tag,
 )
 from mlexec_kubernetes.distributed import shape
-from mlexec_kubernetes.manifest import build_job, build_service, dns_label, job_name, to_yaml
+from mlexec_kubernetes.manifest import CHECKPOINT_PATH, build_job, build_service, dns_label, job_name, to_yaml
 from mlexec_kubernetes.resources import check as check_resources, conflicts as resource_conflicts
 
 #: The image builder the backend uses (from mlexec-docker).
@@ -94,6 +94,28 @@ class KubernetesBackend(Backend):
         check_resources(plan.resources, config)
         for warning in resource_conflicts(plan.resources, config):
             self.context.reporter.warning(warning)
+        if plan.restarts.asked:
+            self._check_restarts(plan, config)
+
+    def _check_restarts(self, plan: RunPlan, config: KubernetesConfig) -> None:
+        """The Job's podFailurePolicy needs restartPolicy Never; checkpoints need a volume to survive a pod."""
+        template = ((config.job_template or {}).get("spec") or {}).get("template") or {}
+        policy = (template.get("spec") or {}).get("restartPolicy")
+        if policy not in (None, "Never"):
+            raise UsageError(
+                f"--restart-on-exit/--max-restarts need the Job's pods to have restartPolicy Never (a "
+                f"podFailurePolicy decides what comes back), but the Job template "
+                f"{config.job_template_path or ''} says restartPolicy: {policy}".replace("  ", " "),
+                hint="remove restartPolicy from spec.template.spec of the Job template")
+        if not config.checkpoint_volume:
+            self.context.reporter.warning(
+                f"MLEXEC_CHECKPOINT_DIR ({CHECKPOINT_PATH}) is an emptyDir of the pod: checkpoints written there "
+                "do not survive a pod that is replaced; set checkpoint-volume: <PersistentVolumeClaim> in the "
+                "backend config to keep them across restarts")
+
+    def checkpoint_dir(self, plan: RunPlan, run: RunRecord) -> str:
+        """The folder in the pod: the run's own folder of the ``checkpoint-volume`` claim (else an emptyDir)."""
+        return CHECKPOINT_PATH
 
     def prepare(self, plan: RunPlan, environment: PreparedEnvironment | None) -> Prepared:
         config = self._config(plan)

@@ -51,28 +51,30 @@ def master_addr(job: str, nodes: int) -> str:
     return f"{job}-0.{job}" if nodes > 1 else "127.0.0.1"
 
 
+def attempt_counter(folder: str) -> list[str]:
+    """Lines of sh that set ``MLEXEC_ATTEMPT`` from a counter in ``folder`` (the run's checkpoint folder,
+    which outlives the pods): Kubernetes gives a pod no retry count, so each pod counts the starts of
+    its index (``NODE_RANK``, 0 for a Job of one pod) there."""
+    return [
+        "# MLEXEC_ATTEMPT: this pod's index has started that many times (a counter in the checkpoint folder)",
+        f'__f={_quote(folder)}/.mlexec-attempts."${{{COMPLETION_INDEX_VAR}:-0}}"',
+        '__n=$(cat "$__f" 2>/dev/null); __n=$((${__n:-0} + 1))',
+        'echo "$__n" >"$__f.tmp" 2>/dev/null && mv "$__f.tmp" "$__f" && export MLEXEC_ATTEMPT="$__n"',
+    ]
+
+
+def single(attempt_folder: str) -> str:
+    """The container's program for one process whose attempts are counted (:func:`attempt_counter`)."""
+    return "\n".join([*attempt_counter(attempt_folder), 'exec /bin/sh -c "$1"']) + "\n"
+
+
 def launcher(*, nodes: int, per_node: int, master: str, port: int = MASTER_PORT,
-             attempt_file: str | None = None) -> str:
+             attempt_folder: str | None = None) -> str:
     """The container's program (``sh -c <this> mlexec-launcher <command>``): P processes of the command.
 
-    ``attempt_file``: a counter file (in the run's checkpoint folder) from which ``MLEXEC_ATTEMPT`` is
-    counted: each start of a pod of node 0 adds one (without it, ``MLEXEC_ATTEMPT`` is whatever mlexec set).
+    ``attempt_folder``: the run's checkpoint folder, where :func:`attempt_counter` counts the pod's starts.
     """
-    attempt = []
-    if attempt_file:
-        attempt = [
-            "# MLEXEC_ATTEMPT: Kubernetes gives a pod no retry count; node 0 counts its starts in the",
-            "# run's checkpoint folder, the other nodes read the count.",
-            f"__f={_quote(attempt_file)}",
-            'mkdir -p "$(dirname "$__f")" 2>/dev/null',
-            'if [ "$NODE_RANK" = 0 ]; then',
-            '    __n=$(cat "$__f" 2>/dev/null || echo 0); __n=$((${__n:-0} + 1))',
-            '    echo "$__n" >"$__f.tmp" && mv "$__f.tmp" "$__f"',
-            "else",
-            '    __n=$(cat "$__f" 2>/dev/null || echo 1)',
-            "fi",
-            'export MLEXEC_ATTEMPT="${__n:-1}"',
-        ]
+    attempt = attempt_counter(attempt_folder) if attempt_folder else []
     return "\n".join([
         "# mlexec: this pod's processes of a distributed run, each with its rank's variables.",
         f"export NNODES={nodes} LOCAL_WORLD_SIZE={per_node} WORLD_SIZE={nodes * per_node}",

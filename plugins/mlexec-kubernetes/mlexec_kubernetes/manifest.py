@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from mlexec_core.plugin.interfaces import RunPlan
 
 from mlexec_kubernetes.config import KubernetesConfig
-from mlexec_kubernetes.distributed import launcher, master_addr, service, shape
+from mlexec_kubernetes.distributed import launcher, master_addr, service, shape, single
 from mlexec_kubernetes.resources import apply as apply_resources
 
 #: Labels on the Job and its pods.
@@ -65,7 +65,7 @@ def _merge_env(existing: list[Any], extra: list[dict[str, str]]) -> list[Any]:
 
 
 def build_job(plan: RunPlan, config: KubernetesConfig, *, name: str, namespace: str, image: str,
-              env: Mapping[str, str], run_id: str, attempt_file: str | None = None) -> dict[str, Any]:
+              env: Mapping[str, str], run_id: str) -> dict[str, Any]:
     """The Job to create: the template (or a default Job) with this run's name, image, command and settings.
 
     ``env`` is the container's complete set of variables from mlexec (the run's
@@ -125,11 +125,17 @@ def build_job(plan: RunPlan, config: KubernetesConfig, *, name: str, namespace: 
     main["name"] = dns_label(plan.project.display_name, 63)  # the project's name, as MLflow names it
     main["image"] = image
     nodes, per_node = shape(plan)
-    if nodes * per_node > 1 or attempt_file:  # the launcher starts the P processes of this pod
-        script = launcher(nodes=nodes, per_node=per_node, master=master_addr(name, nodes), attempt_file=attempt_file)
+    restarts = plan.restarts.asked
+    counted = CHECKPOINT_PATH if restarts and config.checkpoint_volume else None
+    if nodes * per_node > 1:  # the launcher starts the P processes of this pod
+        script = launcher(nodes=nodes, per_node=per_node, master=master_addr(name, nodes), attempt_folder=counted)
         main["command"] = [*SHELL, script, "mlexec-launcher", plan.command]
+    elif counted:
+        main["command"] = [*SHELL, single(counted), "mlexec-launcher", plan.command]
     else:
         main["command"] = [*SHELL, plan.command]
+    if restarts:
+        _restarts(job, main, plan, config, run_id)
     main.pop("args", None)
     if nodes > 1:  # one pod per node, each with its index, its DNS name through the headless Service
         spec["completionMode"] = "Indexed"
@@ -143,6 +149,48 @@ def build_job(plan: RunPlan, config: KubernetesConfig, *, name: str, namespace: 
             resources[part] = {**(resources.get(part) or {}), **values}
     apply_resources(job, plan.resources, config)
     return job
+
+
+#: Where the run's checkpoint folder is in the pod (MLEXEC_CHECKPOINT_DIR), and its volume.
+CHECKPOINT_PATH = "/mlexec/checkpoints"
+CHECKPOINT_VOLUME = "mlexec-checkpoints"
+
+
+def _restarts(job: dict[str, Any], main: dict[str, Any], plan: RunPlan, config: KubernetesConfig,
+              run_id: str) -> None:
+    """A Job that comes back into the same run (``--restart-on-exit``, ``--max-restarts``).
+
+    ``podFailurePolicy`` (it needs ``restartPolicy: Never``): a pod disrupted by the cluster
+    (preempted, evicted, its node drained: the ``DisruptionTarget`` condition) is replaced without
+    counting; an exit status of ``--restart-on-exit`` counts against ``backoffLimit`` =
+    ``--max-restarts``; any other failure fails the Job at once.  The checkpoint folder is the
+    config's ``checkpoint-volume`` (a PersistentVolumeClaim; the run's own ``subPath``), else an
+    ``emptyDir`` (it does not outlive the pod).
+    """
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    restarts = plan.restarts
+    spec["backoffLimit"] = restarts.max_restarts
+    rules: list[dict[str, Any]] = [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    # (an empty onPodConditions: Kubernetes 1.27's schema requires the field, and empty is "not given")
+    if restarts.exit_codes:
+        rules.append({"action": "Count", "onExitCodes": {"containerName": main["name"], "operator": "In",
+                                                         "values": sorted(restarts.exit_codes)},
+                      "onPodConditions": []})
+    rules.append({"action": "FailJob", "onExitCodes": {"containerName": main["name"], "operator": "NotIn",
+                                                       "values": [0]}, "onPodConditions": []})
+    spec["podFailurePolicy"] = {"rules": rules}
+    volume: dict[str, Any] = {"name": CHECKPOINT_VOLUME}
+    mount: dict[str, Any] = {"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_PATH}
+    if config.checkpoint_volume:
+        volume["persistentVolumeClaim"] = {"claimName": config.checkpoint_volume}
+        mount["subPath"] = f"mlexec-runs/{label_value(run_id)}"
+    else:
+        volume["emptyDir"] = {}
+    pod["volumes"] = [v for v in pod.get("volumes") or [] if v.get("name") != CHECKPOINT_VOLUME] + [volume]
+    main["volumeMounts"] = [m for m in main.get("volumeMounts") or []
+                            if m.get("name") != CHECKPOINT_VOLUME and m.get("mountPath") != CHECKPOINT_PATH] + [mount]
 
 
 def to_yaml(manifest: Mapping[str, Any]) -> str:

@@ -76,7 +76,7 @@ class PodRunner:
             self._jobs[(ns, job_name)] = events
         active: dict[int, str] = {}
         for index in range(completions):
-            active[index] = self._start_pod(ns, job, index if indexed else None, events)
+            active[index] = self._start_pod(ns, job, index, indexed, events)
         succeeded: set[int] = set()
         failed = 0
         while True:
@@ -111,7 +111,7 @@ class PodRunner:
             c.set_job_status(ns, job_name, failed=failed)
             if c.job(ns, job_name) is None:
                 return
-            active[index] = self._start_pod(ns, c.job(ns, job_name) or job, index if indexed else None, events)
+            active[index] = self._start_pod(ns, c.job(ns, job_name) or job, index, indexed, events)
 
     @staticmethod
     def _condition(type_: str, reason: str, message: str) -> dict:
@@ -123,7 +123,7 @@ class PodRunner:
         """A pod failure under the Job's podFailurePolicy: the first rule that matches, else Count."""
         for rule in (policy or {}).get("rules") or ():
             conditions = rule.get("onPodConditions")
-            if conditions is not None:
+            if conditions:
                 if disrupted and any(c.get("type") == "DisruptionTarget" for c in conditions):
                     return rule["action"]
                 continue
@@ -137,7 +137,8 @@ class PodRunner:
 
     # -- the kubelet ----------------------------------------------------------------------
 
-    def _start_pod(self, ns: str, job: dict, index: int | None, events: queue.Queue) -> str:
+    def _start_pod(self, ns: str, job: dict, key: int, indexed: bool, events: queue.Queue) -> str:
+        index = key if indexed else None
         c = self.cluster
         job_name = job["metadata"]["name"]
         template = job["spec"]["template"]
@@ -166,7 +167,7 @@ class PodRunner:
             c.pods[(ns, name)] = pod
             c.logs[(ns, name)] = []
             c._emit("pods", "ADDED", pod)
-        threading.Thread(target=self._run_pod, args=(ns, name, index, pod_spec, events), daemon=True,
+        threading.Thread(target=self._run_pod, args=(ns, name, key, pod_spec, events), daemon=True,
                          name=f"k8s-runner-{name}").start()
         return name
 
@@ -187,7 +188,7 @@ class PodRunner:
         self.pulled.append(image)
         return image
 
-    def _run_pod(self, ns: str, name: str, index: int | None, spec: dict, events: queue.Queue) -> None:
+    def _run_pod(self, ns: str, name: str, key: int, spec: dict, events: queue.Queue) -> None:
         c = self.cluster
         main = spec["containers"][0]
         term_log = self.workdir / f"{name}.termination-log"
@@ -251,7 +252,7 @@ class PodRunner:
         if message:
             terminated["message"] = message
         c.set_container(ns, name, {"terminated": terminated}, phase="Succeeded" if code == 0 else "Failed")
-        events.put((index, name, terminated, disrupted))
+        events.put((key, name, terminated, disrupted))
 
     def _copy_log(self, ns: str, name: str, conn, resp) -> None:
         partial = b""
