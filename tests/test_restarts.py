@@ -274,3 +274,30 @@ def test_a_scheduler_restart_past_max_restarts_is_refused_and_the_run_fails_sayi
                   "-P", "until=5", env=env, check=99)
     assert proc.stderr.strip().splitlines()[-1].endswith("failed: was preempted; not started again "
                                                          "(--max-restarts 0) ===")
+
+
+GRACEFUL = r'''
+import os, signal, sys, time
+folder = os.environ["MLEXEC_CHECKPOINT_DIR"]
+def checkpoint(signum, frame):
+    time.sleep(0.5)  # a checkpoint takes a moment: the grace period lets it finish
+    open(os.path.join(folder, "saved-on-sigterm"), "w").write(str(signum))
+    sys.exit(143)
+signal.signal(signal.SIGTERM, checkpoint)
+print("training", flush=True)
+time.sleep(300)
+'''
+
+
+def test_a_stop_warns_the_job_with_sigterm_and_lets_it_checkpoint(mlexec, project, store, cli_env):
+    """Locally (and in docker) the warning before the end is SIGTERM, then MLEXEC_STOP_TIMEOUT
+    seconds before SIGKILL: a job stopped at its time limit saves its checkpoint first."""
+    folder = project(f"entry_points:\n  main:\n    command: '{sys.executable} job.py'\n", files={"job.py": GRACEFUL})
+    proc = mlexec("run", folder, "--env-manager", "local", "--restart-on-exit", "75", "-R", "time=2s",
+                  env={**cli_env, "MLEXEC_STOP_TIMEOUT": "10"}, check=1)
+    assert proc.stderr.strip().splitlines()[-1].endswith("failed: time limit 2s reached ===")
+    run = store.only_run()
+    from mlexec_core.xdg import state_home
+
+    saved = state_home(cli_env) / "runs" / run.info.run_id / "checkpoints" / "saved-on-sigterm"
+    assert saved.read_text() == str(int(signal.SIGTERM))

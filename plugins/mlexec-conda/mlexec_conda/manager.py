@@ -25,6 +25,7 @@ from mlexec_core.project.model import Project
 from mlexec_core.yamlfile import quiet_file_warnings
 
 from mlexec_conda.engines import Engine, compile_bytecode, find_engine, install_pip
+from mlexec_conda.lock import read_lock, write_lock
 from mlexec_conda.spec import CondaSpec, parse_conda_yaml
 
 ACTIVATE_D = Path("etc", "conda", "activate.d")
@@ -110,6 +111,7 @@ class CondaEnvironment(EnvironmentManager):
             if spec.pip:
                 install_pip(spec, prefix, reporter)
             compile_bytecode(prefix, reporter, str(spec.file))
+            write_lock(prefix)  # what it contains, pinned, once
 
         prefix, built = cache.ensure(
             key, build, summary=spec.summary(), spec={**spec.key_data(), "engine": engine.name,
@@ -119,7 +121,9 @@ class CondaEnvironment(EnvironmentManager):
         )
         if not built:
             reporter.info(f"conda: reusing environment {prefix.name}")
-        return self.prepared(spec, prefix)
+        prepared = self.prepared(spec, prefix)
+        lock = read_lock(prefix) or write_lock(prefix)  # a prefix built before mlexec recorded locks
+        return attrs.evolve(prepared, lock=lock)
 
     def prepared(self, spec: CondaSpec, prefix: Path) -> PreparedEnvironment:
         env = {

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mlexec_core.errors import EnvironmentBuildError
-from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment, RunPlan
+from mlexec_core.plugin.interfaces import (EnvironmentInfo, EnvironmentLock, EnvironmentManager, PreparedEnvironment,
+                                         RunPlan)
 from mlexec_core.project.model import DockerEnv, EnvKind, Project
 
 from mlexec_docker.engine import Engine, EngineError
@@ -46,6 +47,16 @@ def project_image(images: Images, project: Project, *, with_code: bool, reposito
     if not with_code:
         return base
     return images.code_image(project, base, repository=repository)
+
+
+def image_lock(image: ImageInfo) -> EnvironmentLock:
+    """The image a run used: its ID, and its repo digests when it came from (or went to) a registry."""
+    lines = [f"image-id {image.image_id}", f"image {image.uri}"]
+    lines += [f"repo-digest {digest}" for digest in image.repo_digests]
+    details = {"image_id": image.image_id, "image": image.uri}
+    if image.repo_digests:
+        details["repo_digest"] = image.repo_digests[0]
+    return EnvironmentLock(kind="docker-image", text="\n".join(lines) + "\n", details=details)
 
 
 class DockerEnvironment(EnvironmentManager):
@@ -86,6 +97,7 @@ class DockerEnvironment(EnvironmentManager):
             tags={TAG_IMAGE_URI: image.uri, TAG_IMAGE_ID: image.image_id},
             launcher=launcher,
             location=image.uri,
+            lock=image_lock(image),
         )
 
     def describe(self, project: Project) -> str:
