@@ -51,6 +51,7 @@ class FakeCluster:
         self.requests: list[tuple[str, str, dict, object]] = []
         self.forbidden: set[tuple[str, str]] = set()  # (verb, resource) answered 403
         self.denied_reviews: set[str] = set()  # verbs an access review says no to
+        self.denied_services = False  # an access review says no to every verb on services
         self.drop_watches: dict[str, int] = {}  # resource -> watches to break after their first event
         self.expire_next_watch: set[str] = set()  # resource -> answer the next watch with 410
         self.scenario = None  # called in a thread as scenario(cluster, namespace, job_name)
@@ -313,7 +314,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, _status(404, "NotFound", f'namespaces "{m.group(1)}" not found'))
         if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" and method == "POST":
             verb = body["spec"]["resourceAttributes"]["verb"]
-            allowed = verb not in c.denied_reviews
+            allowed = verb not in c.denied_reviews and not (
+                c.denied_services and body["spec"]["resourceAttributes"]["resource"] == "services")
             return self._send(201, {**body, "status": {"allowed": allowed, **(
                 {} if allowed else {"reason": 'RBAC: no RoleBinding allows this for User "alice"'})}})
         m = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?", path)

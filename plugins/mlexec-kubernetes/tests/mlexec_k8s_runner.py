@@ -319,6 +319,13 @@ class PodRunner:
                 out.append(name)
         return out
 
+    def wait_stopped(self, timeout: float = 30) -> list[str]:
+        """The pods whose container still runs once they have had ``timeout`` seconds to stop."""
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.running()
+
     def close(self) -> list[str]:
         """Remove every container started and the network; return the pods whose container was still running."""
         left = self.running()

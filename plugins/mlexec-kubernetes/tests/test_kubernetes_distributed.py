@@ -10,6 +10,8 @@ WORKER, as in the local and Slurm tests: they record what they saw and all-reduc
 
 from __future__ import annotations
 
+import copy
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
@@ -206,3 +208,89 @@ def test_a_failing_rank_fails_the_run_naming_it_and_stops_the_other_pod(mlexec, 
     assert f"(pod {job['metadata']['name']}-1-" in reason
     assert pod_runner.running() == []  # the other pod, and rank 2 beside rank 3, were stopped
     assert not fake_cluster.services
+
+
+def test_ctrl_c_deletes_the_job_its_pods_and_the_service(mlexec_background, k8s_real_env, pod_runner,
+                                                          fake_cluster, project, store, tmp_path):
+    proj = _ranks_project(project, tmp_path, -2)  # every rank waits to be stopped
+    bg = mlexec_background("run", proj, "-b", "kubernetes", "-c", "k8s.yaml", "-R", "nodes=2",
+                           "-R", "processes-per-node=2", cwd=proj, env=k8s_real_env)
+    for rank in range(4):
+        bg.wait_for(f"[rank {rank}] rank {rank} of 4 ready")
+    assert len(fake_cluster.services) == 1
+    bg.signal(signal.SIGINT)
+    proc = bg.finish()
+    assert_no_traceback(proc)
+    assert proc.returncode == 130, proc.stderr
+    assert store.only_run().info.status == "KILLED"
+    assert not fake_cluster.jobs and not fake_cluster.pods and not fake_cluster.services
+    assert pod_runner.wait_stopped() == []  # the deleted pods' containers were stopped
+
+
+# -- the Service's life, scripted on the double -------------------------------------------------
+
+
+def _two_pods_finish(c, ns, job):
+    for index in range(2):
+        pod = c.start_pod(ns, job)
+        c.log(ns, pod, f"[rank {index}] hello\n")
+        c.finish_pod(ns, pod, 0)
+    c.job_condition(ns, job, "Complete")
+
+
+def test_the_service_is_created_owned_by_the_job_and_deleted_when_the_run_ends(mlexec, k8s_env, k8s_project,
+                                                                               fake_cluster, store):
+    created = []
+    fake_cluster.scenario = lambda c, ns, job: (created.append(copy.deepcopy(c.services)), _two_pods_finish(c, ns, job))
+    proj = k8s_project()
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "-R", "nodes=2", cwd=proj,
+                  env=k8s_env, check=0)
+    assert_no_traceback(proc)
+    [job] = fake_cluster.created_jobs()
+    [services] = created
+    assert fake_cluster.wait_for(lambda c: not c.services, 10)  # deleted at the end of the run
+    [service] = [body for method, path, _, body in fake_cluster.requests
+                 if method == "POST" and path.endswith("/services")]
+    assert service["metadata"]["name"] == job["metadata"]["name"]
+    [owner] = service["metadata"]["ownerReferences"]
+    assert owner["kind"] == "Job" and owner["name"] == job["metadata"]["name"] and owner["uid"]
+    run = store.only_run()
+    assert run.data.tags["mlexec.kubernetes.service"] == job["metadata"]["name"]
+    assert "[rank 0] hello\n" in proc.stdout and "[rank 1] hello\n" in proc.stdout
+
+
+def test_a_service_that_cannot_be_created_deletes_the_job_and_says_why(mlexec, k8s_env, k8s_project,
+                                                                       fake_cluster, store):
+    fake_cluster.forbidden.add(("create", "services"))
+    proj = k8s_project()
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "-R", "nodes=2", cwd=proj,
+                  env=k8s_env)
+    assert proc.returncode != 0
+    assert_no_traceback(proc)
+    assert "creating the headless Service" in proc.stderr and "forbidden" in proc.stderr.lower()
+    assert not fake_cluster.jobs  # the Job it was for is gone again
+    assert [path for path, _ in fake_cluster.deleted_jobs()]
+
+
+def test_rbac_without_services_is_one_error_before_any_run(mlexec, k8s_env, k8s_project, fake_cluster, store):
+    fake_cluster.denied_services = True
+    proj = k8s_project()
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "-R", "nodes=2", cwd=proj,
+                  env=k8s_env, check=2)
+    assert_no_traceback(proc)
+    assert "RBAC forbids create on services" in proc.stderr
+    assert store.runs() == [] and not fake_cluster.created_jobs()
+
+
+def test_a_detached_run_keeps_its_service_until_it_is_cancelled(mlexec, k8s_env, k8s_project, fake_cluster,
+                                                                store):
+    fake_cluster.scenario = lambda c, ns, job: c.start_pod(ns, job)
+    proj = k8s_project()
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "-R", "nodes=2", "--detach",
+                  cwd=proj, env=k8s_env, check=0)
+    assert_no_traceback(proc)
+    run_id = store.only_run().info.run_id
+    assert len(fake_cluster.services) == 1  # the pods still need their names
+    mlexec("cancel", run_id, env=k8s_env, check=0)
+    assert not fake_cluster.services and not fake_cluster.jobs
+    assert store.client.get_run(run_id).info.status == "KILLED"
