@@ -102,10 +102,10 @@ class KubernetesBackend(Backend):
         template = ((config.job_template or {}).get("spec") or {}).get("template") or {}
         policy = (template.get("spec") or {}).get("restartPolicy")
         if policy not in (None, "Never"):
+            where = f"the Job template {config.job_template_path}" if config.job_template_path else "the Job template"
             raise UsageError(
                 f"--restart-on-exit/--max-restarts need the Job's pods to have restartPolicy Never (a "
-                f"podFailurePolicy decides what comes back), but the Job template "
-                f"{config.job_template_path or ''} says restartPolicy: {policy}".replace("  ", " "),
+                f"podFailurePolicy decides what comes back), but {where} says restartPolicy: {policy}",
                 hint="remove restartPolicy from spec.template.spec of the Job template")
         if not config.checkpoint_volume:
             self.context.reporter.warning(

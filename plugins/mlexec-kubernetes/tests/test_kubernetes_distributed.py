@@ -10,7 +10,6 @@ WORKER, as in the local and Slurm tests: they record what they saw and all-reduc
 
 from __future__ import annotations
 
-import copy
 import signal
 import subprocess
 import textwrap
@@ -240,14 +239,12 @@ def _two_pods_finish(c, ns, job):
 
 def test_the_service_is_created_owned_by_the_job_and_deleted_when_the_run_ends(mlexec, k8s_env, k8s_project,
                                                                                fake_cluster, store):
-    created = []
-    fake_cluster.scenario = lambda c, ns, job: (created.append(copy.deepcopy(c.services)), _two_pods_finish(c, ns, job))
+    fake_cluster.scenario = _two_pods_finish
     proj = k8s_project()
     proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "-R", "nodes=2", cwd=proj,
                   env=k8s_env, check=0)
     assert_no_traceback(proc)
     [job] = fake_cluster.created_jobs()
-    [services] = created
     assert fake_cluster.wait_for(lambda c: not c.services, 10)  # deleted at the end of the run
     [service] = [body for method, path, _, body in fake_cluster.requests
                  if method == "POST" and path.endswith("/services")]
