@@ -65,7 +65,8 @@ def test_restarts_are_a_pod_failure_policy(project):
                                                                     "operator": "NotIn", "values": [0]}
     [mount] = [m for m in main["volumeMounts"] if m["mountPath"] == CHECKPOINT_PATH]
     assert mount["subPath"] == "mlexec-runs/" + "f" * 32
-    assert {"name": mount["name"], "persistentVolumeClaim": {"claimName": "ckpt"}} in spec["template"]["spec"]["volumes"]
+    volumes = spec["template"]["spec"]["volumes"]
+    assert {"name": mount["name"], "persistentVolumeClaim": {"claimName": "ckpt"}} in volumes
     assert "MLEXEC_ATTEMPT" in main["command"][2]  # counted in the pod, from the checkpoint folder
 
 
