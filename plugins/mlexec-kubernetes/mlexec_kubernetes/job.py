@@ -25,10 +25,9 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Mapping, TextIO
 
+from mlexec_core.distributed import rank_failure_reason
 from mlexec_core.plugin.interfaces import Reporter, RunStatus, SubmittedJob
 from mlexec_core.resources import time_limit_reason
-
-from mlexec_core.distributed import rank_failure_reason
 
 from mlexec_kubernetes.cluster import Cluster, api_message
 from mlexec_kubernetes.distributed import COMPLETION_INDEX_ANNOTATION, rank_failure
