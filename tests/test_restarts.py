@@ -149,13 +149,24 @@ def test_the_python_api_takes_the_restart_options(job, store, cli_env, monkeypat
     assert store.only_run().data.tags["mlexec.attempt"] == "2"
 
 
-def test_a_backend_that_cannot_restart_refuses_the_options(mlexec, job, store):
+def test_a_backend_that_cannot_restart_refuses_the_options(mlexec, job, store, tmp_path, cli_env):
+    site = tmp_path / "site"
+    dist = site / "mlexec_oneshot-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-oneshot\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\noneshot = demo_oneshot\n")
+    (site / "demo_oneshot.py").write_text(
+        "from mlexec_core.builtins.local import LocalBackend\n"
+        "from mlexec_core.plugin import Registration, hookimpl\n"
+        "@hookimpl\n"
+        "def mlexec_backends():\n"
+        "    return [Registration(kind='backend', name='oneshot', path=LocalBackend)]\n")
     folder, out = job
-    proc = mlexec("run", folder, "-b", "kubernetes", "-c", '{"repository-uri": "127.0.0.1:5000/x"}',
-                  "--restart-on-exit", "75", "-P", f"out={out}", check=2)
+    proc = mlexec("run", folder, "-b", "oneshot", "--env-manager", "local", "--restart-on-exit", "75",
+                  "-P", f"out={out}", env={**cli_env, "PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}"}, check=2)
     assert_no_traceback(proc)
-    assert "-b kubernetes cannot start a job again into the same run" in proc.stderr, proc.stderr
-    assert "backends that can: -b local" in proc.stderr
+    assert "-b oneshot cannot start a job again into the same run" in proc.stderr, proc.stderr
+    assert "backends that can: " in proc.stderr and "-b local" in proc.stderr and "-b oneshot" not in proc.stderr
     assert store.runs() == []
 
 
