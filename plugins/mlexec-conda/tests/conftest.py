@@ -61,6 +61,15 @@ def make_conda_package(channel: Path, name: str, version: str, depends=(), files
     return path
 
 
+def make_python_package(channel: Path) -> Path:
+    """A stand-in ``python`` package: a venv-style ``pyvenv.cfg`` and ``bin/python`` linking to this interpreter."""
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    version = ".".join(map(str, sys.version_info[:3]))
+    return make_conda_package(channel, "python", version, files={
+        "pyvenv.cfg": f"home = {os.path.dirname(base)}\ninclude-system-site-packages = false\nversion = {version}\n",
+    }, symlinks={"bin/python": base})
+
+
 def index_channel(channel: Path) -> None:
     from rattler.index import index_fs
 
@@ -85,11 +94,7 @@ def channel(tmp_path_factory) -> str:
     make_conda_package(root, "activated", "1.0", files={
         "etc/conda/activate.d/activated.sh": "export ACTIVATED_BY_SCRIPT=yes\n",
     })
-    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    version = ".".join(map(str, sys.version_info[:3]))
-    make_conda_package(root, "python", version, files={
-        "pyvenv.cfg": f"home = {os.path.dirname(base)}\ninclude-system-site-packages = false\nversion = {version}\n",
-    }, symlinks={"bin/python": base})
+    make_python_package(root)
     site = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
     make_conda_package(root, "pymod", "1.0", depends=["python"], files={  # Python files, shipped uncompiled
         f"{site}/pymod/__init__.py": "VALUE = 42\n",
