@@ -222,3 +222,13 @@ def standin(tmp_path):
 def wheel():
     """``wheel(folder, name="greet", version="1.0")``: write a tiny wheel with a console script."""
     return make_wheel
+
+
+@pytest.fixture
+def channel_tools():
+    """The helpers above for a test that makes a channel of its own: ``.package``
+    (:func:`make_conda_package`), ``.python``, ``.index`` and ``.wheel``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(package=make_conda_package, python=make_python_package, index=index_channel,
+                           wheel=make_wheel)

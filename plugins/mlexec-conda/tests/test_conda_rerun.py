@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import index_channel, make_conda_package, make_python_package, make_wheel
 from mlexec_core.testing import assert_no_traceback
 
 COMMAND = "hello-demo && greet"
@@ -26,12 +25,12 @@ def recorded_lock(store, rid: str) -> str:
     return Path(run.info.artifact_uri.replace("file://", ""), "mlexec", "environment.lock").read_text()
 
 
-def publish(channel: Path, index: Path, version: str, *, text: str | None = None) -> Path:
+def publish(tools, channel: Path, index: Path, version: str, *, text: str | None = None) -> Path:
     """demo <version> in the conda channel (re-indexed) and greet <version> on the pip index."""
-    path = make_conda_package(channel, "demo", version, files={
+    path = tools.package(channel, "demo", version, files={
         "bin/hello-demo": text or f"#!/bin/sh\necho hello from demo {version}\n"})
-    index_channel(channel)
-    make_wheel(index, "greet", version)
+    tools.index(channel)
+    tools.wheel(index, "greet", version)
     return path
 
 
@@ -40,13 +39,18 @@ def conda_envs(env_root: Path) -> list[str]:
 
 
 @pytest.fixture
-def moving(tmp_path, conda_project, conda_env):
-    """A channel with python and demo 1.0, an index with greet 1.0, a project asking for both unpinned."""
+def moving(tmp_path, conda_project, conda_env, channel_tools):
+    """A channel with python and demo 1.0, an index with greet 1.0, a project asking for both unpinned;
+    the first item, ``publish(version, text=None)``, puts a new demo and greet there."""
     channel, index = tmp_path / "channel", tmp_path / "index"
-    make_python_package(channel)
-    first = publish(channel, index, "1.0")
+    channel_tools.python(channel)
+    first = publish(channel_tools, channel, index, "1.0")
     proj = conda_project([channel.as_uri()], ["python", "demo"], COMMAND, pip=["greet"])
-    return channel, index, first, proj, {**conda_env, "UV_FIND_LINKS": str(index), "UV_NO_INDEX": "1"}
+
+    def again(version: str, text: str | None = None) -> Path:
+        return publish(channel_tools, channel, index, version, text=text)
+
+    return again, first, proj, {**conda_env, "UV_FIND_LINKS": str(index), "UV_NO_INDEX": "1"}
 
 
 def test_the_lock_is_condas_explicit_list(mlexec, store, conda_project, channel, conda_env):
@@ -66,13 +70,13 @@ def test_the_lock_is_condas_explicit_list(mlexec, store, conda_project, channel,
 
 
 def test_rerun_builds_the_recorded_prefix_not_todays(mlexec, store, env_root, moving):
-    channel, index, _, proj, env = moving
+    publish_new, _, proj, env = moving
     first = mlexec("run", proj, env=env, check=0)
     assert "hello from demo 1.0" in first.stdout and "hello from pip greet 1.0" in first.stdout
     lock = recorded_lock(store, run_id(first))
     assert "# pip: greet==1.0" in lock.splitlines()
 
-    publish(channel, index, "2.0")  # published since: a fresh environment takes it
+    publish_new("2.0")  # published since: a fresh environment takes it
     for cached in env_root.glob("conda-*"):
         shutil.rmtree(cached)
     fresh = mlexec("run", proj, env=env, check=0)
@@ -95,13 +99,13 @@ def test_rerun_builds_the_recorded_prefix_not_todays(mlexec, store, env_root, mo
 
 @pytest.mark.parametrize("change", ["removed", "republished"])
 def test_a_package_no_longer_as_recorded_is_one_error_before_any_run(mlexec, store, env_root, moving, change):
-    channel, index, first_file, proj, env = moving
+    publish_new, first_file, proj, env = moving
     first = mlexec("run", proj, env=env, check=0)
     if change == "removed":
         first_file.unlink()
-        publish(channel, index, "2.0")
+        publish_new("2.0")
     else:  # the same file name with other contents
-        publish(channel, index, "1.0", text="#!/bin/sh\necho not what the run had\n")
+        publish_new("1.0", text="#!/bin/sh\necho not what the run had\n")
     for cached in env_root.glob("conda-*"):
         shutil.rmtree(cached)
     before = conda_envs(env_root)
