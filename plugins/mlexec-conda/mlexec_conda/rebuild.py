@@ -23,7 +23,7 @@ from mlexec_core.errors import EnvironmentBuildError
 from mlexec_core.installer import run_installer
 
 from mlexec_conda.engines import _tail, network_timeout
-from mlexec_conda.lock import LOCK_FILE, Entry, entries, pip_requirements, platform_of
+from mlexec_conda.lock import Entry, entries, pip_requirements, platform_of
 
 CONTEXT = "the run's mlexec/environment.lock"
 HINT = ("the environment cannot be had again exactly: make the package files available at those URLs again, "
@@ -164,4 +164,3 @@ def build_from_lock(text: str, prefix: Path, reporter) -> None:
         _install_pip(pip, prefix, reporter)
     compile_bytecode(prefix, reporter, CONTEXT)
     (prefix / ".mlexec-recorded.txt").write_text(text)
-    (prefix / LOCK_FILE).unlink(missing_ok=True)

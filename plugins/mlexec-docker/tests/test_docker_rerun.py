@@ -108,3 +108,24 @@ def test_an_image_gone_from_this_machine_is_pulled_back_by_its_digest(mlexec, do
                 engine.remove_image(ref)
             except Exception:
                 pass
+
+
+def test_a_failing_pull_of_the_recorded_digest_is_one_error_before_any_run(mlexec, docker_project, store, engine,
+                                                                           busybox_image):
+    from mlexec_core.testing import free_port
+
+    proj = docker_project("dockerfile: Dockerfile", 'main: {command: "cat /marker.txt"}',
+                          files={"Dockerfile": DOCKERFILE.format(marker=f"gone-{uuid.uuid4().hex[:8]}")})
+    first = mlexec("run", proj, check=0)
+    first_id = image_id_of(store, run_id(first))
+    lock = Path(store.client.get_run(run_id(first)).info.artifact_uri.replace("file://", ""), "mlexec",
+                "environment.lock")
+    digest = f"127.0.0.1:{free_port()}/gone@sha256:{'0' * 64}"  # a registry that no longer answers
+    lock.write_text(lock.read_text() + f"repo-digest {digest}\n")
+    engine.remove_image(first_id)
+    proc = mlexec("rerun", run_id(first), check=2)
+    assert_no_traceback(proc)
+    assert f"image {first_id}" in proc.stderr and "pulling it back failed" in proc.stderr
+    assert digest in proc.stderr and "unreachable" in proc.stderr
+    assert "Building image" not in proc.stderr and engine.image(first_id) is None
+    assert len(store.runs()) == 1
