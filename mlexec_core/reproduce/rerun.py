@@ -130,7 +130,7 @@ def rerun_options(recorded: Recorded, *, parameters: Sequence[str] = (), resourc
         if lock.kind == "python":
             notes.append("environment: the local one, as the run had it (recorded, not enforced)")
         else:
-            notes.append(f"environment: built again from the recorded {lock.kind} lock")
+            notes.append(f"environment: from the recorded {lock.kind} lock, not from the project's spec")
     elif record.get("env_manager") not in (None, "local"):
         notes.append("environment: the run recorded no lock; built from the project's spec")
     restarts = record.get("restarts") or None
