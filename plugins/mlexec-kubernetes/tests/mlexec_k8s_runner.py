@@ -235,6 +235,10 @@ class PodRunner:
         logger = threading.Thread(target=self._copy_log, args=(ns, name, conn, resp), daemon=True)
         logger.start()
         self.engine.start(cid)
+        with c.cond:
+            gone = (ns, name) not in c.pods
+        if gone:  # deleted between create and start: its stop found nothing running yet
+            self._stop_and_remove(ns, name, cid)
         c.set_container(ns, name, {"running": {"startedAt": _now()}})
         code = self.engine.wait(cid)
         logger.join(30)

@@ -189,7 +189,7 @@ def test_two_pods_of_two_processes_find_each_other_into_one_run(mlexec, k8s_real
     assert all(f"[rank {rank}] sum 6" in log for rank in range(4)), log
     assert "Indexed Job ml/" in proc.stderr
     assert not fake_cluster.services  # the headless Service went with the run
-    assert pod_runner.running() == []
+    assert pod_runner.wait_stopped() == []
 
 
 def test_a_failing_rank_fails_the_run_naming_it_and_stops_the_other_pod(mlexec, k8s_real_env, pod_runner,
@@ -205,7 +205,7 @@ def test_a_failing_rank_fails_the_run_naming_it_and_stops_the_other_pod(mlexec, 
     assert reason.startswith("rank 3 exited with status 3; the other ranks were stopped (pod "), reason
     [job] = fake_cluster.created_jobs()
     assert f"(pod {job['metadata']['name']}-1-" in reason
-    assert pod_runner.running() == []  # the other pod, and rank 2 beside rank 3, were stopped
+    assert pod_runner.wait_stopped() == []  # the other pod, and rank 2 beside rank 3, were stopped
     assert not fake_cluster.services
 
 

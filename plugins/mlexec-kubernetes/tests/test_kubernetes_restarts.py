@@ -151,4 +151,4 @@ def test_no_restarts_left_fails_the_run_and_deletes_the_job(mlexec_background, k
     assert run.data.tags["mlexec.failureReason"].endswith("not started again (--max-restarts 0)")
     assert [path for path, _ in fake_cluster.deleted_jobs()]  # the Job is gone, and its pods
     assert not fake_cluster.jobs
-    assert pod_runner.running() == []
+    assert pod_runner.wait_stopped() == []  # (the runner stops a deleted pod's container in the background)
