@@ -129,7 +129,8 @@ class EnvironmentCache:
             if isinstance(exc, OSError):
                 raise EnvironmentBuildError(
                     f"cannot write the {self.manager} environment under {ENV_ROOT_VAR} ({self.root}): "
-                    f"{exc.strerror or exc}", hint=f"check the permissions of {self.root}, or point "
+                    f"{exc.strerror or exc}" + (f" ({exc.filename})" if getattr(exc, "filename", None) else ""),
+                    hint=f"check the permissions of {self.root}, or point "
                                                    f"{ENV_ROOT_VAR} elsewhere") from None
             raise
 

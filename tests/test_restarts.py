@@ -149,13 +149,24 @@ def test_the_python_api_takes_the_restart_options(job, store, cli_env, monkeypat
     assert store.only_run().data.tags["mlexec.attempt"] == "2"
 
 
-def test_a_backend_that_cannot_restart_refuses_the_options(mlexec, job, store):
+def test_a_backend_that_cannot_restart_refuses_the_options(mlexec, job, store, tmp_path, cli_env):
+    site = tmp_path / "site"
+    dist = site / "mlexec_oneshot-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlexec-oneshot\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mlexec]\noneshot = demo_oneshot\n")
+    (site / "demo_oneshot.py").write_text(
+        "from mlexec_core.builtins.local import LocalBackend\n"
+        "from mlexec_core.plugin import Registration, hookimpl\n"
+        "@hookimpl\n"
+        "def mlexec_backends():\n"
+        "    return [Registration(kind='backend', name='oneshot', path=LocalBackend)]\n")
     folder, out = job
-    proc = mlexec("run", folder, "-b", "kubernetes", "-c", '{"repository-uri": "127.0.0.1:5000/x"}',
-                  "--restart-on-exit", "75", "-P", f"out={out}", check=2)
+    proc = mlexec("run", folder, "-b", "oneshot", "--env-manager", "local", "--restart-on-exit", "75",
+                  "-P", f"out={out}", env={**cli_env, "PYTHONPATH": f"{site}:{cli_env['PYTHONPATH']}"}, check=2)
     assert_no_traceback(proc)
-    assert "-b kubernetes cannot start a job again into the same run" in proc.stderr, proc.stderr
-    assert "backends that can: -b local" in proc.stderr
+    assert "-b oneshot cannot start a job again into the same run" in proc.stderr, proc.stderr
+    assert "backends that can: " in proc.stderr and "-b local" in proc.stderr and "-b oneshot" not in proc.stderr
     assert store.runs() == []
 
 
@@ -274,3 +285,30 @@ def test_a_scheduler_restart_past_max_restarts_is_refused_and_the_run_fails_sayi
                   "-P", "until=5", env=env, check=99)
     assert proc.stderr.strip().splitlines()[-1].endswith("failed: was preempted; not started again "
                                                          "(--max-restarts 0) ===")
+
+
+GRACEFUL = r'''
+import os, signal, sys, time
+folder = os.environ["MLEXEC_CHECKPOINT_DIR"]
+def checkpoint(signum, frame):
+    time.sleep(0.5)  # a checkpoint takes a moment: the grace period lets it finish
+    open(os.path.join(folder, "saved-on-sigterm"), "w").write(str(signum))
+    sys.exit(143)
+signal.signal(signal.SIGTERM, checkpoint)
+print("training", flush=True)
+time.sleep(300)
+'''
+
+
+def test_a_stop_warns_the_job_with_sigterm_and_lets_it_checkpoint(mlexec, project, store, cli_env):
+    """Locally (and in docker) the warning before the end is SIGTERM, then MLEXEC_STOP_TIMEOUT
+    seconds before SIGKILL: a job stopped at its time limit saves its checkpoint first."""
+    folder = project(f"entry_points:\n  main:\n    command: '{sys.executable} job.py'\n", files={"job.py": GRACEFUL})
+    proc = mlexec("run", folder, "--env-manager", "local", "--restart-on-exit", "75", "-R", "time=2s",
+                  env={**cli_env, "MLEXEC_STOP_TIMEOUT": "10"}, check=1)
+    assert proc.stderr.strip().splitlines()[-1].endswith("failed: time limit 2s reached ===")
+    run = store.only_run()
+    from mlexec_core.xdg import state_home
+
+    saved = state_home(cli_env) / "runs" / run.info.run_id / "checkpoints" / "saved-on-sigterm"
+    assert saved.read_text() == str(int(signal.SIGTERM))

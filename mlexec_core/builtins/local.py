@@ -36,7 +36,9 @@ class LocalEnvironment(EnvironmentManager):
     """The environment mlexec runs in (registered in :mod:`mlexec_core.builtins.local_plugin`)."""
 
     def prepare(self, plan: RunPlan) -> PreparedEnvironment:
-        return PreparedEnvironment(name="local", location="current environment")
+        from mlexec_core.reproduce.interpreter import local_lock
+
+        return PreparedEnvironment(name="local", location="current environment", lock=local_lock())
 
     def describe(self, project: Project) -> str:
         return "the current environment (nothing is installed)"

@@ -104,6 +104,67 @@ def run(uri: str, entry_point: str, param_list: tuple[str, ...], run_id: str | N
     sys.exit(code)
 
 
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("run_id")
+@click.option("-P", "--param-list", multiple=True, metavar="NAME=VALUE", help="Run with this value instead.")
+@click.option("-R", "--resource", "resource_list", multiple=True, metavar="NAME=VALUE",
+              help="Ask for this resource instead.")
+@click.option("-b", "--backend", help="Run on this backend instead.")
+@click.option("-c", "--backend-config", help="Use this backend config instead (needed when the run's had secrets).")
+@click.option("--allow-changed-code", is_flag=True,
+              help="A folder (not a git work tree) that changed since the run: run it as it is now.")
+@click.option("--from-snapshot", is_flag=True, help="A folder (not a git work tree): run the files the run had.")
+@click.option("--experiment-name", help="Record the new run in this experiment (default: the run's).")
+@click.option("--experiment-id", help="Record the new run in this experiment (default: the run's).")
+@click.option("--run-name", help="A name for the new run.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and what is reused; nothing runs, no run is created.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+def rerun(run_id: str, param_list: tuple[str, ...], resource_list: tuple[str, ...], backend: str | None,
+          backend_config: str | None, allow_changed_code: bool, from_snapshot: bool, experiment_name: str | None,
+          experiment_id: str | None, run_name: str | None, dry_run: bool, as_json: bool) -> None:
+    """Run RUN_ID again as it was: its code (commit and uncommitted changes), its environment
+    built from the recorded lock, its parameters, backend and resources."""
+    from mlexec_core.cli.terminal import Terminal
+
+    terminal = Terminal()
+    if as_json and not dry_run:
+        fail(terminal, MlexecError("--json goes with --dry-run"))
+    stopper = _Stopper(terminal)
+    try:
+        from mlexec_core.cli.common import open_store
+        from mlexec_core.reproduce.rerun import read_record, rerun_options
+
+        recorded = read_record(open_store(terminal), run_id)
+        options, notes = rerun_options(
+            recorded, parameters=param_list, resources=resource_list, backend=backend,
+            backend_config=backend_config, allow_changed_code=allow_changed_code, from_snapshot=from_snapshot,
+            experiment_name=experiment_name, experiment_id=experiment_id, run_name=run_name)
+        plugins = load_plugins(terminal)
+        from mlexec_core.pipeline.resolve import resolve_plan
+
+        plan = resolve_plan(plugins, options)
+        if dry_run:
+            from mlexec_core.pipeline.describe import plan_summary
+
+            summary = dict(plan_summary(plugins, plan), rerun_of=run_id, reused=notes)
+            if as_json:
+                terminal.echo(json.dumps(summary, indent=2))
+            else:
+                print_plan(terminal, dict(summary, reused="; ".join(notes)))
+            return
+        for note in notes:
+            terminal.info(note)
+        code = _run_plan(terminal, plugins, plan, stopper)
+    except MlexecError as exc:
+        fail(terminal, exc)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        terminal.failure("Interrupted before the run started; no run was created.")
+        sys.exit(128 + (exc.signum if isinstance(exc, _Terminated) else signal.SIGINT))
+    finally:
+        stopper.restore()
+    sys.exit(code)
+
+
 class _Stopper:
     """SIGINT/SIGTERM/SIGHUP for the whole of `mlexec run`.
 
@@ -355,6 +416,9 @@ for _command in (_runs.runs, _runs.attach, _runs.cancel, _runs.logs):
 from mlexec_core.cli.sweep import sweep as _sweep_command  # noqa: E402  (click and errors only)
 
 cli.add_command(_sweep_command)
+from mlexec_core.cli.diff import diff as _diff_command  # noqa: E402  (click and errors only)
+
+cli.add_command(_diff_command)
 
 
 def main() -> None:

@@ -276,6 +276,20 @@ def _end_job_processes(run: RunRecord, plan: RunPlan, reporter) -> list[int]:
     return left
 
 
+def _record(plugins: Plugins, plan: RunPlan, run: RunRecord, environment: PreparedEnvironment | None) -> None:
+    """Keep with the run what it runs (:mod:`mlexec_core.reproduce`): its record, the
+    environment's lock, the code's patch or snapshot; tags saying whether the code was committed."""
+    from mlexec_core.reproduce import record_files, recording
+
+    if not recording():
+        return
+    files, tags, warnings = record_files(plan, environment, plugins.versions(), run.experiment_id)
+    for warning in warnings:
+        plugins.context.reporter.warning(warning)
+    plugins.run_tags(run=run, tags=tags)
+    plugins.run_record(run=run, plan=plan, files=files)
+
+
 def _may_restart(backend: Any, plan: RunPlan) -> bool:
     """Whether the run's job may be started again: restarts asked for, or a scheduler that requeues."""
     return plan.restarts.asked or "requeues" in backend.registration.capabilities
@@ -368,6 +382,7 @@ def start(plugins: Plugins, plan: RunPlan, prepared: Prepared, *, output: RunOut
                                          CHECKPOINT_VAR: backend.checkpoint_dir(plan, run)})
             tags["mlexec.attempt"] = "1"
         plugins.run_tags(run=run, tags=tags)
+        _record(plugins, plan, run, environment)
         if announce is not None:
             announce(run)
         job = backend.submit(plan, run, prepared.backend)
@@ -413,6 +428,7 @@ def start_many(plugins: Plugins, base: RunPlan, plans: list[RunPlan], prepared: 
                 tags["mlflow.project.env"] = environment.name
                 tags.update(environment.tags)
             plugins.run_tags(run=run, tags=tags)
+            _record(plugins, plan, run, environment)
         jobs = list(backend.submit_many(base, list(zip(plans, runs)), prepared.backend, max_parallel))
         if len(jobs) != len(runs):
             for job in jobs:

@@ -70,6 +70,9 @@ class RunOptions:
     tags: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     #: Options only the Python API has (``docker_auth``), handed to plugins as ``plan.options``.
     extras: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    #: Build the environment from this recorded lock, not from the project's spec (``mlexec rerun``):
+    #: an :class:`~mlexec_core.plugin.interfaces.EnvironmentLock`.
+    environment_lock: Any = None
 
     def evolve(self, **changes: Any) -> "RunOptions":
         return attrs.evolve(self, **changes)

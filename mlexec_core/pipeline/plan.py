@@ -114,6 +114,12 @@ class RunPlan:
     restarts: Restarts = Restarts()
     #: Options that came only through the Python API (e.g. ``docker_auth``).
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Build the environment from this recorded lock, not from the project's spec (``mlexec rerun``):
+    #: an :class:`~mlexec_core.plugin.interfaces.EnvironmentLock` of a kind the manager rebuilds from.
+    environment_lock: Any = None
+    #: The backend config as given (``-c``: the file's or the JSON's contents), before
+    #: ``parse_config``; what a run's record keeps (secrets redacted there).
+    backend_config_values: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def work_dir(self) -> Path:

@@ -389,6 +389,8 @@ def resolve_plan(plugins: Plugins, options: RunOptions, *, cwd: Path | None = No
         env_manager_requested=requested,
         backend=backend_obj.name,
         backend_config=parsed_config,
+        backend_config_values=config,
+        environment_lock=options.environment_lock,
         docker_args=dargs,
         build_image=bool(options.build_image),
         storage_dir=Path(storage_dir).resolve() if storage_dir else None,
@@ -413,7 +415,23 @@ def resolve_plan(plugins: Plugins, options: RunOptions, *, cwd: Path | None = No
             raise env_error
         with reporting_file_warnings(reporter):
             plugins.environment_manager(manager).check(project, requested)
+        _check_lock(plugins, plan)
+    elif plan.environment_lock is not None:
+        reporter.warning(f"-b {plan.backend} prepares the environment itself, from the project's files: the "
+                         f"recorded environment ({plan.environment_lock.kind}) is not used")
     return plan
+
+
+def _check_lock(plugins: Plugins, plan: RunPlan) -> None:
+    """A recorded environment to build again needs a manager that builds from locks of its kind."""
+    lock = plan.environment_lock
+    if lock is None or lock.kind == "python":  # the local manager's: recorded, never enforced
+        return
+    record = plugins.registered("env-manager").get(plan.env_manager)
+    if record is None or "rebuilds-from-lock" not in record.capabilities:
+        raise UsageError(f"--env-manager {plan.env_manager_requested or plan.env_manager} cannot build an "
+                         f"environment from a recorded {lock.kind} lock",
+                         hint="leave --env-manager out to use the manager the run used")
 
 
 def parse_resource_options(given: Mapping[str, Any] | Sequence[str] | None,

@@ -154,6 +154,20 @@ def mlexec_run_tags(run: RunRecord, tags: Mapping[str, str]) -> None:
 
 
 @hookspec
+def mlexec_run_record(run: RunRecord, plan: RunPlan, files: Mapping[str, bytes]) -> None:
+    """Keep these files with the run: the run's record of what it ran
+    (:mod:`mlexec_core.reproduce`), written once, after the run exists and before
+    the job is submitted.  ``files`` maps artifact paths (``mlexec/run.json``,
+    ``mlexec/environment.lock``, ``mlexec/source.patch`` ...) to their contents.
+    The built-in MLflow tracker stores them as the run's artifacts.
+
+    :param run: the record from :func:`mlexec_run_create`.
+    :param plan: the resolved run.
+    :param files: artifact path -> contents.
+    """
+
+
+@hookspec
 def mlexec_run_finished(run: RunRecord, plan: RunPlan, status: RunStatus, reason: str | None) -> None:
     """The run has ended; always called once for every created run, whatever
     happened (including Ctrl-C and errors inside mlexec).

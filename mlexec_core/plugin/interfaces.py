@@ -226,6 +226,30 @@ class Launcher(abc.ABC):
 
 
 @frozen
+class EnvironmentLock:
+    """What an environment really contained, exactly enough to build it again: computed once
+    per cached environment (when it is built) and copied into every run's record.
+
+    ``kind`` says how to read ``text``:
+
+    * ``"requirements"``: a requirements file ``uv pip sync`` accepts, every distribution
+      pinned (``name==version``, or ``name @ URL`` for a file or a VCS checkout), the index
+      options it was installed with first (``--index-url``, ``--find-links``);
+    * ``"conda-explicit"``: conda's ``@EXPLICIT`` list, one package URL per line with its hash;
+    * ``"docker-image"``: the image ID, and its repo digest when it came from a registry;
+    * ``"python"``: the interpreter and its installed distributions, as ``requirements``
+      (recorded, not enforced: the local environment manager installs nothing).
+    """
+
+    kind: str
+    text: str
+    #: Distribution or package name -> version, for ``mlexec diff``.
+    packages: Mapping[str, str] = attrs.field(factory=dict)
+    #: Anything else worth comparing: ``python`` (version), ``image_id``, ``repo_digest``, ``platform``.
+    details: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@frozen
 class PreparedEnvironment:
     """A ready environment, as returned by :meth:`EnvironmentManager.prepare`."""
 
@@ -243,6 +267,8 @@ class PreparedEnvironment:
     launcher: Launcher | None = None
     #: Where the environment lives, for display.
     location: str | None = None
+    #: What it contains, pinned (kept in every run's record; ``mlexec rerun`` builds from it).
+    lock: EnvironmentLock | None = None
 
 
 @frozen

@@ -196,6 +196,10 @@ class Plugins:
         """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_status`."""
         self._notify(self.pm.hook.mlexec_run_status, run=run, plan=plan, status=status)
 
+    def run_record(self, run: RunRecord, plan: RunPlan, files: Mapping[str, bytes]) -> None:
+        """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_record`."""
+        self._notify(self.pm.hook.mlexec_run_record, run=run, plan=plan, files=files)
+
     def run_restarted(self, run: RunRecord, plan: RunPlan, attempt: int, reason: str) -> None:
         """:func:`~mlexec_core.plugin.hookspecs.mlexec_run_restarted`."""
         self._notify(self.pm.hook.mlexec_run_restarted, run=run, plan=plan, attempt=attempt, reason=reason)
@@ -327,6 +331,11 @@ class Plugins:
     def load_errors(self) -> list[PluginInfo]:
         """Plugins that failed to load (import error, bad hook)."""
         return [info for info in self._infos.values() if info.state == "error"]
+
+    def versions(self) -> dict[str, str]:
+        """Distribution -> version of every loaded plugin (a run's record keeps them)."""
+        return {info.distribution or info.name: info.version or "" for info in self._infos.values()
+                if info.state == "loaded"}
 
     def infos(self, *, import_classes: bool = False) -> list[PluginInfo]:
         """What ``mlexec plugins`` shows.  With ``import_classes``, every registered

@@ -43,7 +43,11 @@ CAPABILITIES: dict[str, dict[str, str]] = {
                     "Job's new pod after a disruption) and the job says so with SubmittedJob.report_restart: "
                     "every run gets MLEXEC_ATTEMPT and MLEXEC_CHECKPOINT_DIR, restarts asked for or not",
     },
-    "env-manager": {},
+    "env-manager": {
+        "rebuilds-from-lock": "EnvironmentManager.prepare builds the environment from plan.environment_lock (an "
+                              "EnvironmentLock of a kind it made) when it is set, not from the project's spec: "
+                              "`mlexec rerun` runs a recorded run's environment again",
+    },
     "image-builder": {},
     "search-strategy": {
         "adaptive": "it learns from results: `mlexec sweep` requires --metric",

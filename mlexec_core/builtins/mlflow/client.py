@@ -247,18 +247,28 @@ class ClientStore:
             raise tracking_error(self.uri, exc) from None
         return run.info.status, dict(run.data.tags), {"artifact_uri": run.info.artifact_uri or ""}
 
-    @_bounded
     def download_output(self, run_id: str) -> bytes | None:
+        return self.read_artifact(run_id, "mlexec/output.log")
+
+    @_bounded
+    def read_artifact(self, run_id: str, artifact_path: str) -> bytes | None:
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="mlexec-logs-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="mlexec-artifact-") as tmp:
             try:
-                path = self.client.download_artifacts(run_id, "mlexec/output.log", tmp)
+                path = self.client.download_artifacts(run_id, artifact_path, tmp)
             except Exception as exc:
                 if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "No such file" in str(exc) or "not found" in str(exc):
                     return None
                 raise tracking_error(self.uri, exc) from None
             return Path(path).read_bytes()
+
+    @_bounded
+    def run_params(self, run_id: str) -> dict[str, str]:
+        try:
+            return dict(self.client.get_run(run_id).data.params)
+        except Exception as exc:
+            raise tracking_error(self.uri, exc) from None
 
     @_bounded
     def clear_live(self, run_id: str) -> None:
@@ -275,6 +285,17 @@ class ClientStore:
         with tempfile.TemporaryDirectory(prefix="mlexec-artifact-") as tmp:
             staged = Path(tmp, name)
             shutil.copyfile(local_path, staged)
+            self.client.log_artifact(run_id, str(staged), folder or None)
+
+
+    def put_artifact(self, run_id: str, data: bytes, artifact_path: str) -> None:
+        """Store ``data`` as the artifact ``artifact_path`` (a path with its file name)."""
+        import tempfile
+
+        folder, _, name = artifact_path.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="mlexec-artifact-") as tmp:
+            staged = Path(tmp, name)
+            staged.write_bytes(data)
             self.client.log_artifact(run_id, str(staged), folder or None)
 
 

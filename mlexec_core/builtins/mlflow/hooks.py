@@ -165,6 +165,15 @@ FINAL_ATTEMPTS = 3
 
 
 @hookimpl
+def mlexec_run_record(run: RunRecord, plan: RunPlan, files: Mapping[str, bytes]) -> None:
+    """The run's record of what it ran, as its artifacts (``mlexec/run.json`` ...)."""
+    if run.tracker == "mlflow":
+        store = open_store(run.tracking_uri)
+        for path, data in files.items():
+            store.put_artifact(run.run_id, data, path)
+
+
+@hookimpl
 def mlexec_run_status(run: RunRecord, plan: RunPlan, status: RunStatus) -> None:
     """SCHEDULED while a batch scheduler queues the job, RUNNING once it starts (as MLflow's statuses)."""
     if run.tracker == "mlflow":

@@ -403,22 +403,49 @@ class SqliteStore:
 
     def download_output(self, run_id: str) -> bytes | None:
         """The ``mlexec/output.log`` artifact, read in place when the artifacts are local files."""
+        return self.read_artifact(run_id, "mlexec/output.log")
+
+    def read_artifact(self, run_id: str, artifact_path: str) -> bytes | None:
+        """One artifact of the run (``None``: it has none of that name), read in place when the
+        artifacts are local files."""
         _, _, info = self.run_info(run_id)
         location = info["artifact_uri"]
         if location.startswith("file://"):
             location = location[len("file://"):]
         if location.startswith("/"):
             try:
-                return Path(location, "mlexec", "output.log").read_bytes()
+                return Path(location, artifact_path).read_bytes()
             except FileNotFoundError:
                 return None
             except OSError as exc:
-                raise TrackingError(f"cannot read the output of run {run_id}: {exc}") from None
-        return self._fallback().download_output(run_id)
+                raise TrackingError(f"cannot read {artifact_path} of run {run_id}: {exc}") from None
+        return self._fallback().read_artifact(run_id, artifact_path)
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        with self._db() as db:
+            return dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
 
     def clear_live(self, run_id: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM tags WHERE key = ? AND run_uuid = ?", (LIVE_TAG, run_id))
+
+    def put_artifact(self, run_id: str, data: bytes, artifact_path: str) -> None:
+        """Write ``data`` into the run's artifacts when they are on this machine; else through MLflow."""
+        root = self._artifact_root(run_id)
+        if root is None:
+            self._fallback().put_artifact(run_id, data, artifact_path)
+            return
+        target = root / artifact_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def _artifact_root(self, run_id: str) -> Path | None:
+        uri = self._created.get(run_id)
+        if uri is None:
+            with self._db() as db:
+                row = db.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+            uri = row[0] if row else None
+        return _local_path(uri) if uri else None
 
     def log_artifact(self, run_id: str, local_path: Path, artifact_path: str) -> None:
         """Copy ``local_path`` into the run's artifacts when they are on this machine; else through MLflow."""

@@ -25,6 +25,7 @@ from mlexec_core.project.model import Project
 from mlexec_core.yamlfile import quiet_file_warnings
 
 from mlexec_conda.engines import Engine, compile_bytecode, find_engine, install_pip
+from mlexec_conda.lock import read_lock, write_lock
 from mlexec_conda.spec import CondaSpec, parse_conda_yaml
 
 ACTIVATE_D = Path("etc", "conda", "activate.d")
@@ -96,6 +97,8 @@ class CondaEnvironment(EnvironmentManager):
     def prepare(self, plan: RunPlan) -> PreparedEnvironment:
         reporter = self.context.reporter
         spec = self._spec(plan.project, quiet=True)
+        if plan.environment_lock is not None:
+            return self._prepare_from_lock(spec, plan.environment_lock)
         for key in spec.unknown_keys:
             reporter.warning(f"{spec.file.name}: unknown key {key!r} is ignored")
         engine = find_engine()
@@ -110,6 +113,7 @@ class CondaEnvironment(EnvironmentManager):
             if spec.pip:
                 install_pip(spec, prefix, reporter)
             compile_bytecode(prefix, reporter, str(spec.file))
+            write_lock(prefix)  # what it contains, pinned, once
 
         prefix, built = cache.ensure(
             key, build, summary=spec.summary(), spec={**spec.key_data(), "engine": engine.name,
@@ -119,7 +123,63 @@ class CondaEnvironment(EnvironmentManager):
         )
         if not built:
             reporter.info(f"conda: reusing environment {prefix.name}")
-        return self.prepared(spec, prefix)
+        prepared = self.prepared(spec, prefix)
+        lock = read_lock(prefix) or write_lock(prefix)  # a prefix built before mlexec recorded locks
+        return attrs.evolve(prepared, lock=lock)
+
+    def lock_key(self, lock) -> tuple[str, dict]:
+        """The cache key of the environment built from ``lock``: named by the lock's contents."""
+        import hashlib
+
+        data = {"manager": "conda", "lock": hashlib.sha256(lock.text.encode()).hexdigest(),
+                "platform": conda_platform(), "bytecode": BYTECODE}
+        return spec_key(data), data
+
+    def dry_run(self, plan: RunPlan) -> dict:
+        lock = plan.environment_lock
+        if lock is None:
+            return {}
+        from mlexec_conda.lock import KIND, entries, pip_requirements
+
+        if lock.kind != KIND:
+            return {"from_lock": f"a {lock.kind} lock cannot be used by the conda manager"}
+        try:
+            count = len(entries(lock.text))
+        except ValueError:
+            count = 0
+        key, _ = self.lock_key(lock)
+        cache = self.cache()
+        state = "cached" if cache.is_ready(key) else "to be built: each package file fetched from its recorded URL"
+        pip = len(pip_requirements(lock.text))
+        return {"from_lock": f"{lock.kind} lock of {count} conda packages" + (f" and {pip} pip packages" if pip else "")
+                             + f": {cache.path_for(key).name} ({state})"}
+
+    def _prepare_from_lock(self, spec: CondaSpec, lock) -> PreparedEnvironment:
+        """The prefix a recorded run had, built again from its explicit list (``mlexec rerun``): a
+        content-addressed environment named by the lock, reused by every rerun of it."""
+        from mlexec_conda.lock import KIND, entries
+        from mlexec_conda.rebuild import build_from_lock, check_lock
+
+        if lock.kind != KIND:
+            raise EnvironmentBuildError(f"the recorded environment is a {lock.kind} lock; the conda manager builds "
+                                        f"from {KIND} locks", hint="rerun with the manager the run used")
+        reporter = self.context.reporter
+        check_lock(lock.text)  # unreadable, or another platform's: before any build
+        key, data = self.lock_key(lock)
+        cache = self.cache()
+        summary = f"recorded: {len(entries(lock.text))} conda packages"
+
+        def build(prefix: Path) -> None:
+            reporter.info(f"conda: creating environment {prefix.name} from the recorded lock ({summary})")
+            build_from_lock(lock.text, prefix, reporter)
+            write_lock(prefix)
+
+        prefix, built = cache.ensure(
+            key, build, summary=summary, spec=data, relocatable=False,
+            on_wait=lambda: reporter.info("conda: another mlexec is creating the same environment; waiting"))
+        if not built:
+            reporter.info(f"conda: reusing environment {prefix.name} (the recorded one, built again)")
+        return attrs.evolve(self.prepared(spec, prefix), lock=read_lock(prefix) or write_lock(prefix) or lock)
 
     def prepared(self, spec: CondaSpec, prefix: Path) -> PreparedEnvironment:
         env = {

@@ -10,7 +10,7 @@ from mlexec_core.plugin import Registration, hookimpl
 def mlexec_environment_managers():
     return [Registration(
         kind="env-manager", name="conda", path="mlexec_conda.manager:CondaEnvironment",
-        handles={"conda"}, default_for={"conda"},
+        handles={"conda"}, default_for={"conda"}, capabilities={"rebuilds-from-lock"},
         description="conda.yaml environments, built with conda/mamba/micromamba when installed, else with the "
                     "built-in rattler engine; cached by content",
     )]

@@ -61,6 +61,15 @@ def make_conda_package(channel: Path, name: str, version: str, depends=(), files
     return path
 
 
+def make_python_package(channel: Path) -> Path:
+    """A stand-in ``python`` package: a venv-style ``pyvenv.cfg`` and ``bin/python`` linking to this interpreter."""
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    version = ".".join(map(str, sys.version_info[:3]))
+    return make_conda_package(channel, "python", version, files={
+        "pyvenv.cfg": f"home = {os.path.dirname(base)}\ninclude-system-site-packages = false\nversion = {version}\n",
+    }, symlinks={"bin/python": base})
+
+
 def index_channel(channel: Path) -> None:
     from rattler.index import index_fs
 
@@ -85,11 +94,7 @@ def channel(tmp_path_factory) -> str:
     make_conda_package(root, "activated", "1.0", files={
         "etc/conda/activate.d/activated.sh": "export ACTIVATED_BY_SCRIPT=yes\n",
     })
-    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    version = ".".join(map(str, sys.version_info[:3]))
-    make_conda_package(root, "python", version, files={
-        "pyvenv.cfg": f"home = {os.path.dirname(base)}\ninclude-system-site-packages = false\nversion = {version}\n",
-    }, symlinks={"bin/python": base})
+    make_python_package(root)
     site = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
     make_conda_package(root, "pymod", "1.0", depends=["python"], files={  # Python files, shipped uncompiled
         f"{site}/pymod/__init__.py": "VALUE = 42\n",
@@ -217,3 +222,13 @@ def standin(tmp_path):
 def wheel():
     """``wheel(folder, name="greet", version="1.0")``: write a tiny wheel with a console script."""
     return make_wheel
+
+
+@pytest.fixture
+def channel_tools():
+    """The helpers above for a test that makes a channel of its own: ``.package``
+    (:func:`make_conda_package`), ``.python``, ``.index`` and ``.wheel``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(package=make_conda_package, python=make_python_package, index=index_channel,
+                           wheel=make_wheel)

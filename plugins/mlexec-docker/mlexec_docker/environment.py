@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mlexec_core.errors import EnvironmentBuildError
-from mlexec_core.plugin.interfaces import EnvironmentInfo, EnvironmentManager, PreparedEnvironment, RunPlan
+from mlexec_core.plugin.interfaces import (EnvironmentInfo, EnvironmentLock, EnvironmentManager, PreparedEnvironment,
+                                         RunPlan)
 from mlexec_core.project.model import DockerEnv, EnvKind, Project
 
 from mlexec_docker.engine import Engine, EngineError
@@ -48,6 +49,79 @@ def project_image(images: Images, project: Project, *, with_code: bool, reposito
     return images.code_image(project, base, repository=repository)
 
 
+LOCK_KIND = "docker-image"
+
+
+def image_lock(image: ImageInfo) -> EnvironmentLock:
+    """The image a run used: its ID, and its repo digests when it came from (or went to) a registry."""
+    lines = [f"image-id {image.image_id}", f"image {image.uri}"]
+    lines += [f"repo-digest {digest}" for digest in image.repo_digests]
+    details = {"image_id": image.image_id, "image": image.uri}
+    if image.repo_digests:
+        details["repo_digest"] = image.repo_digests[0]
+    return EnvironmentLock(kind=LOCK_KIND, text="\n".join(lines) + "\n", details=details)
+
+
+def read_image_lock(lock: EnvironmentLock) -> tuple[str, str, tuple[str, ...]]:
+    """``(image_id, image, repo_digests)`` of a recorded ``docker-image`` lock."""
+    if lock.kind != LOCK_KIND:
+        raise EnvironmentBuildError(f"the recorded environment is a {lock.kind} lock; the docker manager runs "
+                                    f"the image of a {LOCK_KIND} lock", hint="rerun with the manager the run used")
+    image_id, uri, digests = "", "", []
+    for line in lock.text.splitlines():
+        word, _, value = line.strip().partition(" ")
+        if word == "image-id":
+            image_id = value.strip()
+        elif word == "image":
+            uri = value.strip()
+        elif word == "repo-digest" and value.strip():
+            digests.append(value.strip())
+    if not image_id.startswith("sha256:"):
+        raise EnvironmentBuildError("the recorded docker-image lock names no image ID",
+                                    context="the run's mlexec/environment.lock")
+    return image_id, uri or image_id, tuple(digests)
+
+
+def recorded_image(images: Images, lock: EnvironmentLock) -> ImageInfo:
+    """The image a recorded run ran (``mlexec rerun``), never rebuilt: by its ID when the engine
+    still has it, else pulled back by its repo digest, else one error saying why not."""
+    image_id, uri, digests = read_image_lock(lock)
+    engine, reporter = images.engine, images.reporter
+    found = engine.image(image_id)
+    if found is None:
+        if not digests:
+            raise EnvironmentBuildError(
+                f"image {image_id} ({uri}) is no longer on this machine and was never pushed to a registry, so "
+                "the run's environment cannot be had again", context="the run's mlexec/environment.lock",
+                hint="load or rebuild that very image (`docker load`), or run the project afresh with `mlexec run`")
+        failures = []
+        for digest in digests:
+            reporter.info(f"the recorded image {image_id[:19]} is no longer on this machine: pulling {digest}")
+            try:
+                images.pull(digest, what="the recorded image")
+            except EnvironmentBuildError as exc:
+                failures.append(exc.message)
+                continue
+            found = engine.image(image_id)
+            if found is None:
+                pulled = (engine.image(digest) or {}).get("Id", "another image")
+                failures.append(f"{digest} is {pulled}, not the recorded {image_id}")
+                continue
+            break
+        if found is None:
+            raise EnvironmentBuildError(
+                f"image {image_id} ({uri}) is no longer on this machine, and pulling it back failed:\n  "
+                + "\n  ".join(failures), context="the run's mlexec/environment.lock",
+                hint="start the registry again or `docker login` to it, or run the project afresh with `mlexec run`")
+    return ImageInfo(uri, image_id, repo_digests=tuple(found.get("RepoDigests") or ()) or digests)
+
+
+def is_code_image(engine: Engine, image_id: str) -> bool:
+    """Whether the image holds the project's code (``--build-image``): then nothing is mounted over it."""
+    labels = ((engine.image(image_id) or {}).get("Config") or {}).get("Labels") or {}
+    return labels.get(LABEL_KIND) == "code"
+
+
 class DockerEnvironment(EnvironmentManager):
     """docker_env projects in a container (registered, with what it handles, in :mod:`mlexec_docker.plugin`)."""
 
@@ -71,13 +145,22 @@ class DockerEnvironment(EnvironmentManager):
         check_limits(plan.resources, plan.docker_args, host_config,
                      engine_cpus=engine.cpus() if plan.resources.cpus is not None else None)
         images = Images(engine, self.context.reporter, plan.options.get("docker_auth"))
-        image = project_image(images, project, with_code=plan.build_image)
-        if not image.built:
-            what = "built image, unchanged project" if plan.build_image or docker.dockerfile else "image"
-            self.context.reporter.info(f"Using {what} {image.uri}")
+        if plan.environment_lock is not None:  # mlexec rerun: the very image the run ran, never rebuilt
+            image = recorded_image(images, plan.environment_lock)
+            with_code = plan.build_image or is_code_image(engine, image.image_id)
+            self.context.reporter.info(f"Using the recorded image {image.image_id[:19]} ({image.uri})"
+                                       + (", the project's code in it" if with_code else ""))
+            run_image = image.image_id
+        else:
+            image = project_image(images, project, with_code=plan.build_image)
+            with_code = plan.build_image
+            if not image.built:
+                what = "built image, unchanged project" if plan.build_image or docker.dockerfile else "image"
+                self.context.reporter.info(f"Using {what} {image.uri}")
+            run_image = image.uri
         launcher = ContainerLauncher(
-            engine, image.uri, project=repository_name(project),
-            mount_code=None if plan.build_image else str(project.directory),
+            engine, run_image, project=repository_name(project),
+            mount_code=None if with_code else str(project.directory),
             binds=binds, environment=environment, config=config, host_config=host_config,
             resources=plan.resources, reporter=self.context.reporter,
         )
@@ -86,6 +169,7 @@ class DockerEnvironment(EnvironmentManager):
             tags={TAG_IMAGE_URI: image.uri, TAG_IMAGE_ID: image.image_id},
             launcher=launcher,
             location=image.uri,
+            lock=image_lock(image),
         )
 
     def describe(self, project: Project) -> str:
@@ -107,6 +191,8 @@ class DockerEnvironment(EnvironmentManager):
             "image": docker.image or f"built from {docker.dockerfile}",
             "docker_run": docker_run_options(plan.resources, plan.docker_args),
         }
+        if plan.environment_lock is not None:
+            out["image"] = out["from_lock"] = self._dry_run_lock(plan.environment_lock)
         per_node = plan.resources.processes_per_node or 1
         if per_node > 1:  # the ranks in one container (mlexec_docker.ranks)
             from mlexec_core.distributed import node_ranks
@@ -118,6 +204,26 @@ class DockerEnvironment(EnvironmentManager):
                                          for k, v in rank.env.items())
                                 for rank in node_ranks(per_node, master_addr="127.0.0.1", master_port=0)]
         return out
+
+    def _dry_run_lock(self, lock: EnvironmentLock) -> str:
+        """Which way the recorded image would be had, asking the engine only whether it has it."""
+        try:
+            image_id, uri, digests = read_image_lock(lock)
+        except EnvironmentBuildError as exc:
+            return exc.message
+        try:
+            here = Engine().image(image_id) is not None
+        except (EnvironmentBuildError, EngineError):
+            here = None
+        what = f"the recorded image {image_id} ({uri}), never rebuilt"
+        if here:
+            return f"{what}: on this machine, run by its ID"
+        if digests:
+            return f"{what}: {'not on this machine' if here is False else 'if the engine no longer has it'}, " \
+                   f"pulled back as {digests[0]}"
+        if here is False:
+            return f"{what}: NOT on this machine and never pushed to a registry: the rerun will fail"
+        return f"{what}: by its ID (never pushed: the engine must still have it)"
 
     # -- mlexec env list / prune -----------------------------------------------------------
 

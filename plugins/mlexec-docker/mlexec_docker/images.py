@@ -174,8 +174,8 @@ class Images:
         repo = split_tag(docker_env.image)[0] if docker_env.image else f"{repository_name(project)}-env"
         tag = f"{repo}:{key}"
         found = self.engine.image(tag)
-        if found is not None:
-            return ImageInfo(tag, found["Id"], built=False)
+        if found is not None:  # pushed since it was built (a remote backend's run): its digests are recorded too
+            return ImageInfo(tag, found["Id"], built=False, repo_digests=tuple(found.get("RepoDigests") or ()))
         extra = {}
         if dockerfile_in_context is None:
             dockerfile_in_context = _GENERATED_DOCKERFILE

@@ -13,7 +13,7 @@ from mlexec_core.plugin import Registration, hookimpl
 def mlexec_environment_managers():
     return [Registration(
         kind="env-manager", name="docker", path="mlexec_docker.environment:DockerEnvironment",
-        handles={"docker"}, default_for={"docker"}, priority=10,
+        handles={"docker"}, default_for={"docker"}, priority=10, capabilities={"rebuilds-from-lock"},
         # the container's limits (mlexec_docker.resources) and the local backend's time limit;
         # processes-per-node: the ranks in one container (mlexec_docker.ranks); not nodes (one
         # engine is one machine), nor gpu-type: a local machine cannot choose a kind of GPU

@@ -167,8 +167,9 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
 
 
-def check_namespace(cluster: Cluster, namespace: str) -> None:
-    """The namespace exists and we may create and watch Jobs in it.
+def check_namespace(cluster: Cluster, namespace: str, services: bool = False) -> None:
+    """The namespace exists and we may create and watch Jobs in it (and, with ``services``, create
+    and delete Services: the headless Service of a run over many pods).
 
     Reading a namespace is itself often forbidden to namespaced users, so a 403
     there is not an error: the access review below (or the create itself) decides.
@@ -193,8 +194,10 @@ def check_namespace(cluster: Cluster, namespace: str) -> None:
                 from None
         raise
     auth = client.AuthorizationV1Api(cluster.api_client)
-    for verb, group, resource in (("create", "batch", "jobs"), ("watch", "batch", "jobs"),
-                                  ("delete", "batch", "jobs")):
+    needed = [("create", "batch", "jobs"), ("watch", "batch", "jobs"), ("delete", "batch", "jobs")]
+    if services:
+        needed += [("create", "", "services"), ("delete", "", "services")]
+    for verb, group, resource in needed:
         review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
             resource_attributes=client.V1ResourceAttributes(namespace=namespace, verb=verb, group=group,
                                                             resource=resource)))
@@ -208,7 +211,8 @@ def check_namespace(cluster: Cluster, namespace: str) -> None:
             raise BackendError(
                 f"RBAC forbids {verb} on {resource} in namespace {namespace!r}{why}", context=cluster.where,
                 hint=f"ask an administrator for a Role in {namespace!r} that allows create/get/watch/delete on "
-                     "jobs and get/list/watch on pods and pods/log, or use another namespace")
+                     "jobs and get/list/watch on pods and pods/log"
+                     + (" and create/delete on services" if services else "") + ", or use another namespace")
 
 
 def _short(exc: BaseException) -> str:

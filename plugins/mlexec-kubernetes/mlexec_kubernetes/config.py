@@ -60,6 +60,8 @@ class KubernetesConfig:
     backoff_limit: int | None = None
     active_deadline_seconds: int | None = None
     ttl_seconds_after_finished: int | None = None
+    #: A PersistentVolumeClaim whose per-run folder is MLEXEC_CHECKPOINT_DIR (restarts).
+    checkpoint_volume: str | None = None
 
 
 @frozen
@@ -92,6 +94,7 @@ class _KubernetesFile:
     backoff_limit: int | None = setting("backoff-limit")
     active_deadline_seconds: int | None = setting("active-deadline-seconds")
     ttl_seconds_after_finished: int | None = setting("ttl-seconds-after-finished")
+    checkpoint_volume: NonEmpty | None = setting("checkpoint-volume")
 
 
 _STYLE = Style(backend="kubernetes", words={"int": "an integer"})
@@ -327,6 +330,8 @@ def parse_config(config: Mapping[str, Any], base_dir: Path) -> KubernetesConfig:
         backoff_limit=_at_least("backoff-limit", raw.backoff_limit, 0),
         active_deadline_seconds=_at_least("active-deadline-seconds", raw.active_deadline_seconds, 1),
         ttl_seconds_after_finished=_at_least("ttl-seconds-after-finished", raw.ttl_seconds_after_finished, 0),
+        checkpoint_volume=_dns("checkpoint-volume", raw.checkpoint_volume, _DNS_SUBDOMAIN,
+                               "PersistentVolumeClaim name"),
     )
 
 

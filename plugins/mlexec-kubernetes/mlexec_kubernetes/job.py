@@ -25,10 +25,12 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Mapping, TextIO
 
+from mlexec_core.distributed import rank_failure_reason
 from mlexec_core.plugin.interfaces import Reporter, RunStatus, SubmittedJob
 from mlexec_core.resources import time_limit_reason
 
 from mlexec_kubernetes.cluster import Cluster, api_message
+from mlexec_kubernetes.distributed import COMPLETION_INDEX_ANNOTATION, rank_failure
 
 #: Seconds a single watch request lasts before it is renewed (the server ends it).
 WATCH_SECONDS = 60
@@ -52,6 +54,8 @@ TAG_NAMESPACE = "mlexec.kubernetes.namespace"
 TAG_CONTEXT = "mlexec.kubernetes.context"
 TAG_CONTAINER = "mlexec.kubernetes.container"
 TAG_FAILURE = "mlexec.kubernetes.failure-reason"
+#: The headless Service of a run over many pods (named like the Job).
+TAG_SERVICE = "mlexec.kubernetes.service"
 #: The run's ``time`` resource in seconds, for an mlexec that attaches to the Job later.
 TAG_TIME_LIMIT = "mlexec.kubernetes.time-limit"
 
@@ -91,7 +95,8 @@ class KubernetesJob(SubmittedJob):
 
     def __init__(self, cluster: Cluster, namespace: str, name: str, image: str, container: str,
                  reporter: Reporter, tags: Mapping[str, str], out: TextIO | None = None,
-                 output: Any = None, time_limit: float | None = None, attached: bool = False) -> None:
+                 output: Any = None, time_limit: float | None = None, attached: bool = False,
+                 service: str | None = None) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.name = name
@@ -102,6 +107,8 @@ class KubernetesJob(SubmittedJob):
         #: The run's output (``run.output``): the pod's log goes there when set, else to ``out``.
         self.output = output
         self.tags: dict[str, str] = dict(tags)
+        #: The Job's headless Service (``nodes`` above 1), deleted when the run ends.
+        self.service = service
         self.failure_reason: str | None = None
         self.exit_code: int | None = None
         self.cancelled = False
@@ -122,6 +129,9 @@ class KubernetesJob(SubmittedJob):
         self._log_threads: dict[str, threading.Thread] = {}
         self._pods: dict[str, dict[str, Any]] = {}
         self._warned: set[str] = set()
+        #: Pods the Job replaced with a new one (a restart), and whether one was.
+        self._replaced: set[str] = set()
+        self._restarted = False
         self._out_lock = threading.Lock()
 
     # -- SubmittedJob -------------------------------------------------------------------
@@ -138,7 +148,26 @@ class KubernetesJob(SubmittedJob):
                 if state.get("running") or state.get("terminated"):
                     self._stream_logs(pod["metadata"]["name"])
         self._finish_logs()
+        self._delete_service()
         return self.settled
+
+    def _delete_service(self) -> None:
+        """The run has ended: its pods need their DNS names no more (the Job owns the Service too, so
+        deleting the Job, or its ``ttlSecondsAfterFinished``, would delete it anyway)."""
+        from kubernetes.client.rest import ApiException
+
+        if not self.service:
+            return
+        try:
+            _raw(self.cluster.core().delete_namespaced_service(self.service, self.namespace,
+                                                               _preload_content=False))
+        except ApiException as exc:
+            if exc.status != 404:
+                self.reporter.warning(f"could not delete Service {self.namespace}/{self.service}: "
+                                      f"{api_message(exc)}; it goes when Job {self.name} is deleted")
+        except Exception as exc:
+            self.reporter.warning(f"could not delete Service {self.namespace}/{self.service}: {_short(exc)}; "
+                                  f"it goes when Job {self.name} is deleted")
 
     def get_status(self) -> RunStatus:
         if not self._watching and self.settled is None:
@@ -188,6 +217,7 @@ class KubernetesJob(SubmittedJob):
             self.cancelled = True
         # SIGKILL (a second Ctrl-C) asks for no grace period.
         self._stop(0 if signum == signal.SIGKILL else None)
+        self._delete_service()
         self._settle(RunStatus.KILLED, "stopped by the user")
 
     def _stop(self, grace: int | None) -> None:
@@ -317,10 +347,39 @@ class KubernetesJob(SubmittedJob):
                 return cs
         return statuses[0] if statuses else None
 
+    def _rank_failure(self) -> tuple[str, int | None] | None:
+        """In a run over many processes, the first rank that failed on its own (the launcher wrote it in
+        its container's termination message), and its pod."""
+        first = None
+        for name, pod in self._pods.items():
+            if name in self._replaced:
+                continue
+            terminated = ((self._main_status(pod) or {}).get("state") or {}).get("terminated") or {}
+            failed = rank_failure(terminated.get("message"))
+            if failed is None:
+                continue
+            when = _timestamp(terminated.get("finishedAt")) or float("inf")
+            if first is None or when < first[0]:
+                first = (when, name, failed)
+        if first is None:
+            return None
+        _, name, (rank, code) = first
+        return f"{rank_failure_reason(rank, code)} (pod {name})", code
+
     def _pod_failure(self) -> tuple[str, int | None] | None:
-        """The most telling failure among the pods seen: OOMKilled, then an exit code, then a pull error."""
+        """The most telling failure among the pods seen: OOMKilled, then a rank that failed, then an exit
+        code, then a pull error."""
         found = None
-        for pod in self._pods.values():
+        pods = [pod for name, pod in self._pods.items() if name not in self._replaced]
+        for pod in pods:
+            terminated = ((self._main_status(pod) or {}).get("state") or {}).get("terminated") or {}
+            if terminated.get("reason") == "OOMKilled":
+                break
+        else:
+            found = self._rank_failure()
+            if found is not None:
+                return found
+        for pod in pods:
             cs = self._main_status(pod) or {}
             state = cs.get("state") or {}
             last = cs.get("lastState") or {}
@@ -352,8 +411,11 @@ class KubernetesJob(SubmittedJob):
         return f"{what} ({reason}{': ' + message if message else ''}){hint}"
 
     def _on_pod(self, pod: Mapping[str, Any]) -> None:
-        self._remember_pod(pod)
         name = (pod.get("metadata") or {}).get("name", "?")
+        new = name not in self._pods
+        self._remember_pod(pod)
+        if new and self._replacement(pod):
+            return
         status = pod.get("status") or {}
         cs = self._main_status(pod) or {}
         state = cs.get("state") or {}
@@ -371,12 +433,46 @@ class KubernetesJob(SubmittedJob):
                     self.reporter.warning(f"pod {name} cannot be scheduled yet: {cond.get('message', '')} "
                                           "(waiting; Ctrl-C to give up)")
         if state.get("running") or state.get("terminated"):
+            again = False
             with self._lock:
                 if self._status is RunStatus.SCHEDULED:
                     self._status = RunStatus.RUNNING
+                    again = self._restarted
+            if again:  # the new attempt runs
+                self.report_status(RunStatus.RUNNING)
             if state.get("running"):
                 self._start_clock(state["running"])
             self._stream_logs(name)
+
+    # -- restarts: a new pod in place of a failed one ---------------------------------------
+
+    def _replacement(self, pod: Mapping[str, Any]) -> bool:
+        """A new pod of an index whose earlier pod failed: the Job started it again (its
+        podFailurePolicy ignored a disruption, or counted an exit status of --restart-on-exit).
+        mlexec counts the attempt (:meth:`report_restart`); when it may not go on, the Job is
+        deleted and the run ends FAILED.  Returns whether the run ended."""
+        name = pod["metadata"]["name"]
+        index = _index(pod)
+        for other, earlier in list(self._pods.items()):
+            if other == name or other in self._replaced or _index(earlier) != index:
+                continue
+            why = _failed(earlier, self._main_status(earlier))
+            if why is None:
+                continue
+            self._replaced.add(other)
+            if self.restart_listener is None:  # attached (mlexec attach, logs -f): follow, the Job decides
+                self.reporter.info(f"Job {self.namespace}/{self.name}: pod {other} {why.split(' (')[0]}; "
+                                   f"following its replacement {name}")
+                return False
+            if self.report_restart(why):
+                self.reporter.info(f"Job {self.namespace}/{self.name} replaced pod {other} with {name}")
+                with self._lock:
+                    self._restarted = True
+                    self._status = RunStatus.SCHEDULED
+                return False
+            self._fail_fast(why)
+            return True
+        return False
 
     def _fail_fast(self, reason: str) -> None:
         """A pod that cannot start: stop the Job (it would wait forever) and fail the run."""
@@ -552,6 +648,34 @@ class KubernetesJob(SubmittedJob):
         deadline = time.monotonic() + (2 if self.settled is RunStatus.KILLED or self.timed_out else 15)
         for thread in list(self._log_threads.values()):
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _index(pod: Mapping[str, Any]) -> str | None:
+    """An Indexed Job's pod's completion index (``None`` for a Job of one pod)."""
+    return ((pod.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+
+
+#: What a pod's DisruptionTarget reasons mean, in the words of a restart.
+_DISRUPTIONS = {"PreemptionByScheduler": "was preempted", "PreemptionByKubeScheduler": "was preempted",
+                "DeletionByTaintManager": "lost its node", "EvictionByEvictionAPI": "was evicted",
+                "DeletionByPodGC": "lost its node", "TerminationByKubelet": "was stopped by its node"}
+
+
+def _failed(pod: Mapping[str, Any], main: Mapping[str, Any] | None) -> str | None:
+    """Why a pod failed, as a restart says it (``was preempted (pod x: ...)``), or ``None`` if it did not."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            what = _DISRUPTIONS.get(cond.get("reason") or "", "was disrupted")
+            return f"{what} (pod {name}: {cond.get('reason') or 'DisruptionTarget'})"
+    terminated = ((main or {}).get("state") or {}).get("terminated") or {}
+    code = terminated.get("exitCode")
+    if code not in (None, 0):
+        return f"exited with status {code} (--restart-on-exit; pod {name})"
+    if status.get("phase") == "Failed":
+        return f"failed (pod {name}: {status.get('reason') or 'Failed'})"
+    return None
 
 
 def _short(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from mlexec_core.plugin import Registration, hookimpl
 def mlexec_backends():
     return [Registration(
         kind="backend", name="kubernetes", path="mlexec_kubernetes.backend:KubernetesBackend",
-        capabilities={"detachable"},
-        resources={"cpus", "memory", "gpus", "gpu-type", "shm", "time"},
+        capabilities={"detachable", "restartable"},
+        resources={"cpus", "memory", "gpus", "gpu-type", "shm", "time", "nodes", "processes-per-node"},
         description="runs the project as a Kubernetes Job (image built and pushed with mlexec-docker)",
     )]

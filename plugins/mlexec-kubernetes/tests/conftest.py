@@ -47,8 +47,12 @@ def kubeconfig(fake_cluster, tmp_path, monkeypatch):
 # -- a stand-in for mlexec-docker's image builder -------------------------------------------
 
 FAKE_BUILDER = '''
-"""A stand-in for mlexec-docker's ``docker`` image builder: no engine, no registry."""
+"""A stand-in for mlexec-docker's ``docker`` image builder: no engine, no registry.
+
+With ``$MLEXEC_K8S_TEST_IMAGE`` (``repo:tag@sha256:...``, an image the tests pushed to the
+loopback registry for the pod runner) it returns that image."""
 import hashlib
+import os
 
 from mlexec_core.errors import BackendError
 from mlexec_core.plugin import Registration, hookimpl
@@ -58,6 +62,10 @@ from mlexec_core.plugin.interfaces import ImageBuilder, ImageRef
 class FakeDockerBuilder(ImageBuilder):
 
     def build(self, plan, *, repository=None, push=False):
+        pushed = os.environ.get("MLEXEC_K8S_TEST_IMAGE")
+        if pushed:
+            uri, digest = pushed.split("@", 1)
+            return ImageRef(uri=uri, image_id=digest, digest=digest)
         key = hashlib.sha256(str(plan.work_dir).encode()).hexdigest()
         with self.context.reporter.status(f"Building {repository}:{key[:12]} (stand-in)"):
             pass
@@ -137,3 +145,73 @@ def in_process(fake_cluster, kubeconfig, fake_builder_module, store, monkeypatch
     return make
 
 
+
+
+# -- real containers for the double's pods (mlexec_k8s_runner.py) ---------------------------
+
+DOCKER_SETUP = "run as root: bash plugins/mlexec-docker/ci-setup.sh"
+PYTHON = "mlexec-test/python:3.11"
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from mlexec_core.testing import missing_infrastructure
+
+    try:
+        from mlexec_core.errors import MlexecError
+        from mlexec_docker.engine import Engine
+    except ImportError:
+        missing_infrastructure("mlexec-docker", "mlexec-docker is not installed", how="bash scripts/setup.sh")
+    eng = Engine()
+    try:
+        eng.ping(timeout=5)
+    except MlexecError as exc:
+        missing_infrastructure("Docker engine", f"no Docker daemon answers: {exc.message}", how=DOCKER_SETUP)
+    if eng.image(PYTHON) is None:
+        missing_infrastructure("Docker test images", f"the test image {PYTHON} is missing", how=DOCKER_SETUP)
+    return eng
+
+
+@pytest.fixture(scope="session")
+def pod_image(engine, tmp_path_factory):
+    """The python test image pushed once to a real registry on loopback: ``repo:tag@sha256:...``."""
+    import subprocess
+    import uuid
+
+    from mlexec_core.testing import local_registry, missing_infrastructure
+
+    try:
+        registry = local_registry(tmp_path_factory.mktemp("registry"))
+        address = registry.__enter__()
+    except FileNotFoundError as exc:
+        missing_infrastructure("container registry (docker-registry)", str(exc), how=DOCKER_SETUP)
+    repo, tag = f"{address}/team/mlexec-k8s-pods", uuid.uuid4().hex[:12]
+    try:
+        engine.tag(PYTHON, repo, tag)
+        pushed = subprocess.run(["docker", "push", f"{repo}:{tag}"], capture_output=True, text=True, timeout=300)
+        assert pushed.returncode == 0, pushed.stderr
+        digest = next(word for line in pushed.stdout.splitlines() for word in line.split()
+                      if word.startswith("sha256:") and "digest:" in line)
+        engine.remove_image(f"{repo}:{tag}")  # so the pods pull it by digest
+        yield f"{repo}:{tag}@{digest}"
+    finally:
+        registry.__exit__(None, None, None)
+
+
+@pytest.fixture
+def pod_runner(fake_cluster, engine, pod_image, tmp_path):
+    """The double's Jobs run for real: their pods' containers on the Docker engine (mlexec_k8s_runner).
+    At the end every container it started is removed; one still running then fails the test."""
+    from mlexec_k8s_runner import PodRunner
+
+    runner = PodRunner(fake_cluster, engine, tmp_path)
+    runner.image = pod_image
+    yield runner
+    left = runner.close()
+    assert not left, f"containers still running at the end of the test: {left}"
+
+
+@pytest.fixture
+def k8s_real_env(k8s_env, pod_image, pod_runner):
+    """The CLI's environment for runs whose pods really run: the stand-in builder returns the pushed image."""
+    return {**k8s_env, "MLEXEC_K8S_TEST_IMAGE": pod_image}

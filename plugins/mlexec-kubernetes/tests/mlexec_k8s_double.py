@@ -40,6 +40,9 @@ class FakeCluster:
         self.namespaces = {"default", "ml"}
         self.jobs: dict[tuple[str, str], dict] = {}
         self.pods: dict[tuple[str, str], dict] = {}
+        self.services: dict[tuple[str, str], dict] = {}
+        #: called (in the server's thread, under no lock) with (namespace, pod) for every pod deleted
+        self.pod_deleted_hooks: list = []
         #: (time, text) of each log line written, per pod
         self.logs: dict[tuple[str, str], list[tuple[float, bytes]]] = {}
         self.drop_logs = 0  # log streams to break after their first line
@@ -48,6 +51,7 @@ class FakeCluster:
         self.requests: list[tuple[str, str, dict, object]] = []
         self.forbidden: set[tuple[str, str]] = set()  # (verb, resource) answered 403
         self.denied_reviews: set[str] = set()  # verbs an access review says no to
+        self.denied_services = False  # an access review says no to every verb on services
         self.drop_watches: dict[str, int] = {}  # resource -> watches to break after their first event
         self.expire_next_watch: set[str] = set()  # resource -> answer the next watch with 410
         self.scenario = None  # called in a thread as scenario(cluster, namespace, job_name)
@@ -116,6 +120,7 @@ class FakeCluster:
                 pod["status"]["phase"] = "Running"
             elif "terminated" in state:
                 pod["status"]["phase"] = "Succeeded" if state["terminated"].get("exitCode") == 0 else "Failed"
+            if "terminated" in state:  # the container's log ends
                 self.logs_closed.add((namespace, pod_name))
             self._emit("pods", "MODIFIED", pod)
 
@@ -187,14 +192,58 @@ class FakeCluster:
             if job is None:
                 return 404, _status(404, "NotFound", f'jobs.batch "{name}" not found')
             policy = (body or {}).get("propagationPolicy")
+            deleted = []
             if policy in ("Foreground", "Background"):  # the garbage collector removes the pods
                 for key in [k for k, p in self.pods.items()
                             if k[0] == namespace and p["metadata"]["labels"].get("job-name") == name]:
                     pod = self.pods.pop(key)
                     self.logs_closed.add(key)
                     self._emit("pods", "DELETED", pod)
+                    deleted.append(key)
+            # ... and what the Job owns (a headless Service), whatever the policy (Orphan aside)
+            if policy != "Orphan":
+                uid = job["metadata"]["uid"]
+                for key in [k for k, svc in self.services.items()
+                            if any(o.get("uid") == uid for o in svc["metadata"].get("ownerReferences") or ())]:
+                    self._emit("services", "DELETED", self.services.pop(key))
             self._emit("jobs", "DELETED", job)
-            return 200, _status(200, "", "") | {"status": "Success"}
+        for key in deleted:
+            for hook in list(self.pod_deleted_hooks):
+                hook(*key)
+        return 200, _status(200, "", "") | {"status": "Success"}
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        with self.cond:
+            pod = self.pods.pop((namespace, name), None)
+            if pod is None:
+                return
+            self.logs_closed.add((namespace, name))
+            self._emit("pods", "DELETED", pod)
+        for hook in list(self.pod_deleted_hooks):
+            hook(namespace, name)
+
+    def create_service(self, namespace: str, body: dict) -> tuple[int, dict]:
+        if ("create", "services") in self.forbidden:
+            return 403, _status(403, "Forbidden", f'services is forbidden: User "alice" cannot create '
+                                                  f'resource "services" in API group "" in the namespace '
+                                                  f'"{namespace}"')
+        with self.cond:
+            name = body["metadata"]["name"]
+            if (namespace, name) in self.services:
+                return 409, _status(409, "AlreadyExists", f'services "{name}" already exists')
+            svc = copy.deepcopy(body)
+            svc["metadata"].update({"uid": str(uuid.uuid4()), "creationTimestamp": "2026-01-01T00:00:00Z"})
+            self.services[(namespace, name)] = svc
+            self._emit("services", "ADDED", svc)
+            return 201, copy.deepcopy(svc)
+
+    def delete_service(self, namespace: str, name: str) -> tuple[int, dict]:
+        with self.cond:
+            svc = self.services.pop((namespace, name), None)
+            if svc is None:
+                return 404, _status(404, "NotFound", f'services "{name}" not found')
+            self._emit("services", "DELETED", svc)
+            return 200, copy.deepcopy(svc)  # as a real server answers: the Service deleted
 
 
 def _matches(obj: dict, query: dict) -> bool:
@@ -265,7 +314,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, _status(404, "NotFound", f'namespaces "{m.group(1)}" not found'))
         if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" and method == "POST":
             verb = body["spec"]["resourceAttributes"]["verb"]
-            allowed = verb not in c.denied_reviews
+            allowed = verb not in c.denied_reviews and not (
+                c.denied_services and body["spec"]["resourceAttributes"]["resource"] == "services")
             return self._send(201, {**body, "status": {"allowed": allowed, **(
                 {} if allowed else {"reason": 'RBAC: no RoleBinding allows this for User "alice"'})}})
         m = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?", path)
@@ -281,6 +331,17 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "GET" and name:
                 job = c.job(ns, name)
                 return self._send(200, job) if job else self._send(404, _status(404, "NotFound", "not found"))
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/services(?:/([^/]+))?", path)
+        if m:
+            ns, name = m.groups()
+            if method == "POST" and name is None:
+                return self._send(*c.create_service(ns, body))
+            if method == "DELETE" and name:
+                return self._send(*c.delete_service(ns, name))
+            if method == "GET" and name:
+                with c.cond:
+                    svc = copy.deepcopy(c.services.get((ns, name)))
+                return self._send(200, svc) if svc else self._send(404, _status(404, "NotFound", "not found"))
         m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)(/log)?)?", path)
         if m and method == "GET":
             ns, pod, log = m.groups()

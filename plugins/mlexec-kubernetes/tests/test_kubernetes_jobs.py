@@ -26,14 +26,18 @@ def succeed_with_logs(lines):
     return scenario
 
 
-def test_success_streams_logs_and_records_the_run(mlexec, k8s_env, k8s_project, fake_cluster, store):
-    fake_cluster.scenario = succeed_with_logs(["epoch 1\n", "epoch 2\n"])
-    proj = k8s_project()
+def test_success_streams_logs_and_records_the_run(mlexec, k8s_real_env, k8s_project, fake_cluster, store,
+                                                  pod_runner):
+    """A real pod (the pod runner's container on the Docker engine): its output, its arguments as a
+    real shell received them, its exit status."""
+    proj = k8s_project(command="python3 -c 'import sys; print(1, flush=True); print(sys.argv[1:])' "
+                               "--lr {lr} --note {note}")
     proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", "-P", "lr=0.01",
-                  "-P", "note=it's a b", cwd=proj, env=k8s_env)
+                  "-P", "note=it's a b", cwd=proj, env=k8s_real_env)
     assert proc.returncode == 0, proc.stderr
     assert_no_traceback(proc)
-    assert "epoch 1\nepoch 2\n" in proc.stdout
+    # the command arrives as the local shell would run it: each quoted value one argument, no quotes left
+    assert "1\n['--lr', '0.01', '--note', \"it's a b\"]\n" in proc.stdout
     assert "succeeded" in proc.stderr
 
     [job] = fake_cluster.created_jobs()
@@ -41,9 +45,8 @@ def test_success_streams_logs_and_records_the_run(mlexec, k8s_env, k8s_project, 
     assert name.startswith("demo-project-")
     assert job["metadata"]["namespace"] == NS
     container = job["spec"]["template"]["spec"]["containers"][0]
-    # the command arrives as the local shell would run it: one sh -c with the quoted command
-    assert container["command"] == ["/bin/sh", "-c", "python train.py --lr 0.01"]
-    assert "@sha256:" in container["image"] and container["image"].startswith("registry.example.test/team/demo:")
+    assert container["command"][:2] == ["/bin/sh", "-c"] and len(container["command"]) == 3
+    assert container["image"] == pod_runner.image  # the pushed image, by digest
     env = {e["name"]: e["value"] for e in container["env"]}
 
     run = store.only_run()
@@ -54,10 +57,11 @@ def test_success_streams_logs_and_records_the_run(mlexec, k8s_env, k8s_project, 
     assert tags["mlflow.project.backend"] == "kubernetes"
     assert tags["mlexec.kubernetes.job"] == name
     assert tags["mlexec.kubernetes.namespace"] == NS
-    assert tags["mlflow.docker.image.uri"].startswith("registry.example.test/team/demo:")
+    assert tags["mlflow.docker.image.uri"] == pod_runner.image.split("@")[0]
     assert tags["mlflow.docker.image.id"].startswith("sha256:")
     # the pod cannot reach a sqlite file on this machine: said, not hidden
     assert "cannot log to it" in proc.stderr
+    assert pod_runner.running() == []
 
 
 def test_failure_reason_in_cli_and_tags(mlexec, k8s_env, k8s_project, fake_cluster, store):
@@ -180,11 +184,12 @@ def test_dry_run_prints_the_manifest_without_the_cluster(mlexec, k8s_env, k8s_pr
     assert store.runs() == []
 
 
-def test_exit_status_of_the_container_is_mlexecs(mlexec, k8s_env, k8s_project, fake_cluster, store):
-    fake_cluster.scenario, expected = failing("exit")
-    proj = k8s_project()
-    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", cwd=proj, env=k8s_env)
+def test_exit_status_of_the_container_is_mlexecs(mlexec, k8s_real_env, k8s_project, fake_cluster, store,
+                                                 pod_runner):
+    proj = k8s_project(command="echo starting; exit 3")
+    proc = mlexec("run", proj, "-b", "kubernetes", "-c", "backend_config.yaml", cwd=proj, env=k8s_real_env)
     assert proc.returncode == 3, proc.stderr
     assert_no_traceback(proc)
-    assert expected in proc.stderr
+    assert "starting\n" in proc.stdout
+    assert "the command exited with status 3" in proc.stderr
     assert store.only_run().info.status == "FAILED"

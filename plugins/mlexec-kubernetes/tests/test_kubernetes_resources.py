@@ -304,13 +304,12 @@ def test_kubernetes_honours_gpu_type_where_the_local_backend_refuses_it(mlexec, 
     assert store.runs() == []
 
 
-def test_every_key_of_one_pod_is_declared():
-    """Every resource of issue 20; a run over many pods (nodes, processes-per-node) is refused until the
-    Indexed Job exists (issue 22)."""
+def test_every_key_is_declared():
+    """Every resource of issue 20, and nodes and processes-per-node (the Indexed Job of issue 22)."""
     from mlexec_core.resources import KEYS
 
     [record] = kubernetes_plugin.mlexec_backends()
-    assert record.resources == frozenset(KEYS) - {"nodes", "processes-per-node"}
+    assert record.resources == frozenset(KEYS)
 
 
 def test_a_gpu_type_no_node_label_can_hold_is_one_error_before_any_run(mlexec, k8s_env, k8s_project,

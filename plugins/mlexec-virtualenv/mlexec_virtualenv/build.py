@@ -179,3 +179,30 @@ def build_environment(target: Path, project: Project, spec: PythonEnvSpec, inter
         # uv compiles what this call installs (not the rest of site-packages): every step compiles
         with reporter.status(status):
             _run_uv([*install, "--compile-bytecode", *args], project.directory, what, where, hint=hint)
+
+
+def build_from_lock(target: Path, project: Project, lock_text: str, interpreter: Interpreter,
+                    reporter: Reporter, *, seed: bool = False) -> None:
+    """Make the virtualenv in ``target`` again from a run's recorded lock (``mlexec rerun``):
+    the same interpreter version, then ``uv pip sync`` of the pinned list (with the index
+    options it was installed with), so it holds exactly what the recorded one held."""
+    uv = uv_binary()
+    with reporter.status(f"creating a virtualenv with Python {interpreter.version}"):
+        _run_uv([uv, "venv", str(target), "--relocatable", "--no-project", "--python", interpreter.path],
+                project.directory, f"creating a virtualenv with {interpreter.path}", str(project.directory),
+                hint="check that this Python works")
+    python = str(target / "bin" / "python")
+    if seed:  # what `python -m venv` seeds comes from the interpreter, not from an index
+        wheels = seed_wheels(interpreter)
+        with reporter.status("seeding as venv does"):
+            _run_uv([uv, "pip", "install", "--python", python, "--no-index", "--no-deps", "--compile-bytecode",
+                     *wheels], project.directory, "seeding the virtualenv as venv does", str(project.directory),
+                    hint="use --env-manager uv to seed nothing")
+    file = target / ".mlexec-recorded.txt"
+    file.write_text(lock_text, encoding="utf-8")
+    count = sum(1 for line in lock_text.splitlines() if line.strip() and not line.lstrip().startswith(("#", "-")))
+    with reporter.status(f"installing the {count} recorded distributions"):
+        _run_uv([uv, "pip", "sync", "--python", python, "--compile-bytecode", str(file)], project.directory,
+                "installing the recorded environment again", "the run's mlexec/environment.lock",
+                hint="a distribution the run had is no longer where it came from (the index, a file, a "
+                     "VCS URL): make it available again, or run the project afresh with `mlexec run`")

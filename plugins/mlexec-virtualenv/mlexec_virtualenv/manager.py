@@ -148,9 +148,12 @@ class VirtualenvManager(EnvironmentManager):
         return f"uv virtualenv {cache.path_for(resolved.key).name} ({resolved.summary}; {state})"
 
     def prepare(self, plan: RunPlan) -> PreparedEnvironment:
-        from mlexec_virtualenv.build import build_environment
+        from mlexec_virtualenv.build import build_environment, uv_binary
+        from mlexec_virtualenv.lock import read_lock, write_lock
 
         reporter = self.context.reporter
+        if plan.environment_lock is not None:
+            return self._prepare_from_lock(plan, plan.environment_lock)
         resolved = resolve(plan.project, plan.env_manager_requested)
         spec = resolved.spec
         if spec.dropped:
@@ -172,6 +175,7 @@ class VirtualenvManager(EnvironmentManager):
             reporter.info(f"creating environment {path.name} ({resolved.summary})")
             started = time.monotonic()
             build_environment(target, plan.project, spec, resolved.interpreter, reporter, seed=resolved.seed)
+            write_lock(uv_binary(), target, resolved.interpreter.version)  # what it contains, pinned, once
             reporter.info(f"created environment {path.name} in {time.monotonic() - started:.1f} s")
 
         def on_wait() -> None:
@@ -181,12 +185,74 @@ class VirtualenvManager(EnvironmentManager):
                                     relocatable=True, on_wait=on_wait)
         if not built:
             reporter.info(f"reusing environment {final.name}")
+        lock = read_lock(final)
+        if lock is None:  # built before mlexec recorded locks
+            lock = write_lock(uv_binary(), final, resolved.interpreter.version)
         return PreparedEnvironment(
+            lock=lock,
             name=plan.env_manager_requested,
             env={"VIRTUAL_ENV": str(final)},
             path_prepend=(str(final / "bin"),),
             location=str(final),
         )
+
+    def dry_run(self, plan: RunPlan) -> dict:
+        lock = plan.environment_lock
+        if lock is None:
+            return {}
+        import hashlib
+
+        from mlexec_virtualenv.lock import KIND
+
+        key = spec_key({"manager": MANAGER, "python": lock.details.get("python"),
+                        "seed": SEED if seeded(plan.env_manager_requested) else None,
+                        "lock": hashlib.sha256(lock.text.encode()).hexdigest(), "bytecode": "compiled"})
+        state = "cached" if self.cache().is_ready(key) else "to be built"
+        return {"from_lock": f"{lock.kind} lock of {len(lock.packages)} distributions, python "
+                             f"{lock.details.get('python')}: {self.cache().path_for(key).name} ({state})"
+                             + ("" if lock.kind == KIND else f"; a {lock.kind} lock cannot be used here")}
+
+    def _prepare_from_lock(self, plan: RunPlan, lock) -> PreparedEnvironment:
+        """The environment a recorded run had, built again from its lock (``mlexec rerun``): a
+        content-addressed environment named by the lock, reused by every rerun of it."""
+        import hashlib
+
+        from mlexec_virtualenv.build import build_from_lock, uv_binary
+        from mlexec_virtualenv.lock import KIND, read_lock, write_lock
+
+        if lock.kind != KIND:
+            raise EnvironmentBuildError(f"the recorded environment is a {lock.kind} lock; the virtualenv manager "
+                                        f"builds from {KIND} locks", hint="rerun with the manager the run used")
+        reporter = self.context.reporter
+        version = lock.details.get("python")
+        found = interp_mod.find_interpreters(cache_file=env_root() / INTERPRETER_CACHE)
+        interp = interp_mod.choose(found, version) if version else None
+        if interp is None:
+            raise EnvironmentBuildError(
+                f"the run's environment had Python {version or '(not recorded)'}, and this machine has none: "
+                f"found {', '.join(sorted({i.version for i in found})) or 'none'}",
+                hint=f"install Python {version} (for example `pyenv install {version}`)")
+        seed = seeded(plan.env_manager_requested)
+        key_spec = {"manager": MANAGER, "python": interp.version, "seed": SEED if seed else None,
+                    "lock": hashlib.sha256(lock.text.encode()).hexdigest(), "bytecode": "compiled"}
+        key = spec_key(key_spec)
+        summary = f"python {interp.version}; recorded: {len(lock.packages)} distributions"
+        cache = self.cache()
+        path = cache.path_for(key)
+
+        def build(target: Path) -> None:
+            reporter.info(f"creating environment {path.name} from the recorded lock ({summary})")
+            build_from_lock(target, plan.project, lock.text, interp, reporter, seed=seed)
+            write_lock(uv_binary(), target, interp.version)
+
+        final, built = cache.ensure(key, build, summary=summary, spec=key_spec, relocatable=True,
+                                    on_wait=lambda: reporter.info(f"waiting for another mlexec to finish "
+                                                                  f"building environment {path.name}"))
+        if not built:
+            reporter.info(f"reusing environment {final.name} (the recorded one, built again)")
+        return PreparedEnvironment(name=plan.env_manager_requested, env={"VIRTUAL_ENV": str(final)},
+                                   path_prepend=(str(final / "bin"),), location=str(final),
+                                   lock=read_lock(final) or lock)
 
     def list_environments(self) -> Iterable[EnvironmentInfo]:
         return self.cache().list()

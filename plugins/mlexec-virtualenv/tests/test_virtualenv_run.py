@@ -82,13 +82,13 @@ def test_python_env_installed_cached_and_keyed_on_requirement_files(mlexec, proj
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.env"] == "virtualenv"
     # venv, then what `python -m venv` seeds (virtualenv is the default), the build dependency, the requirements
-    assert uv_wrapper.subcommands() == ["venv", "pip install", "pip install", "pip install"]
+    assert uv_wrapper.subcommands() == ["venv", "pip install", "pip install", "pip install", "pip freeze"]
 
     # the environment was built elsewhere and renamed into place: its scripts still work
     pip = mlexec("run", proj, "-e", "pip", check=0)
     assert f"{env_root / name}/lib/python{version}/site-packages/pip" in pip.stdout
     assert f"reusing environment {name}" in pip.stderr and "creating" not in pip.stderr
-    assert len(uv_wrapper.calls()) == 4  # the cache hit ran uv not even once
+    assert len(uv_wrapper.calls()) == 5  # the cache hit ran uv not even once (its lock was kept)
 
     # a changed -r file is a new spec, hence a new environment; the old one stays
     (proj / "requirements.txt").write_text("idna==3.6\n")
@@ -165,7 +165,7 @@ def test_concurrent_first_runs_build_one_environment(cli_env, project, store, en
     stderrs = [err for _, err in results]
     assert sum("creating environment" in err for err in stderrs) == 1, stderrs
     assert sum("reusing environment" in err for err in stderrs) == 1, stderrs
-    assert uv_wrapper.subcommands() == ["venv", "pip install", "pip install"]  # seeded, then six
+    assert uv_wrapper.subcommands() == ["venv", "pip install", "pip install", "pip freeze"]  # seeded, then six; then its lock
     (name,) = env_dirs(env_root)
     for i in range(2):
         seen = json.loads((tmp_path / f"r{i}.json").read_text())
