@@ -117,7 +117,7 @@ def find_engine(environ: Mapping[str, str] | None = None) -> Engine:
     return RattlerEngine()
 
 
-def _tail(text: str, lines: int = 15) -> str:
+def tail_lines(text: str, lines: int = 15) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
 
@@ -160,7 +160,7 @@ class ExecutableEngine(Engine):
         if proc.returncode != 0:
             raise EnvironmentBuildError(
                 f"{self.flavour} could not create the environment (exit status {proc.returncode}):\n"
-                + _tail(proc.stderr + "\n" + proc.stdout),
+                + tail_lines(proc.stderr + "\n" + proc.stdout),
                 context=str(spec.file),
                 hint="fix the package specs or channels in the file; the lines above are "
                      f"{self.flavour}'s own output",
@@ -264,7 +264,7 @@ class RattlerEngine(Engine):
                 MatchSpec(dep)
             except Exception as exc:
                 raise EnvironmentBuildError(f"dependencies: {dep!r} is not a valid conda package spec: "
-                                            f"{_tail(str(exc), 3)}", context=context,
+                                            f"{tail_lines(str(exc), 3)}", context=context,
                                             hint="write name, name=1.2, 'name >=1.2,<2' or name=1.2=build") from None
         client = Client(timeout=network_timeout())
         gateway = Gateway(client=client)
@@ -295,7 +295,7 @@ class RattlerEngine(Engine):
                     hint="fix the versions in dependencies (or add the channel that has the package)",
                 ) from None
             except Exception as exc:  # rattler's other errors (an invalid match spec ...)
-                raise EnvironmentBuildError(f"cannot solve the environment: {_tail(str(exc), 10)}",
+                raise EnvironmentBuildError(f"cannot solve the environment: {tail_lines(str(exc), 10)}",
                                             context=context, hint="check the package specs in dependencies") from None
         if spec.pip and not any(r.name.normalized == "python" for r in records):
             raise EnvironmentBuildError("dependencies: the pip: list needs python in the environment",
@@ -304,7 +304,7 @@ class RattlerEngine(Engine):
             try:
                 await rattler.install(records, target_prefix=prefix, show_progress=False, client=client)
             except Exception as exc:
-                raise EnvironmentBuildError(f"installing the packages failed: {_tail(str(exc), 10)}",
+                raise EnvironmentBuildError(f"installing the packages failed: {tail_lines(str(exc), 10)}",
                                             context=context) from None
 
 
@@ -326,7 +326,7 @@ def install_pip(spec: CondaSpec, prefix: Path, reporter) -> None:
         proc = run_installer(cmd, cwd=spec.file.parent, env=env, separate_stderr=True)
     if proc.returncode != 0:
         raise EnvironmentBuildError(
-            f"dependencies.pip: uv could not install the pip requirements:\n{_tail(proc.stderr + proc.stdout)}",
+            f"dependencies.pip: uv could not install the pip requirements:\n{tail_lines(proc.stderr + proc.stdout)}",
             context=str(spec.file), hint="fix the pip: list (uv's own message is above)",
         )
 
@@ -368,6 +368,6 @@ def compile_bytecode(prefix: Path, reporter, context: str) -> None:
     if proc.returncode != 0:
         raise EnvironmentBuildError(
             f"compiling the environment's bytecode failed (exit status {proc.returncode}):\n"
-            + _tail(proc.stderr + "\n" + proc.stdout),
+            + tail_lines(proc.stderr + "\n" + proc.stdout),
             context=context, hint="the environment's Python does not work; no environment was kept",
         )

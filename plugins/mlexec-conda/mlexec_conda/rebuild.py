@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 from mlexec_core.errors import EnvironmentBuildError
 from mlexec_core.installer import run_installer
 
-from mlexec_conda.engines import _tail, network_timeout
+from mlexec_conda.engines import tail_lines, network_timeout
 from mlexec_conda.lock import Entry, entries, pip_requirements, platform_of
 
 CONTEXT = "the run's mlexec/environment.lock"
@@ -63,7 +63,7 @@ async def _fetch(entry: Entry, dest: Path, client) -> str | None:
     except FileNotFoundError:
         return "no such file"
     except Exception as exc:  # rattler's download errors (404, unreachable host ...)
-        return _tail(str(exc), 2).replace("\n", " ") or type(exc).__name__
+        return tail_lines(str(exc), 2).replace("\n", " ") or type(exc).__name__
     digest = hashlib.sha256() if entry.sha256 else hashlib.md5() if entry.md5 else None
     if digest is not None:
         with open(dest, "rb") as f:
@@ -100,7 +100,7 @@ async def _build(found: list[Entry], prefix: Path, work: Path, reporter) -> None
             await rattler.install(records, target_prefix=prefix, cache_dir=work / "cache", show_progress=False,
                                   client=client)
         except Exception as exc:
-            raise EnvironmentBuildError(f"installing the recorded packages failed: {_tail(str(exc), 10)}",
+            raise EnvironmentBuildError(f"installing the recorded packages failed: {tail_lines(str(exc), 10)}",
                                         context=CONTEXT) from None
     _restore_origins(prefix, found)
 
@@ -144,7 +144,7 @@ def _install_pip(requirements: list[str], prefix: Path, reporter) -> None:
                               str(file)], cwd=prefix, env=env, separate_stderr=True)
     if proc.returncode != 0:
         raise EnvironmentBuildError(
-            f"installing the recorded pip packages again failed:\n{_tail(proc.stderr + proc.stdout)}",
+            f"installing the recorded pip packages again failed:\n{tail_lines(proc.stderr + proc.stdout)}",
             context=CONTEXT, hint="a pip package the run had is no longer on the index (uv's own message is "
                                   "above); make it available again, or run the project afresh with `mlexec run`")
 
