@@ -151,6 +151,9 @@ want=$(cat <<CONF
 ClusterName=$cluster
 SlurmctldHost=$host
 AuthType=auth/munge
+# A job credential lives 10 s (Slurm's default: 120): Slurm holds a requeued job that long plus one
+# second before it may start again, and a node refuses to start it sooner ("Job credential revoked").
+AuthInfo=cred_expire=10
 CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root

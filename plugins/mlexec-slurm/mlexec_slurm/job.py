@@ -155,6 +155,8 @@ class SlurmJob(SubmittedJob):
         self.restarts = 0
         #: Slurm requeued the job and squeue has not yet seen it run again.
         self._awaiting_restart = False
+        #: The job has run at least once (squeue said so, or its output arrived).
+        self._ran = False
         self.failure_reason: str | None = None
         self.exit_code: int | None = None
         self.cancelled = False
@@ -304,6 +306,8 @@ class SlurmJob(SubmittedJob):
             self.job_dir.exit_status.unlink(missing_ok=True)
             if requeued and not self._requeued():
                 return
+            if not requeued and self._ran and not self._restarts_caught_up():
+                return
             if entry.state == "PENDING":
                 reason = entry.reason or "None"
                 if reason != self.pending_reason:
@@ -326,6 +330,7 @@ class SlurmJob(SubmittedJob):
                 return
             self._status = RunStatus.RUNNING
         self.pending_reason = None
+        self._ran = True
         self._start_timer()
         if nodes:
             self.tags[TAG_NODES] = nodes
@@ -334,6 +339,20 @@ class SlurmJob(SubmittedJob):
             self.report_status(RunStatus.RUNNING)
 
     # -- Slurm started the job again --------------------------------------------------
+
+    def _restarts_caught_up(self) -> bool:
+        """Queued again after it ran, without mlexec seeing it run in between (an attempt that ran for
+        less than mlexec's look at the queue): Slurm's own count of restarts says whether it was
+        requeued meanwhile.  ``False`` when the core refused a restart and the run ended."""
+        try:
+            info = self.client.show_job(self.job_id)
+        except MlexecError:
+            return True
+        count = _int((info or {}).get("Restarts")) or 0
+        if count <= self.restarts:
+            return True
+        self._awaiting_restart = True
+        return self._catch_up(count, cancel=True)
 
     def _requeued(self) -> bool:
         """The job left RUNNING for the queue: Slurm will start it again. Tell the core of every
