@@ -36,9 +36,14 @@ class LocalEnvironment(EnvironmentManager):
     """The environment mlexec runs in (registered in :mod:`mlexec_core.builtins.local_plugin`)."""
 
     def prepare(self, plan: RunPlan) -> PreparedEnvironment:
-        from mlexec_core.reproduce.interpreter import local_lock
+        from mlexec_core.reproduce import recording
 
-        return PreparedEnvironment(name="local", location="current environment", lock=local_lock())
+        lock = None
+        if recording():  # the lock is only for the run's record (MLEXEC_RECORD=off: no record, no probe)
+            from mlexec_core.reproduce.interpreter import local_lock
+
+            lock = local_lock()
+        return PreparedEnvironment(name="local", location="current environment", lock=lock)
 
     def describe(self, project: Project) -> str:
         return "the current environment (nothing is installed)"
